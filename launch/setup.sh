@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages dshpc builds and tests with, when they are missing.
+# Idempotent: a machine that has everything returns at once without touching apt.
+# Usage: launch/setup.sh            (build + test dependencies)
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libopenmpi-dev openmpi-bin           # MPI: control plane and CPU data plane
+  libboost1.81-dev libboost-json1.81-dev  # Asio, Beast, JSON
+  libhdf5-dev                          # HDF5 checkpoints
+  libgtest-dev libgmock-dev            # unit tests
+  libopenblas-dev                      # CPU matrix products
+  libpcre2-dev                         # tokenizer pre-tokenizer regexes (\p{..})
+  libyaml-cpp-dev                      # deployment YAML
+  prometheus-cpp-dev                   # metrics
+  curl jq                              # end-to-end tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "setup: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,46 @@
+// The data plane of one process group (tensor-, pipeline- or data-parallel), behind one interface:
+// MPI on the CPU backend, NCCL on GPUs. Buffers live where the backend keeps activations (host
+// memory for the CPU backend, device memory for CUDA). Every call either completes or, past the
+// group's timeout, stops the job with a message naming the call, the group and the rank.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace dshpc {
+
+class Collectives {
+ public:
+  virtual ~Collectives() = default;
+
+  virtual int rank() const = 0;  // rank within the group
+  virtual int size() const = 0;
+  virtual const std::string& name() const = 0;  // "tp", "pp", "dp" for messages
+
+  // In place, float32, sum over the group.
+  virtual void all_reduce_sum(float* data, size_t count) = 0;
+  // recv holds size() × count elements; rank r's send block lands at recv + r × count.
+  virtual void all_gather(const float* send, float* recv, size_t count) = 0;
+  // Point-to-point within the group (pipeline stages); `peer` is a rank of this group.
+  virtual void send(const void* data, size_t bytes, int peer, int tag) = 0;
+  virtual void recv(void* data, size_t bytes, int peer, int tag) = 0;
+};
+
+// The group of one: every collective is the identity. Used on a single rank and for any group
+// dimension of size 1.
+class SoloCollectives final : public Collectives {
+ public:
+  explicit SoloCollectives(std::string name) : name_(std::move(name)) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  const std::string& name() const override { return name_; }
+  void all_reduce_sum(float*, size_t) override {}
+  void all_gather(const float* send, float* recv, size_t count) override;
+  void send(const void*, size_t, int peer, int) override;
+  void recv(void*, size_t, int peer, int) override;
+
+ private:
+  std::string name_;
+};
+
+}  // namespace dshpc
