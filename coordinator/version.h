@@ -1,0 +1,4 @@
+#pragma once
+namespace dshpc {
+const char* version_string();
+}  // namespace dshpc
