@@ -1,0 +1,10 @@
+// The dshpc subcommands. Each takes the whole argv and the index of its first option, and
+// returns the process exit code.
+#pragma once
+
+namespace dshpc {
+
+int run_eval_golden(int argc, char** argv, int first);
+int run_generate(int argc, char** argv, int first);
+
+}  // namespace dshpc

@@ -1,0 +1,164 @@
+// The backend interface: memory and the operations of a forward pass, on one device.
+//
+// The model code (worker/) is written once against this interface; the CPU backend runs every op
+// with the reference kernels in this folder (float32, OpenBLAS), and the CUDA backend with its
+// kernels and cuBLAS. All pointers passed to ops point into this backend's memory. Ops are
+// asynchronous on a backend's stream; download() and synchronize() wait.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/dtype.h"
+#include "kernels/attention.h"
+#include "kernels/moe_routing.h"
+#include "kernels/rope.h"
+
+namespace dshpc {
+
+class Backend;
+
+// Memory owned by a backend; freed when the last owner goes away (move-only).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend* owner, void* data, size_t bytes) : owner_(owner), data_(data), bytes_(bytes) {}
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(data_); }
+
+ private:
+  Backend* owner_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A 2-D row-major view: `rows` rows of `cols` elements, consecutive rows `stride` elements apart.
+struct Mat {
+  void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t stride = 0;
+
+  static Mat of(void* data, DType dtype, int64_t rows, int64_t cols) {
+    return {data, dtype, rows, cols, cols};
+  }
+  // Rows [begin, begin + count).
+  Mat row_slice(int64_t begin, int64_t count) const;
+  // Columns [begin, begin + count) of every row (same stride).
+  Mat col_slice(int64_t begin, int64_t count) const;
+  bool contiguous() const { return stride == cols; }
+};
+
+// Per-step metadata in backend memory (prepared once per step by Backend::upload_step).
+struct StepTensors {
+  const int32_t* token_ids = nullptr;   // [tokens]
+  const int32_t* positions = nullptr;   // [tokens]
+  const int64_t* slots = nullptr;       // [tokens] KV cache slot of each new token
+  const PagedSequence* sequences = nullptr;  // [num_sequences], block_table pointers in backend memory
+  int64_t num_tokens = 0;
+  int64_t num_sequences = 0;
+};
+
+// Host-side description of a step, turned into StepTensors by upload_step.
+struct StepHostData {
+  const int32_t* token_ids;
+  const int32_t* positions;
+  const int64_t* slots;
+  int64_t num_tokens;
+  // Per sequence: query_begin, query_len, context_len and its block table.
+  const PagedSequence* sequences;  // block_table pointers are host pointers here
+  const int32_t* const* block_tables;
+  const int32_t* block_table_lengths;
+  int64_t num_sequences;
+};
+
+// cos / sin tables for rotary embedding [positions, rot_dim / 2].
+struct RopeTables {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t positions = 0;
+  int64_t rot_dim = 0;
+};
+
+// One expert's weights: gate and up fused [2 · inter, hidden], down [hidden, inter].
+struct ExpertWeights {
+  Mat gate_up;
+  Mat down;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;
+  // Element type of weights and activations (F32 on the CPU).
+  virtual DType weight_dtype() const = 0;
+  virtual DType activation_dtype() const = 0;
+
+  // ---- memory
+  virtual DeviceBuffer allocate(size_t bytes) = 0;
+  virtual void release(void* data, size_t bytes) = 0;  // called by DeviceBuffer
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;
+  // Converts float32 host values to weight_dtype() into dst (count elements).
+  virtual void upload_weights(void* dst, const float* src, size_t count) = 0;
+  // Reads `count` activation elements as float32 into host memory.
+  virtual void download_f32(float* dst, const void* src, size_t count) = 0;
+  virtual void synchronize() = 0;
+
+  // Makes the step's host metadata available to ops; valid until the next call.
+  virtual StepTensors upload_step(const StepHostData& host) = 0;
+
+  // ---- ops (shapes in comments; T = tokens of the step)
+  // out[T, dim] = table rows of ids (vocabulary slice [vocab_begin, vocab_begin + table.rows)).
+  virtual void embedding(const Mat& table, int64_t vocab_begin, const int32_t* ids, Mat out) = 0;
+  // y = x · wᵀ (w as [n, k]) or x · w (transpose_w = false, w as [k, n]); y += … if accumulate.
+  virtual void matmul(const Mat& x, const Mat& w, Mat y, bool w_transposed = true,
+                      bool accumulate = false) = 0;
+  // out = rmsnorm(x) · weight, row-wise; out may alias x.
+  virtual void rmsnorm(const Mat& x, const void* weight, float eps, Mat out) = 0;
+  // residual += delta; out = rmsnorm(residual) · weight.
+  virtual void add_rmsnorm(Mat residual, const Mat& delta, const void* weight, float eps,
+                           Mat out) = 0;
+  // dst = src (same shape; strided).
+  virtual void copy(const Mat& src, Mat dst) = 0;
+  // a += b (same shape; strided).
+  virtual void add(Mat a, const Mat& b) = 0;
+  // m = 0.
+  virtual void zero(Mat m) = 0;
+  // Rotates dims [0, rot_dim) of `heads` heads per row: head h of row t starts at
+  // x.data + t · x.stride + h · head_stride.
+  virtual void rope(Mat x, int64_t heads, int64_t head_stride, int64_t rot_dim,
+                    const int32_t* positions, const RopeTables& tables, RopeStyle style) = 0;
+  // out[T, inter] = silu(gate_up[:, :inter]) · gate_up[:, inter:].
+  virtual void swiglu(const Mat& gate_up, Mat out) = 0;
+  virtual void kv_cache_write(const Mat& k, const Mat* v, const int64_t* slots,
+                              const PagedKvView& cache) = 0;
+  virtual void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
+                               const PagedKvView& cache, float scale) = 0;
+  // Routed experts: out[T, hidden] += Σ_k weights[t, k] · expert_{ids[t, k]}(x[t]) for the
+  // experts this rank holds, ids in [expert_begin, expert_begin + num_local); others skipped.
+  virtual void moe_route(const Mat& router_logits, const float* bias,
+                         const MoeRoutingParams& params, int32_t* expert_ids, float* weights) = 0;
+  virtual void moe_experts(const Mat& x, const int32_t* expert_ids, const float* weights,
+                           int64_t top_k, const ExpertWeights* local_experts,
+                           int64_t expert_begin, int64_t num_local, Mat out) = 0;
+  // ids[r] = argmax of logits row r (ties to the lowest index).
+  virtual void argmax(const Mat& logits, int32_t* ids) = 0;
+};
+
+// The CPU backend (float32 weights and activations, OpenBLAS). Defined in cpu_backend.cpp.
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace dshpc

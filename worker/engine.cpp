@@ -1,0 +1,125 @@
+#include "worker/engine.h"
+
+#include "common/check.h"
+
+namespace dshpc {
+
+int64_t StepPlan::num_tokens() const {
+  int64_t n = 0;
+  for (const SequenceStep& s : sequences) n += static_cast<int64_t>(s.tokens.size());
+  return n;
+}
+
+Engine::Engine(Model& model, Backend& backend, KvCache& cache)
+    : model_(model), backend_(backend), cache_(cache) {}
+
+void Engine::check_plan(const StepPlan& plan) const {
+  const int64_t block_size = cache_.spec().block_size;
+  const int64_t max_positions = model_.config().max_position_embeddings;
+  for (const SequenceStep& s : plan.sequences) {
+    const int64_t end = s.start_position + static_cast<int64_t>(s.tokens.size());
+    DSHPC_CHECK(!s.tokens.empty()) << "sequence " << s.sequence_id << " has no tokens in the step";
+    DSHPC_CHECK(s.start_position >= 0 && end <= max_positions)
+        << "sequence " << s.sequence_id << " reaches position " << end << " beyond "
+        << max_positions;
+    DSHPC_CHECK(static_cast<int64_t>(s.block_table.size()) * block_size >= end)
+        << "sequence " << s.sequence_id << " has " << s.block_table.size() << " blocks for "
+        << end << " tokens";
+    for (int32_t block : s.block_table) {
+      DSHPC_CHECK(block >= 0 && block < cache_.num_blocks())
+          << "sequence " << s.sequence_id << " names block " << block;
+    }
+  }
+}
+
+StepTensors Engine::prepare(const StepPlan& plan) {
+  check_plan(plan);
+  const int64_t block_size = cache_.spec().block_size;
+  const int64_t vocab = model_.config().vocab_size;
+  token_ids_.clear();
+  positions_.clear();
+  slots_.clear();
+  sequences_.clear();
+  block_tables_.clear();
+  block_table_lengths_.clear();
+  for (const SequenceStep& s : plan.sequences) {
+    PagedSequence seq;
+    seq.query_begin = static_cast<int32_t>(token_ids_.size());
+    seq.query_len = static_cast<int32_t>(s.tokens.size());
+    seq.context_len = s.start_position + seq.query_len;
+    for (int32_t i = 0; i < seq.query_len; ++i) {
+      const int32_t token = s.tokens[i];
+      DSHPC_CHECK(token >= 0 && token < vocab) << "token id " << token << " outside the vocabulary";
+      const int32_t position = s.start_position + i;
+      token_ids_.push_back(token);
+      positions_.push_back(position);
+      slots_.push_back(static_cast<int64_t>(s.block_table[position / block_size]) * block_size +
+                       position % block_size);
+    }
+    sequences_.push_back(seq);
+    block_tables_.push_back(s.block_table.data());
+    block_table_lengths_.push_back(static_cast<int32_t>(s.block_table.size()));
+  }
+  StepHostData host{token_ids_.data(),
+                    positions_.data(),
+                    slots_.data(),
+                    static_cast<int64_t>(token_ids_.size()),
+                    sequences_.data(),
+                    block_tables_.data(),
+                    block_table_lengths_.data(),
+                    static_cast<int64_t>(sequences_.size())};
+  return backend_.upload_step(host);
+}
+
+Mat Engine::hidden_buffer(int64_t tokens) {
+  const int64_t h = model_.config().hidden_size;
+  const DType dtype = backend_.activation_dtype();
+  const size_t bytes = static_cast<size_t>(tokens * h) * dtype_size(dtype);
+  if (hidden_.bytes() < bytes) hidden_ = backend_.allocate(bytes);
+  return Mat::of(hidden_.data(), dtype, tokens, h);
+}
+
+void Engine::run_stage(const StepTensors& step, Mat hidden) { model_.forward(step, cache_, hidden); }
+
+StepOutput Engine::compute_logits(const StepPlan& plan, Mat hidden) {
+  const int64_t vocab = model_.config().vocab_size;
+  const int64_t h = model_.config().hidden_size;
+  StepOutput out;
+  out.vocab = vocab;
+  // Gather the rows that need logits into one contiguous block.
+  int64_t rows = 0;
+  for (const SequenceStep& s : plan.sequences) {
+    out.first_row.push_back(rows);
+    int64_t n = s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
+    out.num_rows.push_back(n);
+    rows += n;
+  }
+  const DType dtype = backend_.activation_dtype();
+  const size_t selected_bytes = static_cast<size_t>(rows * h) * dtype_size(dtype);
+  if (selected_.bytes() < selected_bytes) selected_ = backend_.allocate(selected_bytes);
+  Mat selected = Mat::of(selected_.data(), dtype, rows, h);
+  int64_t token = 0, row = 0;
+  for (size_t i = 0; i < plan.sequences.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(plan.sequences[i].tokens.size());
+    const int64_t take = out.num_rows[i];
+    backend_.copy(hidden.row_slice(token + n - take, take), selected.row_slice(row, take));
+    token += n;
+    row += take;
+  }
+  const size_t logits_bytes = static_cast<size_t>(rows * vocab) * dtype_size(dtype);
+  if (logits_.bytes() < logits_bytes) logits_ = backend_.allocate(logits_bytes);
+  Mat logits = Mat::of(logits_.data(), dtype, rows, vocab);
+  model_.logits(selected, logits);
+  out.logits.resize(static_cast<size_t>(rows * vocab));
+  backend_.download_f32(out.logits.data(), logits.data, out.logits.size());
+  return out;
+}
+
+StepOutput Engine::run(const StepPlan& plan) {
+  StepTensors step = prepare(plan);
+  Mat hidden = hidden_buffer(step.num_tokens);
+  run_stage(step, hidden);
+  return compute_logits(plan, hidden);
+}
+
+}  // namespace dshpc

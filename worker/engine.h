@@ -1,0 +1,72 @@
+// The step executor of one model replica on one rank: turns a step plan (which sequences, their
+// new tokens, positions and KV block tables) into a forward pass and returns the logits rows the
+// plan asked for. Sequences may mix prefill chunks and decode tokens freely in one step.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "worker/kv_cache.h"
+#include "worker/model.h"
+
+namespace dshpc {
+
+struct SequenceStep {
+  int64_t sequence_id = 0;
+  std::vector<int32_t> tokens;       // new tokens of this step
+  int32_t start_position = 0;        // position of tokens[0] (= tokens already in the cache)
+  std::vector<int32_t> block_table;  // KV blocks covering positions [0, start_position + n)
+  bool all_logits = false;           // logits for every new token, else only for the last
+};
+
+struct StepPlan {
+  std::vector<SequenceStep> sequences;
+  int64_t num_tokens() const;
+};
+
+struct StepOutput {
+  std::vector<float> logits;  // [rows, vocab]: per sequence, its rows in plan order
+  std::vector<int64_t> first_row;  // first logits row of each sequence
+  std::vector<int64_t> num_rows;   // rows of each sequence
+  int64_t vocab = 0;
+  const float* row(int64_t sequence, int64_t i) const {
+    return logits.data() + (first_row[sequence] + i) * vocab;
+  }
+};
+
+class Engine {
+ public:
+  Engine(Model& model, Backend& backend, KvCache& cache);
+
+  // Validates a plan against the cache (block tables long enough, block ids in range, positions
+  // inside the rope tables); a bad plan is a broken invariant of the scheduler.
+  void check_plan(const StepPlan& plan) const;
+
+  // Runs one step through the whole model (single pipeline stage) and returns logits.
+  StepOutput run(const StepPlan& plan);
+
+  // Pipeline building blocks: prepare the step, run this stage on `hidden`, compute logits.
+  StepTensors prepare(const StepPlan& plan);
+  Mat hidden_buffer(int64_t tokens);
+  void run_stage(const StepTensors& step, Mat hidden);
+  StepOutput compute_logits(const StepPlan& plan, Mat hidden);
+
+  Model& model() { return model_; }
+  KvCache& cache() { return cache_; }
+
+ private:
+  Model& model_;
+  Backend& backend_;
+  KvCache& cache_;
+
+  // Host staging for the step metadata.
+  std::vector<int32_t> token_ids_, positions_;
+  std::vector<int64_t> slots_;
+  std::vector<PagedSequence> sequences_;
+  std::vector<const int32_t*> block_tables_;
+  std::vector<int32_t> block_table_lengths_;
+  DeviceBuffer hidden_, selected_, logits_;
+};
+
+}  // namespace dshpc

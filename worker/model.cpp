@@ -1,0 +1,166 @@
+// The decoder loop shared by every family: embedding, per layer attention then MLP or MoE with
+// the residual stream, and the output head. Family-specific attention is in llama_attention.cpp
+// and mla_attention.cpp.
+#include "worker/model.h"
+
+#include <cstring>
+
+#include "common/check.h"
+
+namespace dshpc {
+
+Model::Model(const ModelConfig& config, ModelShard shard, Backend& backend, Collectives& tp)
+    : config_(config), shard_(shard), backend_(backend), tp_(tp) {
+  const int t = shard_.tp_size;
+  heads_local_ = config_.num_heads / t;
+  kv_heads_local_ = config_.num_kv_heads >= t ? config_.num_kv_heads / t : 1;
+  vocab_local_ = config_.vocab_size / t;
+  vocab_begin_ = shard_.tp_rank * vocab_local_;
+  experts_local_ = config_.num_routed_experts / t;
+  scratch_.resize(kNumScratch);
+}
+
+StatusOr<std::unique_ptr<Model>> Model::load(const ModelConfig& config, ModelShard shard,
+                                             const WeightSource& source, Backend& backend,
+                                             Collectives& tp) {
+  if (shard.layer_end < 0) shard.layer_end = config.num_layers;
+  RETURN_IF_ERROR(check_shard(config, shard));
+  DSHPC_CHECK_EQ(tp.size(), shard.tp_size) << "tensor-parallel group size";
+  std::unique_ptr<Model> model(new Model(config, shard, backend, tp));
+  RETURN_IF_ERROR(model->load_weights(source));
+
+  // Rotary tables for every position the model accepts.
+  const int64_t positions = config.max_position_embeddings;
+  const int64_t half = config.rope.rot_dim / 2;
+  std::vector<float> cos(positions * half), sin(positions * half);
+  rope_tables(config.rope, positions, cos.data(), sin.data());
+  model->rope_cos_ = backend.allocate(cos.size() * sizeof(float));
+  model->rope_sin_ = backend.allocate(sin.size() * sizeof(float));
+  backend.upload(model->rope_cos_.data(), cos.data(), cos.size() * sizeof(float));
+  backend.upload(model->rope_sin_.data(), sin.data(), sin.size() * sizeof(float));
+  model->rope_tables_ = {model->rope_cos_.as<float>(), model->rope_sin_.as<float>(), positions,
+                         config.rope.rot_dim};
+  return model;
+}
+
+KvCacheSpec Model::kv_cache_spec(int64_t block_size) const {
+  KvCacheSpec spec;
+  spec.num_layers = num_local_layers();
+  spec.block_size = block_size;
+  if (config_.is_mla()) {
+    spec.latent = true;
+    spec.kv_heads = 1;
+    spec.head_dim = config_.kv_lora_rank + config_.qk_rope_head_dim;
+    spec.v_dim = config_.kv_lora_rank;
+  } else {
+    spec.kv_heads = kv_heads_local_;
+    spec.head_dim = config_.head_dim;
+    spec.v_dim = config_.head_dim;
+  }
+  return spec;
+}
+
+Mat Model::scratch(ScratchSlot slot, int64_t rows, int64_t cols) {
+  const DType dtype = backend_.activation_dtype();
+  const size_t bytes = static_cast<size_t>(rows * cols) * dtype_size(dtype);
+  if (scratch_[slot].bytes() < bytes) scratch_[slot] = backend_.allocate(bytes);
+  return Mat::of(scratch_[slot].data(), dtype, rows, cols);
+}
+
+void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
+  const int64_t tokens = step.num_tokens;
+  const int64_t h = config_.hidden_size;
+  DSHPC_CHECK(hidden.rows == tokens && hidden.cols == h && hidden.contiguous());
+  if (tokens == 0) return;
+  if (shard_.first_stage()) {
+    backend_.embedding(embedding_.mat, vocab_begin_, step.token_ids, hidden);
+    if (tp_.size() > 1) tp_.all_reduce_sum(static_cast<float*>(hidden.data), tokens * h);
+  }
+  Mat normed = scratch(kNormed, tokens, h);
+  Mat delta = scratch(kDelta, tokens, h);
+  const float eps = config_.rms_norm_eps;
+
+  backend_.rmsnorm(hidden, layers_.front().input_norm.data(), eps, normed);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const LayerWeights& layer = layers_[i];
+    const PagedKvView kv = cache.layer(static_cast<int64_t>(i));
+
+    // Attention block: one all-reduce of the row-parallel o_proj output.
+    if (config_.is_mla()) {
+      attention_mla(layer, step, kv, normed, delta);
+    } else {
+      attention_llama(layer, step, kv, normed, delta);
+    }
+    if (tp_.size() > 1) tp_.all_reduce_sum(static_cast<float*>(delta.data), tokens * h);
+    backend_.add_rmsnorm(hidden, delta, layer.post_attention_norm.data(), eps, normed);
+
+    // Feed-forward block: one all-reduce of the down projections (dense, shared and routed).
+    if (layer.moe) {
+      moe(layer.moe_weights, normed, delta);
+    } else {
+      mlp(layer.mlp, normed, delta, /*accumulate=*/false);
+    }
+    if (tp_.size() > 1) tp_.all_reduce_sum(static_cast<float*>(delta.data), tokens * h);
+    if (i + 1 < layers_.size()) {
+      backend_.add_rmsnorm(hidden, delta, layers_[i + 1].input_norm.data(), eps, normed);
+    } else {
+      backend_.add(hidden, delta);
+    }
+  }
+}
+
+void Model::mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate) {
+  const int64_t tokens = normed.rows;
+  Mat gate_up = scratch(kMlpGateUp, tokens, 2 * w.inter_local);
+  Mat act = scratch(kMlpAct, tokens, w.inter_local);
+  backend_.matmul(normed, w.gate_up.mat, gate_up);       // [T, 2 · inter_local]
+  backend_.swiglu(gate_up, act);                          // [T, inter_local]
+  backend_.matmul(act, w.down.mat, out, true, accumulate);  // [T, hidden], partial sum over tp
+}
+
+void Model::moe(const MoeWeights& w, Mat normed, Mat out) {
+  const int64_t tokens = normed.rows;
+  const MoeRoutingParams& routing = config_.routing;
+  // Every tp rank routes every token (the router is replicated), then runs only its experts.
+  Mat router_logits = scratch(kRouterLogits, tokens, routing.num_experts);
+  backend_.matmul(normed, w.router.mat, router_logits);  // [T, n_routed_experts]
+  Mat ids = scratch(kExpertIds, tokens, routing.top_k);   // int32 in float-sized slots
+  Mat weights = scratch(kExpertWeights, tokens, routing.top_k);
+  auto* expert_ids = static_cast<int32_t*>(ids.data);
+  auto* expert_weights = static_cast<float*>(weights.data);
+  backend_.moe_route(router_logits, static_cast<const float*>(w.bias.buffer.data()), routing,
+                     expert_ids, expert_weights);
+  if (w.has_shared) {
+    mlp(w.shared, normed, out, /*accumulate=*/false);  // shared experts: a tp-split dense MLP
+  } else {
+    backend_.zero(out);
+  }
+  backend_.moe_experts(normed, expert_ids, expert_weights, routing.top_k, w.expert_views.data(),
+                       w.expert_begin, static_cast<int64_t>(w.experts.size()), out);
+}
+
+void Model::logits(Mat hidden_rows, Mat logits_out) {
+  DSHPC_CHECK(shard_.last_stage(config_)) << "logits on a stage without the output head";
+  const int64_t rows = hidden_rows.rows;
+  DSHPC_CHECK(logits_out.rows == rows && logits_out.cols == config_.vocab_size);
+  if (rows == 0) return;
+  backend_.rmsnorm(hidden_rows, final_norm_.data(), config_.rms_norm_eps, hidden_rows);
+  if (tp_.size() == 1) {
+    backend_.matmul(hidden_rows, lm_head_.mat, logits_out);
+    return;
+  }
+  // Vocabulary-parallel head: each rank computes its vocabulary slice, then an all-gather
+  // ([tp, rows, vocab_local]) and a transpose into [rows, vocab].
+  Mat local = scratch(kLocalLogits, rows, vocab_local_);
+  backend_.matmul(hidden_rows, lm_head_.mat, local);
+  const int t = tp_.size();
+  Mat gathered = scratch(kGatheredLogits, t * rows, vocab_local_);
+  tp_.all_gather(static_cast<const float*>(local.data), static_cast<float*>(gathered.data),
+                 rows * vocab_local_);
+  for (int r = 0; r < t; ++r) {
+    backend_.copy(gathered.row_slice(r * rows, rows),
+                  logits_out.col_slice(r * vocab_local_, vocab_local_));
+  }
+}
+
+}  // namespace dshpc

@@ -1,0 +1,176 @@
+// The decoder of every DeepSeek family, as this rank holds it: its pipeline stage's layers and its
+// tensor-parallel slice of each. llama.cpp and deepseek.cpp hold the per-family attention; this
+// file's Model runs embedding, layers, MLP / MoE and the output head.
+//
+// Tensor-parallel split (tp ranks; Megatron style, one all-reduce per attention and per MLP):
+//   column-split (output rows): q/k/v, q_b (or q), kv_b, gate/up, shared-expert gate/up, lm_head
+//   row-split (input columns):  o_proj, down_proj, shared-expert down
+//   replicated:                 norms, q_a, kv_a_proj_with_mqa (the latent), router gate + bias
+//   routed experts:             partitioned, each rank holds n_routed_experts / tp whole experts
+//   embedding:                  vocabulary-parallel rows, completed by an all-reduce
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "parallel/collectives.h"
+#include "worker/kv_cache.h"
+#include "worker/model_config.h"
+#include "worker/weight_source.h"
+
+namespace dshpc {
+
+// What part of the model this rank holds.
+struct ModelShard {
+  int tp_rank = 0;
+  int tp_size = 1;
+  int64_t layer_begin = 0;  // [layer_begin, layer_end) of the decoder layers
+  int64_t layer_end = -1;   // -1: all layers
+  bool first_stage() const { return layer_begin == 0; }
+  bool last_stage(const ModelConfig& c) const { return layer_end == c.num_layers; }
+};
+
+// A weight in backend memory and its (local) shape.
+struct Weight {
+  DeviceBuffer buffer;
+  Mat mat;
+  std::string name;  // checkpoint name (first, for fused weights)
+  const void* data() const { return mat.data; }
+};
+
+struct MlpWeights {      // SwiGLU MLP (dense layers, shared experts, routed experts)
+  Weight gate_up;        // [2 · inter_local, hidden]: gate rows then up rows
+  Weight down;           // [hidden, inter_local]
+  int64_t inter_local = 0;
+};
+
+struct LlamaAttentionWeights {
+  Weight qkv;            // [(q_heads_local + 2 · kv_heads_local) · head_dim, hidden]
+  Weight o;              // [hidden, q_heads_local · head_dim]
+};
+
+struct MlaWeights {
+  Weight q_a;            // [q_lora_rank, hidden]            (q LoRA only)
+  Weight q_a_norm;       // [q_lora_rank]
+  Weight q_b;            // [heads_local · qk_head_dim, q_lora_rank or hidden] (q_b_proj or q_proj)
+  Weight kv_a;           // [kv_lora_rank + rope, hidden]    replicated
+  Weight kv_a_norm;      // [kv_lora_rank]
+  Weight kv_b;           // [heads_local · (nope + v), kv_lora_rank]: per head W_UK rows, W_UV rows
+  Weight o;              // [hidden, heads_local · v_head_dim]
+};
+
+struct MoeWeights {
+  Weight router;                     // [n_routed_experts, hidden]
+  Weight bias;                       // [n_routed_experts] (noaux_tc)
+  std::vector<MlpWeights> experts;   // this rank's experts
+  std::vector<ExpertWeights> expert_views;
+  int64_t expert_begin = 0;
+  bool has_shared = false;
+  MlpWeights shared;                 // n_shared_experts × moe_intermediate, split like a dense MLP
+};
+
+struct LayerWeights {
+  int64_t index = 0;  // global layer index
+  Weight input_norm;  // [hidden]
+  Weight post_attention_norm;
+  LlamaAttentionWeights llama;
+  MlaWeights mla;
+  bool moe = false;
+  MlpWeights mlp;
+  MoeWeights moe_weights;
+};
+
+class Model {
+ public:
+  // Checks that the shard fits the config (heads, experts, vocabulary divisible by tp; layer
+  // range valid); does not read weights.
+  static Status check_shard(const ModelConfig& config, const ModelShard& shard);
+
+  // Every tensor the config needs, with its full shape, as Hugging Face names it.
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
+      const ModelConfig& config);
+
+  // Loads this rank's slices. Missing tensors and shapes that do not fit the config are errors
+  // naming the tensor and the source.
+  static StatusOr<std::unique_ptr<Model>> load(const ModelConfig& config, ModelShard shard,
+                                               const WeightSource& source, Backend& backend,
+                                               Collectives& tp);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelShard& shard() const { return shard_; }
+  int64_t num_local_layers() const { return static_cast<int64_t>(layers_.size()); }
+  // Bytes of weights this rank holds.
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // The KV cache geometry for this rank.
+  KvCacheSpec kv_cache_spec(int64_t block_size) const;
+
+  // Runs this stage's layers on one step. `hidden` [T, hidden] holds the input activations (the
+  // previous stage's output); on the first stage it is filled from the step's token ids. On
+  // return it holds this stage's output (pre-final-norm residual stream).
+  void forward(const StepTensors& step, KvCache& cache, Mat hidden);
+
+  // Last stage: logits[rows, vocab] (full vocabulary, gathered over tp) of the given hidden rows.
+  // `hidden_rows` is overwritten with its final norm.
+  void logits(Mat hidden_rows, Mat logits_out);
+
+ private:
+  Model(const ModelConfig& config, ModelShard shard, Backend& backend, Collectives& tp);
+
+  Status load_weights(const WeightSource& source);
+  void attention_llama(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,
+                       Mat normed, Mat out);
+  void attention_mla(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,
+                     Mat normed, Mat out);
+  void mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate);
+  void moe(const MoeWeights& w, Mat normed, Mat out);
+  // Scratch activation buffers, each grown to the largest step seen. kNormed and kDelta live
+  // across a layer; the kWork slots are free for the block being computed.
+  enum ScratchSlot : int {
+    kNormed,
+    kDelta,
+    kWork0,
+    kWork1,
+    kWork2,
+    kWork3,
+    kWork4,
+    kWork5,
+    kWork6,
+    kMlpGateUp,
+    kMlpAct,
+    kRouterLogits,
+    kExpertIds,
+    kExpertWeights,
+    kLocalLogits,
+    kGatheredLogits,
+    kNumScratch,
+  };
+  Mat scratch(ScratchSlot slot, int64_t rows, int64_t cols);
+
+  ModelConfig config_;
+  ModelShard shard_;
+  Backend& backend_;
+  Collectives& tp_;
+
+  int64_t heads_local_ = 0;     // query heads on this rank
+  int64_t kv_heads_local_ = 0;  // Llama kv heads on this rank
+  int64_t vocab_local_ = 0;
+  int64_t vocab_begin_ = 0;
+  int64_t experts_local_ = 0;
+
+  Weight embedding_;   // [vocab_local, hidden] (first stage)
+  Weight final_norm_;  // [hidden] (last stage)
+  Weight lm_head_;     // [vocab_local, hidden] (last stage)
+  std::vector<LayerWeights> layers_;
+  DeviceBuffer rope_cos_, rope_sin_;
+  RopeTables rope_tables_;
+  int64_t weight_bytes_ = 0;
+
+  std::vector<DeviceBuffer> scratch_;
+};
+
+}  // namespace dshpc

@@ -1,0 +1,292 @@
+// The weight table of each family (checkpoint name → local slice) and per-rank loading: every
+// rank reads only its tensor-parallel slice of its pipeline stage's layers.
+#include <string>
+
+#include "worker/model.h"
+
+namespace dshpc {
+namespace {
+
+using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+
+std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+void add_mlp(Shapes& out, const std::string& prefix, int64_t hidden, int64_t inter) {
+  out.push_back({prefix + "gate_proj.weight", {inter, hidden}});
+  out.push_back({prefix + "up_proj.weight", {inter, hidden}});
+  out.push_back({prefix + "down_proj.weight", {hidden, inter}});
+}
+
+Status divisible(const char* what, int64_t quantity, int tp) {
+  if (quantity % tp != 0) {
+    return invalid_argument(std::string(what) + " (" + std::to_string(quantity) +
+                            ") is not divisible by the tensor-parallel size " + std::to_string(tp));
+  }
+  return ok_status();
+}
+
+// Reads slices of checkpoint tensors into backend memory after checking full shapes.
+class Loader {
+ public:
+  Loader(const WeightSource& source, Backend& backend, const std::map<std::string,
+         std::vector<int64_t>>& expected, int64_t& bytes)
+      : source_(source), backend_(backend), expected_(expected), bytes_(bytes) {}
+
+  struct Part {
+    std::string name;
+    Range rows;
+  };
+
+  // Stacks the given row ranges of several [*, cols] tensors (same column range) into one weight.
+  StatusOr<Weight> rows(const std::vector<Part>& parts, Range cols) {
+    int64_t total_rows = 0;
+    int64_t num_cols = -1;
+    for (const Part& part : parts) {
+      ASSIGN_OR_RETURN(std::vector<int64_t> full, checked_shape(part.name));
+      int64_t full_cols = full.size() > 1 ? full[1] : 1;
+      int64_t nc = full.size() > 1 ? (cols.count < 0 ? full_cols - cols.begin : cols.count) : 1;
+      if (num_cols >= 0 && nc != num_cols) return internal_error("fused weights differ in width");
+      num_cols = nc;
+      total_rows += part.rows.count < 0 ? full[0] - part.rows.begin : part.rows.count;
+    }
+    host_.resize(static_cast<size_t>(total_rows * num_cols));
+    int64_t row = 0;
+    for (const Part& part : parts) {
+      ASSIGN_OR_RETURN(std::vector<int64_t> full, source_.shape(part.name));
+      int64_t nr = part.rows.count < 0 ? full[0] - part.rows.begin : part.rows.count;
+      RETURN_IF_ERROR(source_.read_f32(part.name, part.rows, full.size() > 1 ? cols : Range::all(),
+                                       host_.data() + row * num_cols));
+      row += nr;
+    }
+    Weight w;
+    w.name = parts.front().name;
+    const size_t count = host_.size();
+    w.buffer = backend_.allocate(count * dtype_size(backend_.weight_dtype()));
+    backend_.upload_weights(w.buffer.data(), host_.data(), count);
+    w.mat = Mat::of(w.buffer.data(), backend_.weight_dtype(), total_rows, num_cols);
+    bytes_ += static_cast<int64_t>(w.buffer.bytes());
+    return w;
+  }
+
+  StatusOr<Weight> whole(const std::string& name) { return rows({{name, Range::all()}}, Range::all()); }
+
+ private:
+  StatusOr<std::vector<int64_t>> checked_shape(const std::string& name) {
+    auto shape = source_.shape(name);
+    if (!shape.ok()) {
+      return not_found(source_.describe() + ": missing tensor " + name + " (" +
+                       shape.status().message() + ")");
+    }
+    auto it = expected_.find(name);
+    if (it != expected_.end() && *shape != it->second) {
+      return invalid_argument(source_.describe() + ": tensor " + name + " has shape " +
+                              shape_text(*shape) + " but the config needs " +
+                              shape_text(it->second));
+    }
+    return *shape;
+  }
+
+  const WeightSource& source_;
+  Backend& backend_;
+  const std::map<std::string, std::vector<int64_t>>& expected_;
+  int64_t& bytes_;
+  std::vector<float> host_;
+};
+
+}  // namespace
+
+Shapes Model::expected_tensors(const ModelConfig& c) {
+  Shapes out;
+  const int64_t h = c.hidden_size;
+  out.push_back({"model.embed_tokens.weight", {c.vocab_size, h}});
+  out.push_back({"model.norm.weight", {h}});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, h}});
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const std::string p = layer_prefix(layer);
+    out.push_back({p + "input_layernorm.weight", {h}});
+    out.push_back({p + "post_attention_layernorm.weight", {h}});
+    const std::string a = p + "self_attn.";
+    if (!c.is_mla()) {
+      out.push_back({a + "q_proj.weight", {c.num_heads * c.head_dim, h}});
+      out.push_back({a + "k_proj.weight", {c.num_kv_heads * c.head_dim, h}});
+      out.push_back({a + "v_proj.weight", {c.num_kv_heads * c.head_dim, h}});
+      out.push_back({a + "o_proj.weight", {h, c.num_heads * c.head_dim}});
+    } else {
+      if (c.q_lora_rank > 0) {
+        out.push_back({a + "q_a_proj.weight", {c.q_lora_rank, h}});
+        out.push_back({a + "q_a_layernorm.weight", {c.q_lora_rank}});
+        out.push_back({a + "q_b_proj.weight", {c.num_heads * c.qk_head_dim(), c.q_lora_rank}});
+      } else {
+        out.push_back({a + "q_proj.weight", {c.num_heads * c.qk_head_dim(), h}});
+      }
+      out.push_back({a + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h}});
+      out.push_back({a + "kv_a_layernorm.weight", {c.kv_lora_rank}});
+      out.push_back({a + "kv_b_proj.weight",
+                     {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}});
+      out.push_back({a + "o_proj.weight", {h, c.num_heads * c.v_head_dim}});
+    }
+    if (c.is_moe_layer(layer)) {
+      const std::string m = p + "mlp.";
+      out.push_back({m + "gate.weight", {c.num_routed_experts, h}});
+      if (c.routing.method == MoeTopkMethod::kNoauxTc) {
+        out.push_back({m + "gate.e_score_correction_bias", {c.num_routed_experts}});
+      }
+      for (int64_t e = 0; e < c.num_routed_experts; ++e) {
+        add_mlp(out, m + "experts." + std::to_string(e) + ".", h, c.moe_intermediate_size);
+      }
+      if (c.num_shared_experts > 0) {
+        add_mlp(out, m + "shared_experts.", h, c.moe_intermediate_size * c.num_shared_experts);
+      }
+    } else {
+      add_mlp(out, p + "mlp.", h, c.intermediate_size);
+    }
+  }
+  return out;
+}
+
+Status Model::check_shard(const ModelConfig& c, const ModelShard& shard) {
+  const int tp = shard.tp_size;
+  if (tp < 1 || shard.tp_rank < 0 || shard.tp_rank >= tp) {
+    return invalid_argument("tensor-parallel rank " + std::to_string(shard.tp_rank) +
+                            " outside size " + std::to_string(tp));
+  }
+  int64_t end = shard.layer_end < 0 ? c.num_layers : shard.layer_end;
+  if (shard.layer_begin < 0 || shard.layer_begin >= end || end > c.num_layers) {
+    return invalid_argument("layer range [" + std::to_string(shard.layer_begin) + ", " +
+                            std::to_string(end) + ") does not fit the model's " +
+                            std::to_string(c.num_layers) + " layers");
+  }
+  RETURN_IF_ERROR(divisible("vocab_size", c.vocab_size, tp));
+  RETURN_IF_ERROR(divisible("num_attention_heads", c.num_heads, tp));
+  if (!c.is_mla()) {
+    if (c.num_kv_heads >= tp) {
+      RETURN_IF_ERROR(divisible("num_key_value_heads", c.num_kv_heads, tp));
+    } else if (tp % c.num_kv_heads != 0) {
+      return invalid_argument("the tensor-parallel size " + std::to_string(tp) +
+                              " is not a multiple of num_key_value_heads (" +
+                              std::to_string(c.num_kv_heads) + "), so kv heads cannot be "
+                              "replicated evenly");
+    }
+  }
+  bool any_dense = false, any_moe = false;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    (c.is_moe_layer(layer) ? any_moe : any_dense) = true;
+  }
+  if (any_dense) RETURN_IF_ERROR(divisible("intermediate_size", c.intermediate_size, tp));
+  if (any_moe) {
+    RETURN_IF_ERROR(divisible("n_routed_experts", c.num_routed_experts, tp));
+    if (c.num_shared_experts > 0) {
+      RETURN_IF_ERROR(divisible("n_shared_experts × moe_intermediate_size",
+                                c.num_shared_experts * c.moe_intermediate_size, tp));
+    }
+  }
+  return ok_status();
+}
+
+Status Model::load_weights(const WeightSource& source) {
+  const ModelConfig& c = config_;
+  const int r = shard_.tp_rank;
+  std::map<std::string, std::vector<int64_t>> expected;
+  for (auto& [name, shape] : expected_tensors(c)) expected[name] = shape;
+  Loader load(source, backend_, expected, weight_bytes_);
+  const Range all = Range::all();
+  auto split = [r](int64_t total, int tp) { return Range{r * (total / tp), total / tp}; };
+  const int tp = shard_.tp_size;
+
+  if (shard_.first_stage()) {
+    ASSIGN_OR_RETURN(embedding_, load.rows({{"model.embed_tokens.weight", split(c.vocab_size, tp)}}, all));
+  }
+  if (shard_.last_stage(c)) {
+    ASSIGN_OR_RETURN(final_norm_, load.whole("model.norm.weight"));
+    const char* head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    ASSIGN_OR_RETURN(lm_head_, load.rows({{head, split(c.vocab_size, tp)}}, all));
+  }
+
+  for (int64_t layer = shard_.layer_begin; layer < shard_.layer_end; ++layer) {
+    LayerWeights w;
+    w.index = layer;
+    const std::string p = layer_prefix(layer);
+    const std::string a = p + "self_attn.";
+    ASSIGN_OR_RETURN(w.input_norm, load.whole(p + "input_layernorm.weight"));
+    ASSIGN_OR_RETURN(w.post_attention_norm, load.whole(p + "post_attention_layernorm.weight"));
+    if (!c.is_mla()) {
+      const int64_t d = c.head_dim;
+      // kv heads: split when there are at least tp of them, else replicated in groups of ranks.
+      const int64_t kv_head_begin =
+          c.num_kv_heads >= tp ? r * kv_heads_local_ : r / (tp / c.num_kv_heads);
+      const Range q_rows{r * heads_local_ * d, heads_local_ * d};
+      const Range kv_rows{kv_head_begin * d, kv_heads_local_ * d};
+      ASSIGN_OR_RETURN(w.llama.qkv, load.rows({{a + "q_proj.weight", q_rows},
+                                               {a + "k_proj.weight", kv_rows},
+                                               {a + "v_proj.weight", kv_rows}},
+                                              all));
+      ASSIGN_OR_RETURN(w.llama.o, load.rows({{a + "o_proj.weight", all}}, q_rows));
+    } else {
+      const int64_t qk = c.qk_head_dim();
+      const Range q_rows{r * heads_local_ * qk, heads_local_ * qk};
+      if (c.q_lora_rank > 0) {
+        ASSIGN_OR_RETURN(w.mla.q_a, load.whole(a + "q_a_proj.weight"));
+        ASSIGN_OR_RETURN(w.mla.q_a_norm, load.whole(a + "q_a_layernorm.weight"));
+        ASSIGN_OR_RETURN(w.mla.q_b, load.rows({{a + "q_b_proj.weight", q_rows}}, all));
+      } else {
+        ASSIGN_OR_RETURN(w.mla.q_b, load.rows({{a + "q_proj.weight", q_rows}}, all));
+      }
+      ASSIGN_OR_RETURN(w.mla.kv_a, load.whole(a + "kv_a_proj_with_mqa.weight"));
+      ASSIGN_OR_RETURN(w.mla.kv_a_norm, load.whole(a + "kv_a_layernorm.weight"));
+      const int64_t per_head = c.qk_nope_head_dim + c.v_head_dim;
+      ASSIGN_OR_RETURN(w.mla.kv_b, load.rows({{a + "kv_b_proj.weight",
+                                               {r * heads_local_ * per_head, heads_local_ * per_head}}},
+                                             all));
+      ASSIGN_OR_RETURN(w.mla.o, load.rows({{a + "o_proj.weight", all}},
+                                          {r * heads_local_ * c.v_head_dim, heads_local_ * c.v_head_dim}));
+    }
+
+    auto load_mlp = [&](const std::string& prefix, int64_t inter, int parts,
+                        int part) -> StatusOr<MlpWeights> {
+      MlpWeights m;
+      m.inter_local = inter / parts;
+      const Range rows{part * m.inter_local, m.inter_local};
+      ASSIGN_OR_RETURN(m.gate_up, load.rows({{prefix + "gate_proj.weight", rows},
+                                             {prefix + "up_proj.weight", rows}},
+                                            all));
+      ASSIGN_OR_RETURN(m.down, load.rows({{prefix + "down_proj.weight", all}}, rows));
+      return m;
+    };
+
+    if (c.is_moe_layer(layer)) {
+      w.moe = true;
+      MoeWeights& m = w.moe_weights;
+      const std::string mp = p + "mlp.";
+      ASSIGN_OR_RETURN(m.router, load.whole(mp + "gate.weight"));
+      if (c.routing.method == MoeTopkMethod::kNoauxTc) {
+        ASSIGN_OR_RETURN(m.bias, load.whole(mp + "gate.e_score_correction_bias"));
+      }
+      m.expert_begin = r * experts_local_;
+      for (int64_t e = m.expert_begin; e < m.expert_begin + experts_local_; ++e) {
+        ASSIGN_OR_RETURN(MlpWeights expert,
+                         load_mlp(mp + "experts." + std::to_string(e) + ".", c.moe_intermediate_size, 1, 0));
+        m.experts.push_back(std::move(expert));
+      }
+      for (const MlpWeights& expert : m.experts) {
+        m.expert_views.push_back({expert.gate_up.mat, expert.down.mat});
+      }
+      if (c.num_shared_experts > 0) {
+        m.has_shared = true;
+        ASSIGN_OR_RETURN(m.shared, load_mlp(mp + "shared_experts.",
+                                            c.moe_intermediate_size * c.num_shared_experts, tp, r));
+      }
+    } else {
+      ASSIGN_OR_RETURN(w.mlp, load_mlp(p + "mlp.", c.intermediate_size, tp, r));
+    }
+    layers_.push_back(std::move(w));
+  }
+  return ok_status();
+}
+
+}  // namespace dshpc
