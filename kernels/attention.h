@@ -37,7 +37,8 @@ struct PagedSequence {
 
 // Stores new keys and values: token t goes to slot slots[t]. k rows are `k_row_stride` apart and
 // hold kv_heads · head_dim values; v rows `v_row_stride` apart with kv_heads · v_dim values.
-// With v == nullptr only k is written (the MLA latent cache).
+// With v == nullptr only k is written (the MLA latent cache). A negative slot skips its token
+// (padding rows of a step).
 void kv_cache_write_cpu(const float* k, int64_t k_row_stride, const float* v, int64_t v_row_stride,
                         int64_t tokens, const int64_t* slots, const PagedKvView& cache);
 

@@ -29,7 +29,16 @@ double yarn_get_mscale(double scale, double m);
 
 // inv_freq[rot_dim / 2] as Hugging Face computes it (linear divides by factor; YaRN blends
 // interpolated and extrapolated frequencies with the linear ramp between the correction dims
-// from beta_fast / beta_slow, floor/ceil-truncated and clamped to [0, rot_dim/2 − 1]).
+// from beta_fast / beta_slow, floor/ceil-truncated and clamped to [0, rot_dim − 1] — rot_dim − 1,
+// not rot_dim/2 − 1, as transformers' find_correction_range does; the ramp itself runs over the
+// rot_dim/2 frequencies and is clamped to [0, 1]).
+//
+// `factor` is used as given. transformers 5.x does the same (it warns when factor differs from
+// max_position_embeddings / original_max_position_embeddings and only derives it from that ratio
+// when `factor` is absent); transformers 4.4x–4.5x instead always replaced factor by that ratio
+// when original_max_position_embeddings was present. Filling RopeParams from config.json is the
+// caller's job. transformers' optional `truncate: false` (no floor/ceil) and explicit
+// `attention_factor` keys are not modelled; no DeepSeek config sets them.
 std::vector<double> rope_inv_freq(const RopeParams& params);
 
 // The factor Hugging Face multiplies cos and sin by: for YaRN mscale(factor, mscale) /
