@@ -185,10 +185,10 @@ class CpuBackend final : public Backend {
                     hidden * sizeof(float));
       }
       matmul(Mat::of(gathered_.data(), DType::kF32, n, hidden), local_experts[e].gate_up,
-             Mat::of(gate_up_.data(), DType::kF32, n, 2 * inter));
+             Mat::of(gate_up_.data(), DType::kF32, n, 2 * inter), true, false);
       swiglu_cpu(gate_up_.data(), act_.data(), n, inter);
       matmul(Mat::of(act_.data(), DType::kF32, n, inter), local_experts[e].down,
-             Mat::of(expert_out_.data(), DType::kF32, n, hidden));
+             Mat::of(expert_out_.data(), DType::kF32, n, hidden), true, false);
       float* o = f32(out);
       for (int64_t i = 0; i < n; ++i) {
         float w = list[i].second;

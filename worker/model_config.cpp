@@ -253,7 +253,14 @@ bool ModelConfig::is_moe_layer(int64_t layer) const {
 
 float ModelConfig::attention_scale() const {
   double scale = 1.0 / std::sqrt(static_cast<double>(is_mla() ? qk_head_dim() : head_dim));
-  if (is_mla()) scale *= rope_softmax_scale_multiplier(rope);
+  // DeepSeek-V3 folds YaRN's magnitude correction into the softmax scale: mscale(factor,
+  // mscale_all_dim)² for any scaled rope. The reference implementation of DeepSeek-V2
+  // (transformers' DeepseekV2Attention) does not, and we match the reference.
+  if (family == ModelFamily::kDeepseekV3 && rope.scaling != RopeScaling::kNone &&
+      rope.mscale_all_dim != 0.0) {
+    const double m = yarn_get_mscale(rope.factor, rope.mscale_all_dim);
+    scale *= m * m;
+  }
   return static_cast<float>(scale);
 }
 

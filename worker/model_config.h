@@ -65,7 +65,8 @@ struct ModelConfig {
   // Layers with index >= first_k_dense_replace and divisible by moe_layer_freq use MoE.
   bool is_moe_layer(int64_t layer) const;
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
-  // The attention softmax scale: head_dim^-0.5, times YaRN's mscale² for DeepSeek models.
+  // The attention softmax scale: head_dim^-0.5 (qk_head_dim for MLA), times YaRN's mscale² for
+  // DeepSeek-V3 with scaled rope.
   float attention_scale() const;
   // Parameter count of the whole model (all experts), for reports.
   int64_t num_parameters() const;
