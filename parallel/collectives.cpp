@@ -6,6 +6,22 @@
 
 namespace dshpc {
 
+const char* collective_op_name(CollectiveOp op) {
+  switch (op) {
+    case CollectiveOp::kAllReduce:
+      return "all_reduce_sum";
+    case CollectiveOp::kAllGather:
+      return "all_gather";
+    case CollectiveOp::kSend:
+      return "send";
+    case CollectiveOp::kRecv:
+      return "recv";
+    case CollectiveOp::kBroadcast:
+      return "broadcast";
+  }
+  return "?";
+}
+
 void SoloCollectives::all_gather(const float* send, float* recv, size_t count) {
   if (send != recv) std::memmove(recv, send, count * sizeof(float));
 }

@@ -4,10 +4,30 @@
 // group's timeout, stops the job with a message naming the call, the group and the rank.
 #pragma once
 
+#include <array>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace dshpc {
+
+// What a group has spent its time on, for the metrics endpoint: one entry per operation.
+enum class CollectiveOp : int { kAllReduce, kAllGather, kSend, kRecv, kBroadcast };
+inline constexpr int kNumCollectiveOps = 5;
+const char* collective_op_name(CollectiveOp op);  // "all_reduce_sum", "send", ...
+
+struct CollectiveStats {
+  struct Op {
+    uint64_t calls = 0;
+    uint64_t bytes = 0;    // this rank's block (all_gather), message (send/recv) or payload
+    double seconds = 0.0;  // wall time from the call to its completion, waiting included
+  };
+  std::array<Op, kNumCollectiveOps> ops{};
+
+  const Op& operator[](CollectiveOp op) const { return ops[static_cast<int>(op)]; }
+  Op& operator[](CollectiveOp op) { return ops[static_cast<int>(op)]; }
+  double seconds(CollectiveOp op) const { return (*this)[op].seconds; }
+};
 
 class Collectives {
  public:
@@ -24,6 +44,10 @@ class Collectives {
   // Point-to-point within the group (pipeline stages); `peer` is a rank of this group.
   virtual void send(const void* data, size_t bytes, int peer, int tag) = 0;
   virtual void recv(void* data, size_t bytes, int peer, int tag) = 0;
+
+  // Cumulative per-operation counters since construction; safe to call from another thread
+  // (the metrics scraper) while the group is busy. Backends without counters report zeros.
+  virtual CollectiveStats stats() const { return {}; }
 };
 
 // The group of one: every collective is the identity. Used on a single rank and for any group
