@@ -27,6 +27,14 @@ class Checkpoint {
   // Opens `dir`: reads config.json text, opens model.safetensors or every shard named by
   // model.safetensors.index.json (an index that names a missing shard, or a tensor the shard does
   // not hold, is an error naming both).
+  //
+  // - A missing config.json is NOT_FOUND naming the directory. config.json must be JSON; its
+  //   quantization_config.weight_block_size, when present, sets the FP8 block (see read_f32).
+  // - When both model.safetensors and the index exist, model.safetensors wins (as in transformers).
+  // - The index is authoritative: the checkpoint holds exactly the tensors its weight_map names.
+  //   A shard may hold more (they are ignored, not visible through find or read_f32), so that a
+  //   tensor a shard holds but the index does not list can never shadow the listed one.
+  // - Shard names must be plain file names inside `dir` (no '/'), as in every published index.
   static StatusOr<Checkpoint> open(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
@@ -46,18 +54,42 @@ class Checkpoint {
   // (F32 [ceil(R/block), ceil(C/block)], block = `fp8_block` from the config's
   // quantization_config.weight_block_size, 128 by default): w = q × scale_inv[r/block][c/block].
   // Errors (out-of-range slice, missing scale, non-float dtype) name the tensor and file.
+  //
+  // Only the slice's bytes (and, for FP8, only the scale blocks it touches) are read; nothing
+  // the size of the whole tensor is allocated. A 1-D tensor reads as an [R, 1] column, so `cols`
+  // may be all() or {0, 1}. A slice outside the shape is OUT_OF_RANGE; a dtype or rank we cannot
+  // read (integers, 3-D) or a scale tensor of the wrong shape is INVALID_ARGUMENT.
   Status read_f32(const std::string& name, Range rows, Range cols, float* dst) const;
 
   // The shape, or NOT_FOUND.
   StatusOr<std::vector<int64_t>> shape(const std::string& name) const;
 
-  void set_fp8_block(int64_t rows, int64_t cols) { fp8_block_rows_ = rows; fp8_block_cols_ = cols; }
+  // Overrides the FP8 block taken from config.json; both must be positive or reads fail.
+  void set_fp8_block(int64_t rows, int64_t cols) {
+    fp8_block_rows_ = rows;
+    fp8_block_cols_ = cols;
+  }
+  int64_t fp8_block_rows() const { return fp8_block_rows_; }
+  int64_t fp8_block_cols() const { return fp8_block_cols_; }
 
  private:
+  struct Span {  // a resolved Range
+    int64_t begin = 0;
+    int64_t count = 0;
+  };
+
+  Status read_config(const std::string& config_path);
+  Status open_single(const std::string& path);
+  Status open_index(const std::string& index_path);
+  Status read_fp8(const std::string& name, const SafetensorsFile& file,
+                  const SafetensorsTensor& tensor, Span rows, Span cols, float* dst) const;
+
   std::string dir_;
   std::string config_json_;
+  // unique_ptr so that the tensor pointers in tensors_ survive moving the Checkpoint.
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, std::pair<size_t, const SafetensorsTensor*>> tensors_;  // name -> (file, tensor)
+  // name -> (index into files_, the tensor inside that file's header)
+  std::map<std::string, std::pair<size_t, const SafetensorsTensor*>> tensors_;
   int64_t fp8_block_rows_ = 128;
   int64_t fp8_block_cols_ = 128;
 };

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/dtype.h"
@@ -26,12 +27,13 @@ struct SafetensorsTensor {
   uint64_t data_begin = 0;  // offsets relative to the data region
   uint64_t data_end = 0;
 
+  // Product of the dims; 1 for a scalar; -1 if it overflows int64 (never for a parsed header).
   int64_t num_elements() const;
   uint64_t num_bytes() const { return data_end - data_begin; }
 };
 
 struct SafetensorsHeader {
-  uint64_t header_bytes = 0;           // N, the JSON length
+  uint64_t header_bytes = 0;               // N, the JSON length
   std::vector<SafetensorsTensor> tensors;  // sorted by data_begin
   std::map<std::string, std::string> metadata;
 };
@@ -39,8 +41,18 @@ struct SafetensorsHeader {
 // Largest header we accept (the format's own limit is 100 MB).
 constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
 
+// Checks that `text` is exactly one JSON document (UTF-8, nothing but whitespace after it) in
+// which no object repeats a key. Boost.JSON, like most DOM parsers, silently keeps the last of
+// duplicate keys; a header or index that names a tensor twice is ambiguous, so we reject it.
+// The error (INVALID_ARGUMENT) is prefixed with `file_name` and names the repeated key.
+Status check_json_document(std::string_view text, const std::string& file_name);
+
 // Parses and validates the header of a safetensors file held in `bytes` (the whole file, so
 // that offsets can be checked against its size). `file_name` only labels error messages.
+// Truncation (file shorter than the header or the offsets say) is DATA_LOSS; every other
+// violation is INVALID_ARGUMENT. Accepted on purpose: gaps between tensors and bytes after the
+// last one (the reference Rust reader is stricter), unknown keys inside an entry, and trailing
+// spaces in the header (the reference writer pads with them).
 StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* bytes, size_t size,
                                                      const std::string& file_name);
 
@@ -54,7 +66,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
   // nullptr when absent.
   const SafetensorsTensor* find(const std::string& name) const;
-  // Start of the tensor's bytes inside the map.
+  // Start of the tensor's bytes inside the map. Not necessarily aligned to the dtype: the header
+  // length is arbitrary, so readers must not dereference it as a wider type.
   const uint8_t* data(const SafetensorsTensor& tensor) const;
 
  private:
