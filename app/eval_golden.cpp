@@ -15,25 +15,29 @@
 #include <string>
 #include <vector>
 
+#include <boost/json.hpp>
+
 #include "app/commands.h"
+#include "app/job.h"
 #include "common/options.h"
 #include "kernels/backend.h"
+#include "worker/cluster.h"
 #include "worker/model_runtime.h"
 #include "worker/safetensors.h"
 
 namespace dshpc {
 namespace {
 
-const std::vector<OptionSpec> kOptions = {
-    {"model", "DIR", "Hugging Face model directory (config.json + safetensors)", ""},
-    {"golden", "FILE", "golden safetensors file (prompt.j, prefill_logits.j, generated.j, "
-                       "decode_logits.j)", ""},
-    {"atol", "X", "absolute tolerance on logits", "0.002"},
-    {"tie-gap", "X", "reference top-2 gap below which greedy comparison stops", "0.001"},
-    {"tp", "N", "tensor-parallel size", "1"},
-    {"pp", "N", "pipeline-parallel size", "1"},
-    {"dp", "N", "data-parallel size (0: world / (tp × pp))", "0"},
-};
+std::vector<OptionSpec> options_table() {
+  std::vector<OptionSpec> table = {
+      {"golden", "FILE", "golden safetensors file (prompt.j, prefill_logits.j, generated.j, "
+                         "decode_logits.j)", ""},
+      {"atol", "X", "absolute tolerance on logits", "0.002"},
+      {"tie-gap", "X", "reference top-2 gap below which greedy comparison stops", "0.001"},
+  };
+  for (OptionSpec& spec : model_job_options()) table.push_back(spec);
+  return table;
+}
 
 struct GoldenPrompt {
   std::vector<int32_t> prompt;
@@ -136,15 +140,17 @@ int fail(const Status& status) {
 }  // namespace
 
 int run_eval_golden(int argc, char** argv, int first) {
-  auto parsed = Options::parse("dshpc eval-golden", kOptions, argc, argv, first);
+  const std::vector<OptionSpec> table = options_table();
+  auto parsed = Options::parse("dshpc eval-golden", table, argc, argv, first);
   if (!parsed.ok()) return fail(parsed.status()), 2;
   const Options& opts = *parsed;
   if (opts.help_requested()) {
     std::fputs(Options::help_text("dshpc eval-golden",
-                                  "Evaluates a golden file and prints one JSON line with "
+                                  "Evaluates a golden file under any layout (run it under mpirun "
+                                  "-np tp×pp×dp) and prints one JSON line on rank 0 with "
                                   "prefill_max_abs_err, decode_max_abs_err, greedy_tokens_matched, "
                                   "greedy_tokens_compared and ok; exits 0 exactly when ok.",
-                                  kOptions)
+                                  table)
                    .c_str(),
                stdout);
     return 0;
@@ -156,31 +162,28 @@ int run_eval_golden(int argc, char** argv, int first) {
   auto tie_gap = opts.get_double("tie-gap");
   if (!atol.ok()) return fail(atol.status()), 2;
   if (!tie_gap.ok()) return fail(tie_gap.status()), 2;
-  for (const char* dim : {"tp", "pp"}) {
-    auto v = opts.get_int(dim);
-    if (!v.ok()) return fail(v.status()), 2;
-    if (*v != 1) {
-      return fail(unimplemented(std::string("--") + dim + " " + std::to_string(*v) +
-                                ": this build runs one rank (3D parallelism is not wired yet)")),
-             2;
-    }
-  }
 
-  ModelRuntimeOptions ro;
-  ro.model = opts.get("model");
-  SoloCollectives tp("tp");
-  auto runtime = ModelRuntime::create(ro, ModelShard{}, make_cpu_backend(), tp);
-  if (!runtime.ok()) return fail(runtime.status());
-  ModelRuntime& rt = **runtime;
-  const int64_t vocab = rt.config().vocab_size;
+  auto started = start_job("dshpc eval-golden", opts, &argc, &argv);
+  if (!started.ok()) return 1;
+  Job& job = **started;
+  if (!job.coordinator()) {
+    job.cluster->serve();
+    return 0;
+  }
+  Cluster& cluster = *job.cluster;
+  print_rank_report(job, stderr);
+  const int64_t vocab = cluster.config().vocab_size;
   auto golden = load_golden(opts.get("golden"), vocab);
   if (!golden.ok()) return fail(golden.status());
   const std::vector<GoldenPrompt>& prompts = *golden;
   const int64_t n = static_cast<int64_t>(prompts.size());
+  const int replicas = cluster.replicas();
 
-  // Sequence 2j: teacher-forced, 2j+1: free-running; all advance together one token per step.
-  const int64_t block_size = rt.cache().spec().block_size;
-  BlockPool pool(rt.cache().num_blocks());
+  // Prompt j runs on replica j % dp. Sequence 2j is teacher-forced, 2j+1 free-running; all
+  // advance together one token per step, batched through the paged cache.
+  const int64_t block_size = cluster.kv_block_size();
+  std::vector<BlockPool> pools;
+  for (int r = 0; r < replicas; ++r) pools.emplace_back(cluster.kv_blocks());
   std::vector<std::vector<int32_t>> tables(2 * n);
   std::vector<std::vector<int32_t>> free_running(n);  // our greedy tokens
   std::vector<PromptResult> results(n);
@@ -188,11 +191,13 @@ int run_eval_golden(int argc, char** argv, int first) {
   for (const GoldenPrompt& g : prompts) steps = std::max(steps, g.generated.size());
 
   for (size_t step = 0; step < steps; ++step) {
-    StepPlan plan;
-    std::vector<std::pair<int64_t, bool>> who;  // (prompt, teacher_forced) per plan sequence
+    std::vector<StepPlan> plans(replicas);
+    // (prompt, teacher_forced) of each sequence of each replica's plan, in plan order.
+    std::vector<std::vector<std::pair<int64_t, bool>>> who(replicas);
     for (int64_t j = 0; j < n; ++j) {
       const GoldenPrompt& g = prompts[j];
       if (step >= g.generated.size()) continue;
+      const int replica = static_cast<int>(j % replicas);
       for (bool teacher : {true, false}) {
         SequenceStep s;
         s.sequence_id = 2 * j + (teacher ? 0 : 1);
@@ -205,30 +210,34 @@ int run_eval_golden(int argc, char** argv, int first) {
           s.start_position = static_cast<int32_t>(g.prompt.size() + step - 1);
         }
         auto& table = tables[s.sequence_id];
-        if (!pool.reserve(table, s.start_position + s.tokens.size(), block_size)) {
+        if (!pools[replica].reserve(table, s.start_position + s.tokens.size(), block_size)) {
           return fail(resource_exhausted("KV cache too small for the golden prompts"));
         }
         s.block_table = table;
-        plan.sequences.push_back(std::move(s));
-        who.push_back({j, teacher});
+        plans[replica].sequences.push_back(std::move(s));
+        who[replica].push_back({j, teacher});
       }
     }
-    StepOutput out = rt.engine().run(plan);
-    for (size_t i = 0; i < who.size(); ++i) {
-      auto [j, teacher] = who[i];
-      const GoldenPrompt& g = prompts[j];
-      PromptResult& r = results[j];
-      if (teacher) {
-        if (step == 0) {
-          for (size_t row = 0; row < g.prompt.size(); ++row) {
-            r.prefill_err = std::max(r.prefill_err, max_abs_diff(out.row(i, row),
-                                                                 &g.prefill_logits[row * vocab], vocab));
+    std::vector<StepOutput> outputs = cluster.step(plans);
+    for (int replica = 0; replica < replicas; ++replica) {
+      const StepOutput& out = outputs[replica];
+      for (size_t i = 0; i < who[replica].size(); ++i) {
+        auto [j, teacher] = who[replica][i];
+        const GoldenPrompt& g = prompts[j];
+        PromptResult& r = results[j];
+        if (teacher) {
+          if (step == 0) {
+            for (size_t row = 0; row < g.prompt.size(); ++row) {
+              r.prefill_err = std::max(
+                  r.prefill_err, max_abs_diff(out.row(i, row), &g.prefill_logits[row * vocab], vocab));
+            }
           }
+          const float* last = out.row(i, out.num_rows[i] - 1);
+          r.decode_err =
+              std::max(r.decode_err, max_abs_diff(last, &g.decode_logits[step * vocab], vocab));
+        } else {
+          free_running[j].push_back(argmax_row(out.row(i, 0), vocab));
         }
-        const float* last = out.row(i, out.num_rows[i] - 1);
-        r.decode_err = std::max(r.decode_err, max_abs_diff(last, &g.decode_logits[step * vocab], vocab));
-      } else {
-        free_running[j].push_back(argmax_row(out.row(i, 0), vocab));
       }
     }
   }
@@ -245,27 +254,34 @@ int run_eval_golden(int argc, char** argv, int first) {
 
   float prefill_err = 0, decode_err = 0;
   int matched = 0, compared = 0;
-  std::string per_prompt;
+  boost::json::array per_prompt;
   for (int64_t j = 0; j < n; ++j) {
     const PromptResult& r = results[j];
     prefill_err = std::max(prefill_err, r.prefill_err);
     decode_err = std::max(decode_err, r.decode_err);
     matched += r.matched;
     compared += r.compared;
-    char item[256];
-    std::snprintf(item, sizeof(item),
-                  "%s{\"prompt_len\":%zu,\"prefill_max_abs_err\":%.6g,\"decode_max_abs_err\":%.6g,"
-                  "\"greedy_tokens_matched\":%d,\"greedy_tokens_compared\":%d}",
-                  j ? "," : "", prompts[j].prompt.size(), r.prefill_err, r.decode_err, r.matched,
-                  r.compared);
-    per_prompt += item;
+    per_prompt.push_back({{"prompt_len", prompts[j].prompt.size()},
+                          {"prefill_max_abs_err", r.prefill_err},
+                          {"decode_max_abs_err", r.decode_err},
+                          {"greedy_tokens_matched", r.matched},
+                          {"greedy_tokens_compared", r.compared}});
   }
   const bool ok = prefill_err <= *atol && decode_err <= *atol && matched == compared;
-  std::printf("{\"model\":\"%s\",\"layout\":{\"tp\":1,\"pp\":1,\"dp\":1},\"prefill_max_abs_err\":%.6g,"
-              "\"decode_max_abs_err\":%.6g,\"greedy_tokens_matched\":%d,"
-              "\"greedy_tokens_compared\":%d,\"atol\":%g,\"ok\":%s,\"prompts\":[%s]}\n",
-              opts.get("model").c_str(), prefill_err, decode_err, matched, compared, *atol,
-              ok ? "true" : "false", per_prompt.c_str());
+  const RankLayout& layout = job.groups->layout;
+  boost::json::object line;
+  line["model"] = opts.get("model");
+  line["layout"] = {{"tp", layout.tp()}, {"pp", layout.pp()}, {"dp", layout.dp()}};
+  line["prefill_max_abs_err"] = prefill_err;
+  line["decode_max_abs_err"] = decode_err;
+  line["greedy_tokens_matched"] = matched;
+  line["greedy_tokens_compared"] = compared;
+  line["atol"] = *atol;
+  line["ok"] = ok;
+  line["prompts"] = std::move(per_prompt);
+  line["ranks"] = boost::json::parse(rank_report_json(job));
+  std::printf("%s\n", boost::json::serialize(line).c_str());
+  std::fflush(stdout);
   return ok ? 0 : 1;
 }
 

@@ -19,6 +19,7 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "parallel/collectives.h"
+#include "parallel/layout.h"
 #include "worker/kv_cache.h"
 #include "worker/model_config.h"
 #include "worker/weight_source.h"
@@ -84,6 +85,10 @@ struct LayerWeights {
   MlpWeights mlp;
   MoeWeights moe_weights;
 };
+
+// What each parallel dimension splits in this model, for check_splits (parallel/layout.h): heads,
+// kv heads, vocabulary, MLP widths and experts must divide by tp; layers must cover pp stages.
+std::vector<SplitRequirement> split_requirements(const ModelConfig& config);
 
 class Model {
  public:

@@ -23,14 +23,6 @@ void add_mlp(Shapes& out, const std::string& prefix, int64_t hidden, int64_t int
   out.push_back({prefix + "down_proj.weight", {hidden, inter}});
 }
 
-Status divisible(const char* what, int64_t quantity, int tp) {
-  if (quantity % tp != 0) {
-    return invalid_argument(std::string(what) + " (" + std::to_string(quantity) +
-                            ") is not divisible by the tensor-parallel size " + std::to_string(tp));
-  }
-  return ok_status();
-}
-
 // Reads slices of checkpoint tensors into backend memory after checking full shapes.
 class Loader {
  public:
@@ -150,43 +142,49 @@ Shapes Model::expected_tensors(const ModelConfig& c) {
   return out;
 }
 
-Status Model::check_shard(const ModelConfig& c, const ModelShard& shard) {
-  const int tp = shard.tp_size;
-  if (tp < 1 || shard.tp_rank < 0 || shard.tp_rank >= tp) {
-    return invalid_argument("tensor-parallel rank " + std::to_string(shard.tp_rank) +
-                            " outside size " + std::to_string(tp));
-  }
-  int64_t end = shard.layer_end < 0 ? c.num_layers : shard.layer_end;
-  if (shard.layer_begin < 0 || shard.layer_begin >= end || end > c.num_layers) {
-    return invalid_argument("layer range [" + std::to_string(shard.layer_begin) + ", " +
-                            std::to_string(end) + ") does not fit the model's " +
-                            std::to_string(c.num_layers) + " layers");
-  }
-  RETURN_IF_ERROR(divisible("vocab_size", c.vocab_size, tp));
-  RETURN_IF_ERROR(divisible("num_attention_heads", c.num_heads, tp));
+std::vector<SplitRequirement> split_requirements(const ModelConfig& c) {
+  std::vector<SplitRequirement> out = {
+      {"attention heads (num_attention_heads)", c.num_heads, SplitRule::kDivisibleByTp},
+      {"vocabulary entries (vocab_size)", c.vocab_size, SplitRule::kDivisibleByTp},
+      {"layers (num_hidden_layers)", c.num_layers, SplitRule::kAtLeastPp},
+  };
   if (!c.is_mla()) {
-    if (c.num_kv_heads >= tp) {
-      RETURN_IF_ERROR(divisible("num_key_value_heads", c.num_kv_heads, tp));
-    } else if (tp % c.num_kv_heads != 0) {
-      return invalid_argument("the tensor-parallel size " + std::to_string(tp) +
-                              " is not a multiple of num_key_value_heads (" +
-                              std::to_string(c.num_kv_heads) + "), so kv heads cannot be "
-                              "replicated evenly");
-    }
+    out.push_back({"key-value heads (num_key_value_heads)", c.num_kv_heads,
+                   SplitRule::kDivisibleByTpOrReplicated});
   }
   bool any_dense = false, any_moe = false;
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     (c.is_moe_layer(layer) ? any_moe : any_dense) = true;
   }
-  if (any_dense) RETURN_IF_ERROR(divisible("intermediate_size", c.intermediate_size, tp));
+  if (any_dense) {
+    out.push_back({"MLP channels (intermediate_size)", c.intermediate_size,
+                   SplitRule::kDivisibleByTp});
+  }
   if (any_moe) {
-    RETURN_IF_ERROR(divisible("n_routed_experts", c.num_routed_experts, tp));
+    out.push_back({"routed experts (n_routed_experts)", c.num_routed_experts,
+                   SplitRule::kDivisibleByTp});
     if (c.num_shared_experts > 0) {
-      RETURN_IF_ERROR(divisible("n_shared_experts × moe_intermediate_size",
-                                c.num_shared_experts * c.moe_intermediate_size, tp));
+      out.push_back({"shared-expert channels (n_shared_experts × moe_intermediate_size)",
+                     c.num_shared_experts * c.moe_intermediate_size, SplitRule::kDivisibleByTp});
     }
   }
-  return ok_status();
+  return out;
+}
+
+Status Model::check_shard(const ModelConfig& c, const ModelShard& shard) {
+  if (shard.tp_size < 1 || shard.tp_rank < 0 || shard.tp_rank >= shard.tp_size) {
+    return invalid_argument("tensor-parallel rank " + std::to_string(shard.tp_rank) +
+                            " outside size " + std::to_string(shard.tp_size));
+  }
+  const int64_t end = shard.layer_end < 0 ? c.num_layers : shard.layer_end;
+  if (shard.layer_begin < 0 || shard.layer_begin >= end || end > c.num_layers) {
+    return invalid_argument("layer range [" + std::to_string(shard.layer_begin) + ", " +
+                            std::to_string(end) + ") does not fit the model's " +
+                            std::to_string(c.num_layers) + " layers");
+  }
+  ASSIGN_OR_RETURN(RankLayout layout,
+                   RankLayout::create(shard.tp_size, ParallelConfig{shard.tp_size, 1, 1}));
+  return check_splits(layout, split_requirements(c));
 }
 
 Status Model::load_weights(const WeightSource& source) {

@@ -1,0 +1,156 @@
+#include "app/job.h"
+
+#include <cstdio>
+
+#include <boost/json.hpp>
+
+#include "common/check.h"
+#include "parallel/mpi_collectives.h"
+
+namespace dshpc {
+
+std::vector<OptionSpec> model_job_options() {
+  return {
+      {"model", "DIR|CONFIG.json", "Hugging Face model directory, or a config.json with "
+                                   "--random-weights", ""},
+      {"random-weights", "", "seeded random weights of the config's shapes (no checkpoint)", ""},
+      {"seed", "N", "seed of --random-weights", "0"},
+      {"tp", "N", "tensor-parallel size (ranks per stage)", "1"},
+      {"pp", "N", "pipeline-parallel size (stages per replica)", "1"},
+      {"dp", "N", "data-parallel size (replicas; 0: world / (tp × pp))", "0"},
+      {"pp-layers", "N,N,…", "layers per pipeline stage (default: balanced)", ""},
+      {"micro-batches", "N", "micro-batches per step in the pipeline (0: one per stage)", "0"},
+      {"kv-blocks", "N", "KV cache blocks per rank (0: sized automatically)", "0"},
+      {"kv-block-size", "N", "tokens per KV cache block", "16"},
+  };
+}
+
+namespace {
+
+// Every rank contributes 1 when it failed; all ranks learn whether any failed.
+bool any_rank_failed(MPI_Comm comm, bool failed, double timeout_s) {
+  MpiCollectives world(comm, "world", timeout_s);
+  float flag = failed ? 1.0f : 0.0f;
+  world.all_reduce_sum(&flag, 1);
+  return flag > 0.0f;
+}
+
+}  // namespace
+
+namespace {
+
+StatusOr<std::unique_ptr<Job>> start_job_impl(const std::string& command, const Options& options,
+                                              std::unique_ptr<Job> job, bool& reported) {
+  ParallelConfig parallel;
+  for (auto [name, field] : {std::pair{"tp", &parallel.tp}, std::pair{"pp", &parallel.pp},
+                             std::pair{"dp", &parallel.dp}}) {
+    ASSIGN_OR_RETURN(int64_t v, options.get_int(name));
+    if (v < 0 || v > 1 << 20) {
+      return invalid_argument(command + ": --" + name + " " + std::to_string(v) + " is out of range");
+    }
+    *field = static_cast<int>(v);
+  }
+  // The same on every rank, so a bad layout fails everywhere with the same message.
+  ASSIGN_OR_RETURN(ProcessGroups groups, ProcessGroups::create(parallel));
+  job->groups = std::make_unique<ProcessGroups>(std::move(groups));
+  const ProcessGroups& g = *job->groups;
+
+  ModelRuntimeOptions ro;
+  ro.model = options.get("model");
+  ro.random_weights = options.flag("random-weights");
+  ASSIGN_OR_RETURN(int64_t seed, options.get_int("seed"));
+  ro.seed = static_cast<uint64_t>(seed);
+  ASSIGN_OR_RETURN(ro.kv_blocks, options.get_int("kv-blocks"));
+  ASSIGN_OR_RETURN(ro.kv_block_size, options.get_int("kv-block-size"));
+  if (ro.kv_block_size < 1 || ro.kv_block_size > 1024) {
+    return invalid_argument(command + ": --kv-block-size must be in [1, 1024]");
+  }
+  ASSIGN_OR_RETURN(int64_t micro_batches, options.get_int("micro-batches"));
+  if (micro_batches < 0) return invalid_argument(command + ": --micro-batches must be >= 0");
+
+  // Layout against the model before any weight is read (the config is small; every rank reads it).
+  ASSIGN_OR_RETURN(ModelConfig config, load_config_for(ro));
+  RETURN_IF_ERROR(check_splits(g.layout, split_requirements(config))
+                      .with_context(command + ": the layout " + g.layout.to_string() +
+                                    " does not fit " + ro.model));
+  std::vector<int> per_stage;
+  if (!options.get("pp-layers").empty()) {
+    ASSIGN_OR_RETURN(per_stage, parse_layers_per_stage(options.get("pp-layers")));
+  }
+  ASSIGN_OR_RETURN(std::vector<LayerRange> stages,
+                   stage_layer_ranges(static_cast<int>(config.num_layers), g.layout.pp(), per_stage));
+  ModelShard shard;
+  shard.tp_rank = g.coords.tp;
+  shard.tp_size = g.layout.tp();
+  shard.layer_begin = stages[g.coords.pp].begin;
+  shard.layer_end = stages[g.coords.pp].end;
+
+  auto runtime = ModelRuntime::create(ro, shard, make_cpu_backend(), *job->groups->tp_coll);
+  const bool failed = !runtime.ok();
+  if (any_rank_failed(g.world.get(), failed, g.timeout_s)) {
+    // Each failing rank reports its own error; rank 0 says why it stops when it did not fail.
+    reported = true;
+    if (failed) {
+      std::fprintf(stderr, "%s: rank %d: %s\n", command.c_str(), g.rank,
+                   runtime.status().message().c_str());
+      return runtime.status();
+    }
+    Status other = unavailable("another rank failed to load its part of the model (see its message)");
+    if (g.rank == 0) std::fprintf(stderr, "%s: %s\n", command.c_str(), other.message().c_str());
+    return other;
+  }
+  job->runtime = std::move(*runtime);
+  job->cluster = std::make_unique<Cluster>(
+      *job->groups, *job->runtime,
+      micro_batches > 0 ? static_cast<int>(micro_batches) : g.layout.pp());
+  return job;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Job>> start_job(const std::string& command, const Options& options,
+                                         int* argc, char*** argv) {
+  auto job = std::make_unique<Job>();
+  job->mpi = std::make_unique<MpiRuntime>(argc, argv);
+  const int rank = job->mpi->world_rank();
+  bool reported = false;
+  auto result = start_job_impl(command, options, std::move(job), reported);
+  // Errors every rank shares (options, layout, config) are printed once, by rank 0.
+  if (!result.ok() && !reported && rank == 0) {
+    std::fprintf(stderr, "%s: %s\n", command.c_str(), result.status().message().c_str());
+  }
+  return result;
+}
+
+void print_rank_report(const Job& job, FILE* out) {
+  const auto& reports = job.cluster->reports();
+  std::fprintf(out, "dshpc: %s, model %s (%s)\n", job.groups->layout.to_string().c_str(),
+               job.runtime->source_description().c_str(),
+               model_family_name(job.runtime->config().family));
+  for (const RankReport& r : reports) {
+    std::fprintf(out,
+                 "dshpc: rank %d (dp %d, pp %d, tp %d): layers [%lld, %lld), weights %.2f MiB, "
+                 "KV cache %.2f MiB (%lld blocks)\n",
+                 r.rank, r.coords.dp, r.coords.pp, r.coords.tp,
+                 static_cast<long long>(r.layer_begin), static_cast<long long>(r.layer_end),
+                 r.weight_bytes / 1048576.0, r.kv_cache_bytes / 1048576.0,
+                 static_cast<long long>(r.kv_blocks));
+  }
+}
+
+std::string rank_report_json(const Job& job) {
+  boost::json::array ranks;
+  for (const RankReport& r : job.cluster->reports()) {
+    ranks.push_back({{"rank", r.rank},
+                     {"dp", r.coords.dp},
+                     {"pp", r.coords.pp},
+                     {"tp", r.coords.tp},
+                     {"layer_begin", r.layer_begin},
+                     {"layer_end", r.layer_end},
+                     {"weight_bytes", r.weight_bytes},
+                     {"kv_cache_bytes", r.kv_cache_bytes}});
+  }
+  return boost::json::serialize(ranks);
+}
+
+}  // namespace dshpc

@@ -1,0 +1,42 @@
+// The SPMD job behind every command that runs a model: MPI, the process groups of the 3D layout,
+// this rank's shard of the model and the Cluster that rank 0 drives.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/options.h"
+#include "common/status.h"
+#include "parallel/mpi_runtime.h"
+#include "parallel/process_groups.h"
+#include "worker/cluster.h"
+#include "worker/model_runtime.h"
+
+namespace dshpc {
+
+// The options every model-running command shares (--model, --tp, --pp, --dp, …).
+std::vector<OptionSpec> model_job_options();
+
+struct Job {
+  std::unique_ptr<MpiRuntime> mpi;
+  std::unique_ptr<ProcessGroups> groups;
+  std::unique_ptr<ModelRuntime> runtime;
+  std::unique_ptr<Cluster> cluster;
+
+  bool coordinator() const { return groups->rank == 0; }
+};
+
+// Starts MPI (if not yet), checks the layout against the model's config on every rank before any
+// weight is read, loads this rank's shard and agrees on the KV cache. A failure on any rank
+// becomes an error on every rank (no rank is left waiting), printed once: by rank 0 when every
+// rank shares it, by the failing rank otherwise. `command` labels messages.
+StatusOr<std::unique_ptr<Job>> start_job(const std::string& command, const Options& options,
+                                         int* argc, char*** argv);
+
+// Prints the per-rank weight and KV-cache table (rank 0).
+void print_rank_report(const Job& job, FILE* out);
+// The same as a JSON array text.
+std::string rank_report_json(const Job& job);
+
+}  // namespace dshpc

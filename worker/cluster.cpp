@@ -1,0 +1,213 @@
+#include "worker/cluster.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/check.h"
+#include "parallel/mpi_collectives.h"
+#include "parallel/tags.h"
+
+namespace dshpc {
+namespace {
+
+// Rows of logits a sequence asks for.
+int64_t logits_rows(const SequenceStep& s) {
+  return s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
+}
+
+// Workers wait for the next control message for as long as the coordinator may be idle; the
+// serving loop sends keepalives well within this.
+double control_timeout_s(double collective_timeout_s) {
+  if (const char* env = std::getenv("DSHPC_CONTROL_TIMEOUT_S")) {
+    double v = std::atof(env);
+    if (v > 0) return v;
+  }
+  return std::max(collective_timeout_s, 3600.0);
+}
+
+}  // namespace
+
+std::vector<StepPlan> split_micro_batches(const StepPlan& plan, int count) {
+  const int n = static_cast<int>(plan.sequences.size());
+  count = std::max(1, std::min(count, n));
+  std::vector<StepPlan> out;
+  if (n == 0) return out;
+  const int64_t total = plan.num_tokens();
+  int64_t done_tokens = 0;
+  int next = 0;
+  for (int m = 0; m < count; ++m) {
+    StepPlan part;
+    // Take sequences until this part reaches its share of the tokens, leaving at least one
+    // sequence for each remaining part.
+    const int64_t target = total * (m + 1) / count;
+    while (next < n && (n - next) > (count - m - 1) &&
+           (part.sequences.empty() || done_tokens < target)) {
+      done_tokens += static_cast<int64_t>(plan.sequences[next].tokens.size());
+      part.sequences.push_back(plan.sequences[next++]);
+    }
+    out.push_back(std::move(part));
+  }
+  DSHPC_CHECK_EQ(next, n) << "micro-batch split lost sequences";
+  return out;
+}
+
+Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches)
+    : groups_(groups), runtime_(runtime), micro_batches_(std::max(1, micro_batches)) {
+  world_ = std::make_unique<MpiCollectives>(groups_.world.get(), "world", groups_.timeout_s);
+  const int world = world_->size();
+
+  // Start-up exchange: per rank (layer_begin, layer_end, weight bytes, kv bytes, kv blocks).
+  // Loading may take long on big models, so this first collective waits with the control timeout.
+  const Model& model = runtime_.model();
+  const int64_t mine[5] = {model.shard().layer_begin, model.shard().layer_end,
+                           model.weight_bytes(), runtime_.cache().bytes(),
+                           runtime_.cache().num_blocks()};
+  std::vector<uint8_t> all(static_cast<size_t>(world) * sizeof(mine));
+  MpiCollectives startup(groups_.world.get(), "world (start-up)",
+                         control_timeout_s(groups_.timeout_s));
+  // Gather as bytes through an all-gather of floats-sized words: 5 int64 = 10 floats.
+  startup.all_gather(reinterpret_cast<const float*>(mine), reinterpret_cast<float*>(all.data()),
+                     sizeof(mine) / sizeof(float));
+  kv_blocks_ = INT64_MAX;
+  for (int r = 0; r < world; ++r) {
+    int64_t v[5];
+    std::memcpy(v, all.data() + r * sizeof(mine), sizeof(mine));
+    kv_blocks_ = std::min(kv_blocks_, v[4]);
+    if (is_coordinator()) {
+      RankReport report;
+      report.rank = r;
+      report.coords = groups_.layout.coords(r);
+      report.layer_begin = v[0];
+      report.layer_end = v[1];
+      report.weight_bytes = v[2];
+      report.kv_cache_bytes = v[3];
+      report.kv_blocks = v[4];
+      reports_.push_back(report);
+    }
+  }
+}
+
+Cluster::~Cluster() {
+  if (is_coordinator()) stop();
+}
+
+void Cluster::broadcast(ControlMessage& message) {
+  std::vector<uint8_t> bytes;
+  if (is_coordinator()) bytes = encode_control(message);
+  const double timeout =
+      is_coordinator() ? groups_.timeout_s : control_timeout_s(groups_.timeout_s);
+  broadcast_bytes(bytes, 0, groups_.world.get(), timeout, "world");
+  if (!is_coordinator()) message = decode_control(bytes);
+}
+
+void Cluster::stop() {
+  if (stopped_ || !is_coordinator()) return;
+  stopped_ = true;
+  if (world_->size() == 1) return;
+  ControlMessage message;
+  message.command = ControlCommand::kStop;
+  message.step_id = ++step_id_;
+  broadcast(message);
+}
+
+void Cluster::serve() {
+  DSHPC_CHECK(!is_coordinator()) << "rank 0 drives the cluster; it does not serve";
+  for (;;) {
+    ControlMessage message;
+    broadcast(message);
+    if (message.command == ControlCommand::kStop) return;
+    if (message.command == ControlCommand::kKeepalive) continue;
+    execute(message);
+  }
+}
+
+std::vector<StepPlan> Cluster::micro_batches(const StepPlan& plan) const {
+  // One micro-batch per stage keeps every stage busy; more only adds per-message overhead.
+  return split_micro_batches(plan, groups_.layout.pp() > 1 ? micro_batches_ : 1);
+}
+
+int Cluster::last_stage_rank(int replica) const {
+  return groups_.layout.rank_of({replica, groups_.layout.pp() - 1, 0});
+}
+
+std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
+  const int replica = groups_.coords.dp;
+  DSHPC_CHECK_EQ(static_cast<int>(message.replica_plans.size()), groups_.layout.dp())
+      << "control message plans";
+  const StepPlan& plan = message.replica_plans[replica];
+  if (plan.sequences.empty()) return {};
+  Engine& engine = runtime_.engine();
+  Collectives& pp = *groups_.pp_coll;
+  const int64_t hidden_size = runtime_.config().hidden_size;
+  const size_t element = dtype_size(runtime_.backend().activation_dtype());
+  // The last stage holds its logits until every micro-batch has passed: rank 0 is the first stage
+  // and the collector, so a last stage blocked on sending micro-batch m to rank 0 while rank 0 is
+  // blocked sending it micro-batch m+1 would deadlock.
+  std::vector<StepOutput> pending;
+  for (const StepPlan& part : micro_batches(plan)) {
+    StepTensors step = engine.prepare(part);
+    Mat hidden = engine.hidden_buffer(step.num_tokens);
+    const size_t bytes = static_cast<size_t>(step.num_tokens * hidden_size) * element;
+    if (!groups_.is_first_stage()) {
+      pp.recv(hidden.data, bytes, *groups_.prev_stage(), static_cast<int>(MessageTag::kActivations));
+    }
+    engine.run_stage(step, hidden);
+    if (!groups_.is_last_stage()) {
+      pp.send(hidden.data, bytes, *groups_.next_stage(), static_cast<int>(MessageTag::kActivations));
+      continue;
+    }
+    StepOutput out = engine.compute_logits(part, hidden);
+    if (groups_.coords.tp == 0) pending.push_back(std::move(out));
+  }
+  if (is_coordinator()) return pending;
+  for (const StepOutput& out : pending) {
+    world_->send(out.logits.data(), out.logits.size() * sizeof(float), 0,
+                 static_cast<int>(MessageTag::kLogits));
+  }
+  return {};
+}
+
+std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
+  DSHPC_CHECK(is_coordinator()) << "only rank 0 drives steps";
+  DSHPC_CHECK(!stopped_) << "step after stop";
+  DSHPC_CHECK_EQ(static_cast<int>(plans.size()), replicas()) << "one plan per replica";
+  ControlMessage message;
+  message.command = ControlCommand::kStep;
+  message.step_id = ++step_id_;
+  message.replica_plans = plans;
+  if (world_->size() > 1) broadcast(message);
+  std::vector<StepOutput> mine = execute(message);
+
+  const int64_t vocab = runtime_.config().vocab_size;
+  std::vector<StepOutput> outputs(plans.size());
+  for (size_t r = 0; r < plans.size(); ++r) {
+    StepOutput& out = outputs[r];
+    out.vocab = vocab;
+    const int source = last_stage_rank(static_cast<int>(r));
+    size_t mine_index = 0;
+    for (const StepPlan& part : micro_batches(plans[r])) {
+      StepOutput piece;
+      if (source == 0) {
+        piece = std::move(mine[mine_index++]);
+      } else {
+        int64_t rows = 0;
+        for (const SequenceStep& s : part.sequences) rows += logits_rows(s);
+        piece.logits.resize(static_cast<size_t>(rows * vocab));
+        world_->recv(piece.logits.data(), piece.logits.size() * sizeof(float), source,
+                     static_cast<int>(MessageTag::kLogits));
+      }
+      const int64_t base = static_cast<int64_t>(out.logits.size()) / vocab;
+      int64_t row = base;
+      for (const SequenceStep& s : part.sequences) {
+        out.first_row.push_back(row);
+        out.num_rows.push_back(logits_rows(s));
+        row += logits_rows(s);
+      }
+      out.logits.insert(out.logits.end(), piece.logits.begin(), piece.logits.end());
+    }
+  }
+  return outputs;
+}
+
+}  // namespace dshpc

@@ -1,0 +1,28 @@
+// The control-plane message rank 0 broadcasts each step: a command and one step plan per
+// data-parallel replica. A compact little-endian binary form; decoding checks every length
+// against the buffer (a malformed message is a broken invariant of the job, not user input).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "worker/engine.h"
+
+namespace dshpc {
+
+enum class ControlCommand : uint32_t {
+  kStep = 1,       // run the plans
+  kKeepalive = 2,  // nothing to do; proves the coordinator is alive
+  kStop = 3,       // leave the worker loop
+};
+
+struct ControlMessage {
+  ControlCommand command = ControlCommand::kStep;
+  uint64_t step_id = 0;
+  std::vector<StepPlan> replica_plans;  // index = dp index
+};
+
+std::vector<uint8_t> encode_control(const ControlMessage& message);
+ControlMessage decode_control(const std::vector<uint8_t>& bytes);
+
+}  // namespace dshpc
