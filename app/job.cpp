@@ -1,6 +1,8 @@
 #include "app/job.h"
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include <boost/json.hpp>
 
@@ -39,8 +41,8 @@ bool any_rank_failed(MPI_Comm comm, bool failed, double timeout_s) {
 
 namespace {
 
-StatusOr<std::unique_ptr<Job>> start_job_impl(const std::string& command, const Options& options,
-                                              std::unique_ptr<Job> job, bool& reported) {
+Status start_job_impl(const std::string& command, const Options& options, Job* job,
+                      bool& reported) {
   ParallelConfig parallel;
   for (auto [name, field] : {std::pair{"tp", &parallel.tp}, std::pair{"pp", &parallel.pp},
                              std::pair{"dp", &parallel.dp}}) {
@@ -70,9 +72,7 @@ StatusOr<std::unique_ptr<Job>> start_job_impl(const std::string& command, const 
 
   // Layout against the model before any weight is read (the config is small; every rank reads it).
   ASSIGN_OR_RETURN(ModelConfig config, load_config_for(ro));
-  RETURN_IF_ERROR(check_splits(g.layout, split_requirements(config))
-                      .with_context(command + ": the layout " + g.layout.to_string() +
-                                    " does not fit " + ro.model));
+  RETURN_IF_ERROR(check_splits(g.layout, split_requirements(config)).with_context(ro.model));
   std::vector<int> per_stage;
   if (!options.get("pp-layers").empty()) {
     ASSIGN_OR_RETURN(per_stage, parse_layers_per_stage(options.get("pp-layers")));
@@ -103,7 +103,7 @@ StatusOr<std::unique_ptr<Job>> start_job_impl(const std::string& command, const 
   job->cluster = std::make_unique<Cluster>(
       *job->groups, *job->runtime,
       micro_batches > 0 ? static_cast<int>(micro_batches) : g.layout.pp());
-  return job;
+  return ok_status();
 }
 
 }  // namespace
@@ -114,12 +114,27 @@ StatusOr<std::unique_ptr<Job>> start_job(const std::string& command, const Optio
   job->mpi = std::make_unique<MpiRuntime>(argc, argv);
   const int rank = job->mpi->world_rank();
   bool reported = false;
-  auto result = start_job_impl(command, options, std::move(job), reported);
-  // Errors every rank shares (options, layout, config) are printed once, by rank 0.
-  if (!result.ok() && !reported && rank == 0) {
-    std::fprintf(stderr, "%s: %s\n", command.c_str(), result.status().message().c_str());
+  Status result = start_job_impl(command, options, job.get(), reported);
+  if (!result.ok()) {
+    // Errors every rank shares (options, layout, config) are printed once, by rank 0.
+    if (!reported && rank == 0) {
+      std::fprintf(stderr, "%s: %s\n", command.c_str(), result.message().c_str());
+    }
+    // Every rank fails at the same point; wait for each other before exiting so that mpirun does
+    // not kill rank 0 (on another rank's early non-zero exit) before its message is out.
+    std::fflush(stderr);
+    MPI_Request request;
+    if (MPI_Ibarrier(MPI_COMM_WORLD, &request) == MPI_SUCCESS) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      int done = 0;
+      while (!done && std::chrono::steady_clock::now() < deadline) {
+        MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+        if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    return result;
   }
-  return result;
+  return job;
 }
 
 void print_rank_report(const Job& job, FILE* out) {
