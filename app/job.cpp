@@ -77,8 +77,13 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   if (!options.get("pp-layers").empty()) {
     ASSIGN_OR_RETURN(per_stage, parse_layers_per_stage(options.get("pp-layers")));
   }
-  ASSIGN_OR_RETURN(std::vector<LayerRange> stages,
-                   stage_layer_ranges(static_cast<int>(config.num_layers), g.layout.pp(), per_stage));
+  auto stages_or = stage_layer_ranges(static_cast<int>(config.num_layers), g.layout.pp(), per_stage);
+  if (!stages_or.ok()) {
+    return per_stage.empty() ? stages_or.status()
+                             : stages_or.status().with_context("--pp-layers " +
+                                                               options.get("pp-layers"));
+  }
+  const std::vector<LayerRange>& stages = *stages_or;
   ModelShard shard;
   shard.tp_rank = g.coords.tp;
   shard.tp_size = g.layout.tp();
