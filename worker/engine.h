@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/sampling.h"
 #include "worker/kv_cache.h"
 #include "worker/model.h"
 
@@ -18,10 +19,22 @@ struct SequenceStep {
   int32_t start_position = 0;        // position of tokens[0] (= tokens already in the cache)
   std::vector<int32_t> block_table;  // KV blocks covering positions [0, start_position + n)
   bool all_logits = false;           // logits for every new token, else only for the last
+
+  // Serving: the last stage samples the next token after this step's last token. False for a
+  // prefill chunk that is not the prompt's last (its logits are not needed).
+  bool sample = true;
+  SamplingParams sampling;  // temperature ≤ 0: greedy
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  float repetition_penalty = 1.0f;
+  int32_t top_logprobs = -1;  // -1: no logprobs
 };
 
 struct StepPlan {
   std::vector<SequenceStep> sequences;
+  // Sequences that ended (finished, cancelled or preempted) since the previous step: workers
+  // drop whatever per-sequence state they keep (e.g. the last stage's token counts for penalties).
+  std::vector<int64_t> released_sequences;
   int64_t num_tokens() const;
 };
 
