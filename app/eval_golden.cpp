@@ -192,6 +192,7 @@ int run_eval_golden(int argc, char** argv, int first) {
 
   for (size_t step = 0; step < steps; ++step) {
     std::vector<StepPlan> plans(replicas);
+    for (StepPlan& plan : plans) plan.return_logits = true;
     // (prompt, teacher_forced) of each sequence of each replica's plan, in plan order.
     std::vector<std::vector<std::pair<int64_t, bool>>> who(replicas);
     for (int64_t j = 0; j < n; ++j) {

@@ -94,6 +94,7 @@ int run_generate(int argc, char** argv, int first) {
     }
     s.block_table = block_table;
     std::vector<StepPlan> plans(cluster.replicas());
+    plans[0].return_logits = true;
     plans[0].sequences.push_back(s);
     std::vector<StepOutput> out = cluster.step(plans);
     const float* row = out[0].row(0, 0);

@@ -38,6 +38,8 @@ std::vector<StepPlan> split_micro_batches(const StepPlan& plan, int count) {
   int next = 0;
   for (int m = 0; m < count; ++m) {
     StepPlan part;
+    part.return_logits = plan.return_logits;
+    if (m == 0) part.released_sequences = plan.released_sequences;
     // Take sequences until this part reaches its share of the tokens, leaving at least one
     // sequence for each remaining part.
     const int64_t target = total * (m + 1) / count;
@@ -158,14 +160,47 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
       continue;
     }
     StepOutput out = engine.compute_logits(part, hidden);
-    if (groups_.coords.tp == 0) pending.push_back(std::move(out));
+    if (groups_.coords.tp != 0) continue;
+    if (!plan.return_logits) {
+      out.samples = sample(part, out);
+      out.logits.clear();
+    }
+    pending.push_back(std::move(out));
   }
   if (is_coordinator()) return pending;
   for (const StepOutput& out : pending) {
-    world_->send(out.logits.data(), out.logits.size() * sizeof(float), 0,
-                 static_cast<int>(MessageTag::kLogits));
+    if (plan.return_logits) {
+      world_->send(out.logits.data(), out.logits.size() * sizeof(float), 0,
+                   static_cast<int>(MessageTag::kLogits));
+    } else {
+      const std::vector<uint8_t> bytes = encode_samples(out.samples);
+      const uint64_t size = bytes.size();
+      world_->send(&size, sizeof(size), 0, static_cast<int>(MessageTag::kTokens));
+      world_->send(bytes.data(), bytes.size(), 0, static_cast<int>(MessageTag::kTokens));
+    }
   }
   return {};
+}
+
+std::vector<SampledToken> Cluster::sample(const StepPlan& part, StepOutput& out) {
+  sampler_.observe(part);
+  std::vector<SampledToken> samples(part.sequences.size());
+  for (size_t i = 0; i < part.sequences.size(); ++i) {
+    const SequenceStep& seq = part.sequences[i];
+    if (!seq.sample) continue;
+    float* row = out.logits.data() + (out.first_row[i] + out.num_rows[i] - 1) * out.vocab;
+    samples[i] = sampler_.sample(seq, row, out.vocab, seq.sample_counter);
+  }
+  return samples;
+}
+
+void Cluster::keepalive() {
+  if (!is_coordinator() || stopped_ || world_->size() == 1) return;
+  ControlMessage message;
+  message.command = ControlCommand::kKeepalive;
+  message.step_id = ++step_id_;
+  message.replica_plans.resize(replicas());
+  broadcast(message);
 }
 
 std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
@@ -190,13 +225,21 @@ std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
       StepOutput piece;
       if (source == 0) {
         piece = std::move(mine[mine_index++]);
-      } else {
+      } else if (plans[r].return_logits) {
         int64_t rows = 0;
         for (const SequenceStep& s : part.sequences) rows += logits_rows(s);
         piece.logits.resize(static_cast<size_t>(rows * vocab));
         world_->recv(piece.logits.data(), piece.logits.size() * sizeof(float), source,
                      static_cast<int>(MessageTag::kLogits));
+      } else {
+        uint64_t size = 0;
+        world_->recv(&size, sizeof(size), source, static_cast<int>(MessageTag::kTokens));
+        std::vector<uint8_t> bytes(size);
+        world_->recv(bytes.data(), bytes.size(), source, static_cast<int>(MessageTag::kTokens));
+        piece.samples = decode_samples(bytes);
+        DSHPC_CHECK_EQ(piece.samples.size(), part.sequences.size()) << "samples per micro-batch";
       }
+      out.samples.insert(out.samples.end(), piece.samples.begin(), piece.samples.end());
       const int64_t base = static_cast<int64_t>(out.logits.size()) / vocab;
       int64_t row = base;
       for (const SequenceStep& s : part.sequences) {

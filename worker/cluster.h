@@ -24,6 +24,7 @@
 #include "parallel/process_groups.h"
 #include "worker/engine.h"
 #include "worker/model_runtime.h"
+#include "worker/sampler.h"
 #include "worker/step_codec.h"
 
 namespace dshpc {
@@ -54,10 +55,13 @@ class Cluster {
   const ModelConfig& config() const { return runtime_.config(); }
 
   // Rank 0: runs one step, plans[r] on replica r (empty plans allowed), and returns each
-  // replica's logits in plan order.
+  // replica's results in plan order: logits rows for plans with return_logits, else the tokens
+  // sampled on the last stage.
   std::vector<StepOutput> step(const std::vector<StepPlan>& plans);
   // Rank 0: tells the workers to leave serve(). Also done by the destructor.
   void stop();
+  // Rank 0: proves to idle workers that the coordinator is alive (they time out otherwise).
+  void keepalive();
   // Ranks other than 0: execute steps until rank 0 stops.
   void serve();
 
@@ -65,6 +69,8 @@ class Cluster {
   // This rank's part of a step; on the coordinator also returns replica 0's outputs when rank 0
   // is its last stage.
   std::vector<StepOutput> execute(const ControlMessage& message);
+  // Last stage, tp rank 0: the sampled tokens of one micro-batch (one per sequence).
+  std::vector<SampledToken> sample(const StepPlan& part, StepOutput& out);
   std::vector<StepPlan> micro_batches(const StepPlan& plan) const;
   int last_stage_rank(int replica) const;
   void broadcast(ControlMessage& message);
@@ -75,6 +81,7 @@ class Cluster {
   std::unique_ptr<Collectives> world_;
   int64_t kv_blocks_ = 0;
   std::vector<RankReport> reports_;
+  Sampler sampler_;  // last stage, tp rank 0: per-sequence penalty history
   uint64_t step_id_ = 0;
   bool stopped_ = false;
 };

@@ -28,14 +28,29 @@ struct SequenceStep {
   float frequency_penalty = 0.0f;
   float repetition_penalty = 1.0f;
   int32_t top_logprobs = -1;  // -1: no logprobs
+  // Tokens of the request's original prompt: later positions are its output (for the
+  // presence/frequency penalties, also after a preemption folded output into the prompt).
+  int32_t prompt_len = 0;
+  // Index of the token this step generates (the seeded sampler's counter).
+  uint64_t sample_counter = 0;
 };
 
 struct StepPlan {
   std::vector<SequenceStep> sequences;
+  // true: the last stage returns the logits rows (eval-golden); false: it samples where
+  // sample = true and returns only the sampled tokens.
+  bool return_logits = false;
   // Sequences that ended (finished, cancelled or preempted) since the previous step: workers
   // drop whatever per-sequence state they keep (e.g. the last stage's token counts for penalties).
   std::vector<int64_t> released_sequences;
   int64_t num_tokens() const;
+};
+
+// A token chosen on the last stage, with logprobs when they were asked for.
+struct SampledToken {
+  int32_t token = 0;
+  float logprob = 0.0f;  // log-softmax of the raw logits (as OpenAI reports them)
+  std::vector<std::pair<int32_t, float>> top;  // (token, logprob), most likely first
 };
 
 struct StepOutput {
@@ -43,6 +58,9 @@ struct StepOutput {
   std::vector<int64_t> first_row;  // first logits row of each sequence
   std::vector<int64_t> num_rows;   // rows of each sequence
   int64_t vocab = 0;
+  // Plans without return_logits: one entry per sequence, in plan order (token 0 where the
+  // sequence did not sample).
+  std::vector<SampledToken> samples;
   const float* row(int64_t sequence, int64_t i) const {
     return logits.data() + (first_row[sequence] + i) * vocab;
   }

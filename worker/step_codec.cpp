@@ -62,13 +62,25 @@ std::vector<uint8_t> encode_control(const ControlMessage& message) {
   w.put<uint64_t>(message.step_id);
   w.put<uint32_t>(static_cast<uint32_t>(message.replica_plans.size()));
   for (const StepPlan& plan : message.replica_plans) {
+    w.put<uint8_t>(plan.return_logits ? 1 : 0);
+    w.put_array(plan.released_sequences);
     w.put<uint32_t>(static_cast<uint32_t>(plan.sequences.size()));
     for (const SequenceStep& s : plan.sequences) {
       w.put<int64_t>(s.sequence_id);
       w.put<int32_t>(s.start_position);
-      w.put<uint8_t>(s.all_logits ? 1 : 0);
+      w.put<uint8_t>(static_cast<uint8_t>((s.all_logits ? 1 : 0) | (s.sample ? 2 : 0)));
       w.put_array(s.tokens);
       w.put_array(s.block_table);
+      w.put<float>(s.sampling.temperature);
+      w.put<int64_t>(s.sampling.top_k);
+      w.put<float>(s.sampling.top_p);
+      w.put<uint64_t>(s.sampling.seed);
+      w.put<float>(s.presence_penalty);
+      w.put<float>(s.frequency_penalty);
+      w.put<float>(s.repetition_penalty);
+      w.put<int32_t>(s.top_logprobs);
+      w.put<int32_t>(s.prompt_len);
+      w.put<uint64_t>(s.sample_counter);
     }
   }
   return std::move(w.out);
@@ -85,14 +97,28 @@ ControlMessage decode_control(const std::vector<uint8_t>& bytes) {
   const uint32_t replicas = r.get<uint32_t>();
   message.replica_plans.resize(replicas);
   for (StepPlan& plan : message.replica_plans) {
+    plan.return_logits = r.get<uint8_t>() != 0;
+    plan.released_sequences = r.get_array<int64_t>();
     const uint32_t sequences = r.get<uint32_t>();
     plan.sequences.resize(sequences);
     for (SequenceStep& s : plan.sequences) {
       s.sequence_id = r.get<int64_t>();
       s.start_position = r.get<int32_t>();
-      s.all_logits = r.get<uint8_t>() != 0;
+      const uint8_t flags = r.get<uint8_t>();
+      s.all_logits = (flags & 1) != 0;
+      s.sample = (flags & 2) != 0;
       s.tokens = r.get_array<int32_t>();
       s.block_table = r.get_array<int32_t>();
+      s.sampling.temperature = r.get<float>();
+      s.sampling.top_k = r.get<int64_t>();
+      s.sampling.top_p = r.get<float>();
+      s.sampling.seed = r.get<uint64_t>();
+      s.presence_penalty = r.get<float>();
+      s.frequency_penalty = r.get<float>();
+      s.repetition_penalty = r.get<float>();
+      s.top_logprobs = r.get<int32_t>();
+      s.prompt_len = r.get<int32_t>();
+      s.sample_counter = r.get<uint64_t>();
     }
   }
   DSHPC_CHECK(r.done()) << "control message has trailing bytes";
