@@ -7,6 +7,7 @@ namespace dshpc {
 int run_eval_golden(int argc, char** argv, int first);
 int run_generate(int argc, char** argv, int first);
 int run_tokenize(int argc, char** argv, int first);
+int run_bench(int argc, char** argv, int first);
 int run_detokenize(int argc, char** argv, int first);
 
 }  // namespace dshpc

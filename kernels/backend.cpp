@@ -1,5 +1,7 @@
 #include "kernels/backend.h"
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "common/check.h"
@@ -41,6 +43,51 @@ Mat Mat::col_slice(int64_t begin, int64_t count) const {
   out.data = static_cast<char*>(data) + begin * static_cast<int64_t>(dtype_size(dtype));
   out.cols = count;
   return out;
+}
+
+namespace {
+
+// Best of several timed repetitions of `body` (seconds), after one warm-up.
+template <typename F>
+double best_seconds(Backend& backend, int repetitions, F body) {
+  body();
+  backend.synchronize();
+  double best = 1e30;
+  for (int i = 0; i < repetitions; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    backend.synchronize();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best;
+}
+
+}  // namespace
+
+double Backend::measure_copy_bandwidth(size_t bytes) {
+  const DType dtype = activation_dtype();
+  const int64_t elements = static_cast<int64_t>(bytes / dtype_size(dtype));
+  const int64_t cols = 4096;
+  const int64_t rows = std::max<int64_t>(1, elements / cols);
+  DeviceBuffer src = allocate(static_cast<size_t>(rows * cols) * dtype_size(dtype));
+  DeviceBuffer dst = allocate(src.bytes());
+  Mat a = Mat::of(src.data(), dtype, rows, cols);
+  Mat b = Mat::of(dst.data(), dtype, rows, cols);
+  const double seconds = best_seconds(*this, 5, [&] { copy(a, b); });
+  return 2.0 * static_cast<double>(src.bytes()) / seconds;
+}
+
+double Backend::measure_matmul_rate(int64_t m, int64_t n, int64_t k) {
+  const DType dtype = weight_dtype();
+  const size_t element = dtype_size(dtype);
+  DeviceBuffer x = allocate(static_cast<size_t>(m * k) * element);
+  DeviceBuffer w = allocate(static_cast<size_t>(n * k) * element);
+  DeviceBuffer y = allocate(static_cast<size_t>(m * n) * dtype_size(activation_dtype()));
+  Mat xm = Mat::of(x.data(), dtype, m, k);
+  Mat wm = Mat::of(w.data(), dtype, n, k);
+  Mat ym = Mat::of(y.data(), activation_dtype(), m, n);
+  const double seconds = best_seconds(*this, 5, [&] { matmul(xm, wm, ym, true, false); });
+  return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) / seconds;
 }
 
 }  // namespace dshpc

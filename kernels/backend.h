@@ -156,6 +156,14 @@ class Backend {
                            int64_t expert_begin, int64_t num_local, Mat out) = 0;
   // ids[r] = argmax of logits row r (ties to the lowest index).
   virtual void argmax(const Mat& logits, int32_t* ids) = 0;
+
+  // ---- the device's limits, measured (benchmarks print every figure beside them)
+  // Copy bandwidth in bytes/s counting bytes read plus written, from repeated device-to-device
+  // copies of `bytes`. The default times this backend's own copy op.
+  virtual double measure_copy_bandwidth(size_t bytes);
+  // Matrix-product rate in FLOP/s (2·m·n·k per product) in the weight dtype, from this backend's
+  // own matmul.
+  virtual double measure_matmul_rate(int64_t m, int64_t n, int64_t k);
 };
 
 // The CPU backend (float32 weights and activations, OpenBLAS). Defined in cpu_backend.cpp.

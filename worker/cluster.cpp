@@ -26,6 +26,18 @@ double control_timeout_s(double collective_timeout_s) {
   return std::max(collective_timeout_s, 3600.0);
 }
 
+// True when every sequence that samples is greedy with no logprobs and no penalties.
+bool greedy_only(const StepPlan& plan) {
+  for (const SequenceStep& s : plan.sequences) {
+    if (!s.sample) continue;
+    if (s.sampling.temperature > 0.0f || s.top_logprobs >= 0 || s.presence_penalty != 0.0f ||
+        s.frequency_penalty != 0.0f || s.repetition_penalty != 1.0f) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<StepPlan> split_micro_batches(const StepPlan& plan, int count) {
@@ -157,6 +169,16 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
     engine.run_stage(step, hidden);
     if (!groups_.is_last_stage()) {
       pp.send(hidden.data, bytes, *groups_.next_stage(), static_cast<int>(MessageTag::kActivations));
+      continue;
+    }
+    if (!plan.return_logits && greedy_only(part)) {
+      // Greedy decoding without logprobs or penalties: argmax where the logits are.
+      std::vector<int32_t> ids = engine.compute_argmax(part, hidden);
+      if (groups_.coords.tp != 0) continue;
+      StepOutput out;
+      out.samples.resize(ids.size());
+      for (size_t i = 0; i < ids.size(); ++i) out.samples[i].token = ids[i];
+      pending.push_back(std::move(out));
       continue;
     }
     StepOutput out = engine.compute_logits(part, hidden);

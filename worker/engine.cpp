@@ -81,10 +81,9 @@ Mat Engine::hidden_buffer(int64_t tokens) {
 
 void Engine::run_stage(const StepTensors& step, Mat hidden) { model_.forward(step, cache_, hidden); }
 
-StepOutput Engine::compute_logits(const StepPlan& plan, Mat hidden) {
+Mat Engine::logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out) {
   const int64_t vocab = model_.config().vocab_size;
   const int64_t h = model_.config().hidden_size;
-  StepOutput out;
   out.vocab = vocab;
   // Gather the rows that need logits into one contiguous block.
   int64_t rows = 0;
@@ -110,9 +109,30 @@ StepOutput Engine::compute_logits(const StepPlan& plan, Mat hidden) {
   if (logits_.bytes() < logits_bytes) logits_ = backend_.allocate(logits_bytes);
   Mat logits = Mat::of(logits_.data(), dtype, rows, vocab);
   model_.logits(selected, logits);
-  out.logits.resize(static_cast<size_t>(rows * vocab));
+  return logits;
+}
+
+StepOutput Engine::compute_logits(const StepPlan& plan, Mat hidden) {
+  StepOutput out;
+  Mat logits = logits_on_device(plan, hidden, out);
+  out.logits.resize(static_cast<size_t>(logits.rows * logits.cols));
   backend_.download_f32(out.logits.data(), logits.data, out.logits.size());
   return out;
+}
+
+std::vector<int32_t> Engine::compute_argmax(const StepPlan& plan, Mat hidden) {
+  StepOutput layout;
+  Mat logits = logits_on_device(plan, hidden, layout);
+  const size_t bytes = static_cast<size_t>(logits.rows) * sizeof(int32_t);
+  if (argmax_.bytes() < bytes) argmax_ = backend_.allocate(bytes);
+  backend_.argmax(logits, argmax_.as<int32_t>());
+  std::vector<int32_t> rows(static_cast<size_t>(logits.rows));
+  backend_.download(rows.data(), argmax_.data(), bytes);
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < plan.sequences.size(); ++i) {
+    ids.push_back(rows[layout.first_row[i] + layout.num_rows[i] - 1]);
+  }
+  return ids;
 }
 
 StepOutput Engine::run(const StepPlan& plan) {

@@ -82,11 +82,17 @@ class Engine {
   Mat hidden_buffer(int64_t tokens);
   void run_stage(const StepTensors& step, Mat hidden);
   StepOutput compute_logits(const StepPlan& plan, Mat hidden);
+  // Last stage, greedy decoding: the argmax of each sequence's last logits row, computed where
+  // the logits are (only token ids leave the device).
+  std::vector<int32_t> compute_argmax(const StepPlan& plan, Mat hidden);
 
   Model& model() { return model_; }
   KvCache& cache() { return cache_; }
 
  private:
+  // Final norm and output head for the rows the plan needs; `out` gets the row layout.
+  Mat logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out);
+
   Model& model_;
   Backend& backend_;
   KvCache& cache_;
@@ -97,7 +103,7 @@ class Engine {
   std::vector<PagedSequence> sequences_;
   std::vector<const int32_t*> block_tables_;
   std::vector<int32_t> block_table_lengths_;
-  DeviceBuffer hidden_, selected_, logits_;
+  DeviceBuffer hidden_, selected_, logits_, argmax_;
 };
 
 }  // namespace dshpc
