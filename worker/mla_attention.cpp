@@ -20,13 +20,16 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step,
   const int64_t qk = nope + rope;
   const int64_t lora = c.kv_lora_rank;
   const int64_t entry = lora + rope;  // one latent cache entry
+  // q_a_layernorm and kv_a_layernorm are built without the config's eps in both DeepSeek's and
+  // transformers' code, so they keep RMSNorm's default.
+  constexpr float kLatentNormEps = 1e-6f;
 
   // q: [T, heads, nope + rope]
   Mat q = scratch(kWork1, tokens, heads * qk);
   if (c.q_lora_rank > 0) {
     Mat q_a = scratch(kWork0, tokens, c.q_lora_rank);
     backend_.matmul(normed, w.mla.q_a.mat, q_a);
-    backend_.rmsnorm(q_a, w.mla.q_a_norm.data(), c.rms_norm_eps, q_a);
+    backend_.rmsnorm(q_a, w.mla.q_a_norm.data(), kLatentNormEps, q_a);
     backend_.matmul(q_a, w.mla.q_b.mat, q);
   } else {
     backend_.matmul(normed, w.mla.q_b.mat, q);
@@ -36,7 +39,7 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step,
   Mat latent = scratch(kWork2, tokens, entry);
   backend_.matmul(normed, w.mla.kv_a.mat, latent);
   Mat c_kv = latent.col_slice(0, lora);
-  backend_.rmsnorm(c_kv, w.mla.kv_a_norm.data(), c.rms_norm_eps, c_kv);
+  backend_.rmsnorm(c_kv, w.mla.kv_a_norm.data(), kLatentNormEps, c_kv);
   backend_.rope(latent.col_slice(lora, rope), 1, 0, rope, step.positions, rope_tables_,
                 c.rope_style);
   backend_.kv_cache_write(latent, nullptr, step.slots, cache);
