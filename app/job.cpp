@@ -42,6 +42,7 @@ bool any_rank_failed(MPI_Comm comm, bool failed, double timeout_s) {
 namespace {
 
 Status start_job_impl(const std::string& command, const Options& options, Job* job,
+                      const std::function<Status(const ProcessGroups&)>& before_load,
                       bool& reported) {
   ParallelConfig parallel;
   for (auto [name, field] : {std::pair{"tp", &parallel.tp}, std::pair{"pp", &parallel.pp},
@@ -90,7 +91,12 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   shard.layer_begin = stages[g.coords.pp].begin;
   shard.layer_end = stages[g.coords.pp].end;
 
-  auto runtime = ModelRuntime::create(ro, shard, make_cpu_backend(), *job->groups->tp_coll);
+  // A failure here is one rank's (e.g. rank 0's port is taken): it joins the load agreement
+  // below so that no rank is left waiting.
+  const Status prepared = before_load ? before_load(g) : ok_status();
+  StatusOr<std::unique_ptr<ModelRuntime>> runtime =
+      prepared.ok() ? ModelRuntime::create(ro, shard, make_cpu_backend(), *job->groups->tp_coll)
+                    : StatusOr<std::unique_ptr<ModelRuntime>>(prepared);
   const bool failed = !runtime.ok();
   if (any_rank_failed(g.world.get(), failed, g.timeout_s)) {
     // Each failing rank reports its own error; rank 0 says why it stops when it did not fail.
@@ -100,7 +106,7 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
                    runtime.status().message().c_str());
       return runtime.status();
     }
-    Status other = unavailable("another rank failed to load its part of the model (see its message)");
+    Status other = unavailable("another rank failed to start (see its message)");
     if (g.rank == 0) std::fprintf(stderr, "%s: %s\n", command.c_str(), other.message().c_str());
     return other;
   }
@@ -113,13 +119,14 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Job>> start_job(const std::string& command, const Options& options,
-                                         int* argc, char*** argv) {
+StatusOr<std::unique_ptr<Job>> start_job(
+    const std::string& command, const Options& options, int* argc, char*** argv,
+    const std::function<Status(const ProcessGroups&)>& before_load) {
   auto job = std::make_unique<Job>();
   job->mpi = std::make_unique<MpiRuntime>(argc, argv);
   const int rank = job->mpi->world_rank();
   bool reported = false;
-  Status result = start_job_impl(command, options, job.get(), reported);
+  Status result = start_job_impl(command, options, job.get(), before_load, reported);
   if (!result.ok()) {
     // Errors every rank shares (options, layout, config) are printed once, by rank 0.
     if (!reported && rank == 0) {

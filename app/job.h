@@ -2,6 +2,7 @@
 // this rank's shard of the model and the Cluster that rank 0 drives.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,8 +32,11 @@ struct Job {
 // weight is read, loads this rank's shard and agrees on the KV cache. A failure on any rank
 // becomes an error on every rank (no rank is left waiting), printed once: by rank 0 when every
 // rank shares it, by the failing rank otherwise. `command` labels messages.
-StatusOr<std::unique_ptr<Job>> start_job(const std::string& command, const Options& options,
-                                         int* argc, char*** argv);
+// `before_load`, when given, runs on every rank once the process groups exist and before any
+// weight is read (serve binds its HTTP port there, so /health answers while the model loads).
+StatusOr<std::unique_ptr<Job>> start_job(
+    const std::string& command, const Options& options, int* argc, char*** argv,
+    const std::function<Status(const ProcessGroups&)>& before_load = {});
 
 // Prints the per-rank weight and KV-cache table (rank 0).
 void print_rank_report(const Job& job, FILE* out);

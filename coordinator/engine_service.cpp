@@ -1,0 +1,163 @@
+#include "coordinator/engine_service.h"
+
+#include "common/check.h"
+
+namespace dshpc {
+
+EngineService::EngineService(EngineServiceOptions options)
+    : options_(std::move(options)),
+      scheduler_(std::make_unique<Scheduler>(options_.scheduler, options_.replicas,
+                                             options_.eos_token_ids)) {}
+
+void EngineService::reconfigure(EngineServiceOptions options) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  DSHPC_CHECK(state_ == ServiceState::kLoading) << "reconfigure after the service opened";
+  options_ = std::move(options);
+  scheduler_ = std::make_unique<Scheduler>(options_.scheduler, options_.replicas,
+                                           options_.eos_token_ids);
+}
+
+EngineService::~EngineService() = default;
+
+void EngineService::set_ready(StepRunner runner, Keepalive keepalive) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  runner_ = std::move(runner);
+  keepalive_ = std::move(keepalive);
+  load_progress_ = 1.0;
+  if (state_ == ServiceState::kLoading) state_ = ServiceState::kReady;
+  wake_.notify_all();
+}
+
+void EngineService::set_load_progress(double fraction) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  load_progress_ = fraction;
+}
+
+void EngineService::begin_drain() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (state_ == ServiceState::kReady || state_ == ServiceState::kLoading) {
+    state_ = ServiceState::kDraining;
+  }
+  wake_.notify_all();
+}
+
+void EngineService::stop(Status error) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stop_requested_ = true;
+  stop_error_ = std::move(error);
+  wake_.notify_all();
+}
+
+Status EngineService::submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  switch (state_) {
+    case ServiceState::kLoading: return unavailable("the model is still loading");
+    case ServiceState::kDraining: return unavailable("the server is draining");
+    case ServiceState::kStopped: return unavailable("the server has stopped");
+    case ServiceState::kReady: break;
+  }
+  for (int32_t id : request.prompt_ids) {
+    if (id < 0 || id >= options_.vocab_size) {
+      return invalid_argument("token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                              std::to_string(options_.vocab_size) + ")");
+    }
+  }
+  const std::string id = request.request_id;
+  RETURN_IF_ERROR(scheduler_->submit(std::move(request)));
+  sinks_[id] = std::move(sink);
+  wake_.notify_all();
+  return ok_status();
+}
+
+void EngineService::cancel(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::optional<RequestEvent> event = scheduler_->cancel(request_id);
+  if (!event) return;
+  std::vector<RequestEvent> events{std::move(*event)};
+  deliver(events);
+  wake_.notify_all();
+}
+
+ServiceStatus EngineService::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ServiceStatus s;
+  s.state = state_;
+  s.load_progress = load_progress_;
+  SchedulerStats stats = scheduler_->stats();
+  s.running = stats.running;
+  s.waiting = stats.waiting;
+  s.kv_blocks_total = stats.kv_blocks_total;
+  s.kv_blocks_used = stats.kv_blocks_used;
+  s.max_context = options_.scheduler.max_model_len;
+  s.vocab_size = options_.vocab_size;
+  return s;
+}
+
+SchedulerStats EngineService::scheduler_stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return scheduler_->stats();
+}
+
+void EngineService::deliver(std::vector<RequestEvent>& events) {
+  if (observer_ != nullptr && !events.empty()) observer_->on_events(events);
+  for (RequestEvent& e : events) {
+    auto it = sinks_.find(e.request_id);
+    if (it == sinks_.end()) continue;
+    const bool last = e.event.finish != FinishReason::kNone;
+    it->second->on_event(std::move(e.event));
+    if (last) sinks_.erase(it);
+  }
+}
+
+void EngineService::run() {
+  auto last_contact = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    if (stop_requested_) break;
+    if (state_ == ServiceState::kDraining && scheduler_->idle()) break;
+    if (state_ == ServiceState::kLoading) {
+      wake_.wait(lock);
+      continue;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    ScheduledStep step = scheduler_->schedule(now);
+    deliver(step.events);
+    if (!step.has_work()) {
+      // Sleep until a submit/cancel, the scheduler's own wake time, or the keepalive.
+      auto until = last_contact + options_.keepalive_interval;
+      if (step.wake_at && *step.wake_at < until) until = *step.wake_at;
+      wake_.wait_until(lock, until);
+      if (std::chrono::steady_clock::now() >= last_contact + options_.keepalive_interval) {
+        lock.unlock();
+        if (keepalive_) keepalive_();
+        lock.lock();
+        last_contact = std::chrono::steady_clock::now();
+      }
+      continue;
+    }
+    int64_t sequences = 0, tokens = 0;
+    for (const StepPlan& plan : step.plans) {
+      sequences += static_cast<int64_t>(plan.sequences.size());
+      tokens += plan.num_tokens();
+    }
+    lock.unlock();
+    const auto started = std::chrono::steady_clock::now();
+    std::vector<StepOutput> outputs = runner_(step.plans);
+    const auto finished = std::chrono::steady_clock::now();
+    last_contact = finished;
+    if (observer_ != nullptr) {
+      observer_->on_step(sequences, tokens,
+                         std::chrono::duration<double>(finished - started).count());
+    }
+    lock.lock();
+    std::vector<RequestEvent> events = scheduler_->on_step_result(step.step_id, outputs, finished);
+    deliver(events);
+  }
+  // Whatever is still open ends with the stop error.
+  std::vector<RequestEvent> events =
+      scheduler_->abort_all(stop_error_.ok() ? unavailable("the server stopped") : stop_error_);
+  deliver(events);
+  state_ = ServiceState::kStopped;
+}
+
+}  // namespace dshpc

@@ -1,0 +1,89 @@
+// The InferenceService of a running job: the scheduler (pure logic) driven by one loop thread
+// that also makes every MPI call (through `StepRunner`), and the sinks of the gateway's requests.
+//
+//   I/O threads:  submit / cancel / status  — take the mutex, touch the scheduler, return at once
+//   loop thread:  schedule → run the step (mutex released; the long part) → results → events
+//
+// Sinks are called with the mutex held; GenerationSink::on_event must only post and return.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "coordinator/inference_service.h"
+#include "coordinator/scheduler.h"
+#include "worker/engine.h"
+
+namespace dshpc {
+
+struct EngineServiceOptions {
+  SchedulerConfig scheduler;
+  int replicas = 1;
+  std::vector<int64_t> eos_token_ids;
+  int64_t vocab_size = 0;
+  // Idle workers wait for the next control message with a timeout; the loop proves it is alive
+  // at least this often.
+  std::chrono::milliseconds keepalive_interval{2000};
+};
+
+// Runs one step on the cluster (rank 0's Cluster::step) — or a fake in tests.
+using StepRunner = std::function<std::vector<StepOutput>(const std::vector<StepPlan>&)>;
+using Keepalive = std::function<void()>;
+
+// Per-step observations for metrics and logs (called on the loop thread).
+struct StepObserver {
+  virtual ~StepObserver() = default;
+  virtual void on_step(int64_t sequences, int64_t tokens, double seconds) {}
+  virtual void on_events(const std::vector<RequestEvent>& events) {}
+};
+
+class EngineService final : public InferenceService {
+ public:
+  explicit EngineService(EngineServiceOptions options);
+  ~EngineService() override;
+
+  // While loading: replaces the options (the scheduler is rebuilt; nothing is queued yet).
+  void reconfigure(EngineServiceOptions options);
+  // The model finished loading: from now on requests are accepted.
+  void set_ready(StepRunner runner, Keepalive keepalive);
+  void set_load_progress(double fraction);
+  void set_observer(StepObserver* observer) { observer_ = observer; }
+
+  // The loop, on the calling thread, until stop(); returns when every request has ended.
+  void run();
+  // Draining: new requests get UNAVAILABLE; run() returns once nothing is left (or stop()).
+  void begin_drain();
+  // Ends the loop: requests still open end with `error` (UNAVAILABLE by default).
+  void stop(Status error = unavailable("the server is shutting down"));
+
+  Status submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink) override;
+  void cancel(const std::string& request_id) override;
+  ServiceStatus status() const override;
+
+  SchedulerStats scheduler_stats() const;
+
+ private:
+  void deliver(std::vector<RequestEvent>& events);  // mutex held
+
+  EngineServiceOptions options_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::map<std::string, std::shared_ptr<GenerationSink>> sinks_;
+  StepRunner runner_;
+  Keepalive keepalive_;
+  ServiceState state_ = ServiceState::kLoading;
+  double load_progress_ = 0.0;
+  bool stop_requested_ = false;
+  Status stop_error_;
+  StepObserver* observer_ = nullptr;
+};
+
+}  // namespace dshpc
