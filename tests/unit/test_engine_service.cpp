@@ -1,0 +1,169 @@
+// EngineService: the scheduler loop with a fake cluster (a StepRunner that returns scripted
+// tokens), driven from test threads the way the gateway's I/O threads drive it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "coordinator/engine_service.h"
+
+namespace dshpc {
+namespace {
+
+class CollectingSink : public GenerationSink {
+ public:
+  void on_event(GenerationEvent event) override {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (const GeneratedToken& t : event.tokens) tokens.push_back(t.token);
+    if (event.finish != FinishReason::kNone) {
+      finish = event.finish;
+      completion_tokens = event.completion_tokens;
+      error = event.error;
+      done = true;
+      cv.notify_all();
+    }
+  }
+  bool wait(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return cv.wait_for(lock, timeout, [&] { return done; });
+  }
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<int32_t> tokens;
+  FinishReason finish = FinishReason::kNone;
+  int64_t completion_tokens = 0;
+  Status error;
+  bool done = false;
+};
+
+EngineServiceOptions options() {
+  EngineServiceOptions o;
+  o.scheduler.kv_blocks = 64;
+  o.scheduler.kv_block_size = 4;
+  o.scheduler.max_model_len = 128;
+  o.scheduler.max_batch_size = 8;
+  o.scheduler.max_num_batched_tokens = 64;
+  o.eos_token_ids = {1};
+  o.vocab_size = 100;
+  o.keepalive_interval = std::chrono::milliseconds(20);
+  return o;
+}
+
+// Each sampling sequence gets token 10 + (number of tokens it has generated so far).
+std::vector<StepOutput> fake_step(const std::vector<StepPlan>& plans) {
+  std::vector<StepOutput> out(plans.size());
+  for (size_t r = 0; r < plans.size(); ++r) {
+    for (const SequenceStep& s : plans[r].sequences) {
+      SampledToken t;
+      t.token = 10 + static_cast<int32_t>(s.sample_counter);
+      out[r].samples.push_back(t);
+    }
+  }
+  return out;
+}
+
+GenerationRequest request(const std::string& id, int max_tokens) {
+  GenerationRequest r;
+  r.request_id = id;
+  r.prompt_ids = {5, 6, 7};
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0.0f;
+  return r;
+}
+
+TEST(EngineService, LoadingRejectsThenServes) {
+  EngineService service(options());
+  auto sink = std::make_shared<CollectingSink>();
+  EXPECT_EQ(service.submit(request("a", 3), sink).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(service.status().state, ServiceState::kLoading);
+
+  std::atomic<int> keepalives{0};
+  service.set_ready(fake_step, [&] { keepalives++; });
+  std::thread loop([&] { service.run(); });
+  auto a = std::make_shared<CollectingSink>();
+  auto b = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(service.submit(request("a", 3), a).ok());
+  ASSERT_TRUE(service.submit(request("b", 5), b).ok());
+  ASSERT_TRUE(a->wait(std::chrono::seconds(5)));
+  ASSERT_TRUE(b->wait(std::chrono::seconds(5)));
+  EXPECT_EQ(a->tokens, (std::vector<int32_t>{10, 11, 12}));
+  EXPECT_EQ(a->finish, FinishReason::kLength);
+  EXPECT_EQ(b->completion_tokens, 5);
+  // Idle: the loop proves it is alive to the workers.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_GE(keepalives.load(), 1);
+  EXPECT_EQ(service.status().running, 0);
+  EXPECT_EQ(service.status().kv_blocks_used, 0);
+  service.stop();
+  loop.join();
+  EXPECT_EQ(service.status().state, ServiceState::kStopped);
+}
+
+TEST(EngineService, RejectsTokensOutsideTheVocabulary) {
+  EngineService service(options());
+  service.set_ready(fake_step, [] {});
+  GenerationRequest r = request("x", 2);
+  r.prompt_ids.push_back(100);
+  Status s = service.submit(r, std::make_shared<CollectingSink>());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("100"), std::string::npos);
+}
+
+TEST(EngineService, CancelAndDrainAndStop) {
+  EngineService service(options());
+  std::mutex gate;
+  gate.lock();  // the first step blocks until the test lets it go
+  std::atomic<int> steps{0};
+  service.set_ready(
+      [&](const std::vector<StepPlan>& plans) {
+        if (steps++ == 0) {
+          gate.lock();
+          gate.unlock();
+        }
+        return fake_step(plans);
+      },
+      [] {});
+  std::thread loop([&] { service.run(); });
+  auto slow = std::make_shared<CollectingSink>();
+  auto cancelled = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(service.submit(request("slow", 4), slow).ok());
+  ASSERT_TRUE(service.submit(request("gone", 50), cancelled).ok());
+  service.cancel("gone");
+  ASSERT_TRUE(cancelled->wait(std::chrono::seconds(5)));
+  EXPECT_EQ(cancelled->finish, FinishReason::kCancelled);
+  // Draining: new requests are refused, the one in flight completes, then run() returns.
+  service.begin_drain();
+  EXPECT_EQ(service.submit(request("late", 2), std::make_shared<CollectingSink>()).code(),
+            StatusCode::kUnavailable);
+  gate.unlock();
+  ASSERT_TRUE(slow->wait(std::chrono::seconds(5)));
+  EXPECT_EQ(slow->finish, FinishReason::kLength);
+  loop.join();
+  EXPECT_EQ(service.status().state, ServiceState::kStopped);
+}
+
+TEST(EngineService, StopEndsOpenRequestsWithTheError) {
+  EngineService service(options());
+  std::atomic<bool> release{false};
+  service.set_ready(
+      [&](const std::vector<StepPlan>& plans) {
+        while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return fake_step(plans);
+      },
+      [] {});
+  std::thread loop([&] { service.run(); });
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(service.submit(request("long", 100), sink).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  service.stop(unavailable("rank 3 died"));
+  release = true;
+  ASSERT_TRUE(sink->wait(std::chrono::seconds(5)));
+  loop.join();
+  EXPECT_EQ(sink->finish, FinishReason::kError);
+  EXPECT_NE(sink->error.message().find("rank 3 died"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace dshpc
