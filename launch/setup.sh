@@ -13,8 +13,10 @@ packages=(
   libopenblas-dev                      # CPU matrix products
   libpcre2-dev                         # tokenizer pre-tokenizer regexes (\p{..})
   libyaml-cpp-dev                      # deployment YAML
-  prometheus-cpp-dev                   # metrics
+  prometheus-cpp-dev                   # metrics (core library: registry, text serializer)
+  prometheus                           # promtool (rule and metrics checks) and the server for tests
   curl jq                              # end-to-end tests
+  yq                                   # YAML checks of configs/ (ops tests)
 )
 
 missing=()
