@@ -3,11 +3,14 @@
 #include <chrono>
 #include <cstdio>
 #include <thread>
+#include <tuple>
 
 #include <boost/json.hpp>
 
 #include "common/check.h"
+#include "kernels/cuda_backend.h"
 #include "parallel/mpi_collectives.h"
+#include "parallel/nccl_collectives.h"
 
 namespace dshpc {
 
@@ -24,6 +27,10 @@ std::vector<OptionSpec> model_job_options() {
       {"micro-batches", "N", "micro-batches per step in the pipeline (0: one per stage)", "0"},
       {"kv-blocks", "N", "KV cache blocks per rank (0: sized automatically)", "0"},
       {"kv-block-size", "N", "tokens per KV cache block", "16"},
+      {"device", "cpu|cuda", "where the model runs: cpu (MPI data plane) or cuda (one GPU per "
+                             "rank, NCCL data plane)", "cpu"},
+      {"dtype", "f32|bf16", "weights and activations: f32 (the CPU's only type; the GPU parity "
+                            "mode) or bf16 (GPU serving); default: f32 on cpu, bf16 on cuda", ""},
   };
 }
 
@@ -35,6 +42,43 @@ bool any_rank_failed(MPI_Comm comm, bool failed, double timeout_s) {
   float flag = failed ? 1.0f : 0.0f;
   world.all_reduce_sum(&flag, 1);
   return flag > 0.0f;
+}
+
+// --device / --dtype → the backend of this rank. On cuda the GPU is the node-local rank modulo
+// the visible GPUs (two ranks on one GPU refused) and becomes part of every fatal message.
+StatusOr<std::unique_ptr<Backend>> make_backend(const Options& options,
+                                                const ProcessGroups& groups) {
+  const std::string device = options.get("device");
+  const std::string dtype = options.get("dtype");
+  if (device == "cpu") {
+    if (!dtype.empty() && dtype != "f32") {
+      return invalid_argument("--dtype " + dtype + " needs --device cuda (the CPU "
+                              "backend runs f32)");
+    }
+    return make_cpu_backend();
+  }
+  if (device != "cuda") {
+    return invalid_argument("--device must be cpu or cuda, not '" + device + "'");
+  }
+  if (!dtype.empty() && dtype != "f32" && dtype != "bf16") {
+    return invalid_argument("--dtype must be f32 or bf16, not '" + dtype + "'");
+  }
+  ASSIGN_OR_RETURN(int gpu, pick_local_gpu(groups.local_rank, groups.local_size));
+  set_process_identity(groups.rank, gpu);
+  return make_cuda_backend(gpu, dtype == "f32" ? DType::kF32 : DType::kBF16);
+}
+
+// Replaces the MPI collectives of the tp and pp groups (size > 1) by NCCL ones on the backend's
+// stream. Collective over each group.
+Status use_nccl_groups(Backend& backend, ProcessGroups& groups) {
+  const CudaBackendHandles gpu = cuda_backend_handles(backend);
+  for (auto [comm, coll, name] : {std::tuple{&groups.tp, &groups.tp_coll, "tp"},
+                                  std::tuple{&groups.pp, &groups.pp_coll, "pp"}}) {
+    if ((*coll)->size() == 1) continue;
+    ASSIGN_OR_RETURN(*coll, make_nccl_collectives(comm->get(), name, groups.timeout_s, gpu.device,
+                                                  gpu.stream, gpu.watch));
+  }
+  return ok_status();
 }
 
 }  // namespace
@@ -91,11 +135,27 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   shard.layer_begin = stages[g.coords.pp].begin;
   shard.layer_end = stages[g.coords.pp].end;
 
+  // The backend, and on GPUs the NCCL communicators of the tp and pp groups (created only after
+  // every rank has its GPU, since creating them is collective).
+  auto backend = make_backend(options, *job->groups);
+  if (any_rank_failed(g.world.get(), !backend.ok(), g.timeout_s)) {
+    reported = true;
+    if (!backend.ok()) {
+      std::fprintf(stderr, "%s: rank %d: %s\n", command.c_str(), g.rank,
+                   backend.status().message().c_str());
+      return backend.status();
+    }
+    return unavailable("another rank failed to set up its device (see its message)");
+  }
+  if (options.get("device") == "cuda") {
+    RETURN_IF_ERROR(use_nccl_groups(**backend, *job->groups));
+  }
+
   // A failure here is one rank's (e.g. rank 0's port is taken): it joins the load agreement
   // below so that no rank is left waiting.
   const Status prepared = before_load ? before_load(g) : ok_status();
   StatusOr<std::unique_ptr<ModelRuntime>> runtime =
-      prepared.ok() ? ModelRuntime::create(ro, shard, make_cpu_backend(), *job->groups->tp_coll)
+      prepared.ok() ? ModelRuntime::create(ro, shard, std::move(*backend), *job->groups->tp_coll)
                     : StatusOr<std::unique_ptr<ModelRuntime>>(prepared);
   const bool failed = !runtime.ok();
   if (any_rank_failed(g.world.get(), failed, g.timeout_s)) {

@@ -116,6 +116,10 @@ class Backend {
   // Reads `count` activation elements as float32 into host memory.
   virtual void download_f32(float* dst, const void* src, size_t count) = 0;
   virtual void synchronize() = 0;
+  // Bytes the backend could still allocate (on a GPU: the device's free memory plus the pool's
+  // cached blocks), for sizing the KV cache after the weights are loaded; -1 when it has no
+  // meaningful bound (the CPU backend).
+  virtual int64_t free_memory_bytes() { return -1; }
 
   // Makes the step's host metadata available to ops; valid until the next call.
   virtual StepTensors upload_step(const StepHostData& host) = 0;
@@ -167,6 +171,7 @@ class Backend {
 };
 
 // The CPU backend (float32 weights and activations, OpenBLAS). Defined in cpu_backend.cpp.
+// The CUDA backend: kernels/cuda_backend.h.
 std::unique_ptr<Backend> make_cpu_backend();
 
 }  // namespace dshpc

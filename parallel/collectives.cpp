@@ -22,6 +22,26 @@ const char* collective_op_name(CollectiveOp op) {
   return "?";
 }
 
+void Collectives::all_reduce_sum_typed(void* data, size_t count, DType dtype) {
+  if (dtype == DType::kF32) {
+    all_reduce_sum(static_cast<float*>(data), count);
+    return;
+  }
+  if (size() == 1) return;
+  DSHPC_FATAL() << "all_reduce_sum of " << dtype_name(dtype) << " in group '" << name()
+                << "': this data plane sums float32 only";
+}
+
+void Collectives::all_gather_typed(const void* send, void* recv, size_t count, DType dtype) {
+  if (dtype == DType::kF32) {
+    all_gather(static_cast<const float*>(send), static_cast<float*>(recv), count);
+    return;
+  }
+  if (size() == 1 && send == recv) return;
+  DSHPC_FATAL() << "all_gather of " << dtype_name(dtype) << " in group '" << name()
+                << "': this data plane gathers float32 only";
+}
+
 void SoloCollectives::all_gather(const float* send, float* recv, size_t count) {
   if (send != recv) std::memmove(recv, send, count * sizeof(float));
 }

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/dtype.h"
+
 namespace dshpc {
 
 // What a group has spent its time on, for the metrics endpoint: one entry per operation.
@@ -41,6 +43,11 @@ class Collectives {
   virtual void all_reduce_sum(float* data, size_t count) = 0;
   // recv holds size() × count elements; rank r's send block lands at recv + r × count.
   virtual void all_gather(const float* send, float* recv, size_t count) = 0;
+  // The same for activations of any element type (bf16 on GPUs): `count` elements of `dtype`.
+  // The defaults take kF32 to the float versions above and refuse other types, except that a
+  // group of one needs no data movement for an in-place call.
+  virtual void all_reduce_sum_typed(void* data, size_t count, DType dtype);
+  virtual void all_gather_typed(const void* send, void* recv, size_t count, DType dtype);
   // Point-to-point within the group (pipeline stages); `peer` is a rank of this group.
   virtual void send(const void* data, size_t bytes, int peer, int tag) = 0;
   virtual void recv(void* data, size_t bytes, int peer, int tag) = 0;

@@ -105,9 +105,11 @@ Mat Engine::logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out) 
     token += n;
     row += take;
   }
-  const size_t logits_bytes = static_cast<size_t>(rows * vocab) * dtype_size(dtype);
+  // Logits are float32 whatever the activations (a bf16 product with a float32 output on GPUs):
+  // bf16's 8-bit mantissa would create ties among the top tokens.
+  const size_t logits_bytes = static_cast<size_t>(rows * vocab) * sizeof(float);
   if (logits_.bytes() < logits_bytes) logits_ = backend_.allocate(logits_bytes);
-  Mat logits = Mat::of(logits_.data(), dtype, rows, vocab);
+  Mat logits = Mat::of(logits_.data(), DType::kF32, rows, vocab);
   model_.logits(selected, logits);
   return logits;
 }
@@ -116,7 +118,7 @@ StepOutput Engine::compute_logits(const StepPlan& plan, Mat hidden) {
   StepOutput out;
   Mat logits = logits_on_device(plan, hidden, out);
   out.logits.resize(static_cast<size_t>(logits.rows * logits.cols));
-  backend_.download_f32(out.logits.data(), logits.data, out.logits.size());
+  backend_.download(out.logits.data(), logits.data, out.logits.size() * sizeof(float));
   return out;
 }
 

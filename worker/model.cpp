@@ -61,7 +61,10 @@ KvCacheSpec Model::kv_cache_spec(int64_t block_size) const {
 }
 
 Mat Model::scratch(ScratchSlot slot, int64_t rows, int64_t cols) {
-  const DType dtype = backend_.activation_dtype();
+  return scratch(slot, rows, cols, backend_.activation_dtype());
+}
+
+Mat Model::scratch(ScratchSlot slot, int64_t rows, int64_t cols, DType dtype) {
   const size_t bytes = static_cast<size_t>(rows * cols) * dtype_size(dtype);
   if (scratch_[slot].bytes() < bytes) scratch_[slot] = backend_.allocate(bytes);
   return Mat::of(scratch_[slot].data(), dtype, rows, cols);
@@ -74,7 +77,7 @@ void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
   if (tokens == 0) return;
   if (shard_.first_stage()) {
     backend_.embedding(embedding_.mat, vocab_begin_, step.token_ids, hidden);
-    if (tp_.size() > 1) tp_.all_reduce_sum(static_cast<float*>(hidden.data), tokens * h);
+    if (tp_.size() > 1) tp_.all_reduce_sum_typed(hidden.data, tokens * h, hidden.dtype);
   }
   Mat normed = scratch(kNormed, tokens, h);
   Mat delta = scratch(kDelta, tokens, h);
@@ -91,7 +94,7 @@ void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
     } else {
       attention_llama(layer, step, kv, normed, delta);
     }
-    if (tp_.size() > 1) tp_.all_reduce_sum(static_cast<float*>(delta.data), tokens * h);
+    if (tp_.size() > 1) tp_.all_reduce_sum_typed(delta.data, tokens * h, delta.dtype);
     backend_.add_rmsnorm(hidden, delta, layer.post_attention_norm.data(), eps, normed);
 
     // Feed-forward block: one all-reduce of the down projections (dense, shared and routed).
@@ -100,7 +103,7 @@ void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
     } else {
       mlp(layer.mlp, normed, delta, /*accumulate=*/false);
     }
-    if (tp_.size() > 1) tp_.all_reduce_sum(static_cast<float*>(delta.data), tokens * h);
+    if (tp_.size() > 1) tp_.all_reduce_sum_typed(delta.data, tokens * h, delta.dtype);
     if (i + 1 < layers_.size()) {
       backend_.add_rmsnorm(hidden, delta, layers_[i + 1].input_norm.data(), eps, normed);
     } else {
@@ -122,10 +125,12 @@ void Model::moe(const MoeWeights& w, Mat normed, Mat out) {
   const int64_t tokens = normed.rows;
   const MoeRoutingParams& routing = config_.routing;
   // Every tp rank routes every token (the router is replicated), then runs only its experts.
-  Mat router_logits = scratch(kRouterLogits, tokens, routing.num_experts);
+  // Router logits in float32 even with bf16 activations (as the reference gates in float32):
+  // expert choice compares close scores.
+  Mat router_logits = scratch(kRouterLogits, tokens, routing.num_experts, DType::kF32);
   backend_.matmul(normed, w.router.mat, router_logits);  // [T, n_routed_experts]
-  Mat ids = scratch(kExpertIds, tokens, routing.top_k);   // int32 in float-sized slots
-  Mat weights = scratch(kExpertWeights, tokens, routing.top_k);
+  Mat ids = scratch(kExpertIds, tokens, routing.top_k, DType::kI32);
+  Mat weights = scratch(kExpertWeights, tokens, routing.top_k, DType::kF32);
   auto* expert_ids = static_cast<int32_t*>(ids.data);
   auto* expert_weights = static_cast<float*>(weights.data);
   backend_.moe_route(router_logits, static_cast<const float*>(w.bias.buffer.data()), routing,
@@ -151,12 +156,11 @@ void Model::logits(Mat hidden_rows, Mat logits_out) {
   }
   // Vocabulary-parallel head: each rank computes its vocabulary slice, then an all-gather
   // ([tp, rows, vocab_local]) and a transpose into [rows, vocab].
-  Mat local = scratch(kLocalLogits, rows, vocab_local_);
+  Mat local = scratch(kLocalLogits, rows, vocab_local_, logits_out.dtype);
   backend_.matmul(hidden_rows, lm_head_.mat, local);
   const int t = tp_.size();
-  Mat gathered = scratch(kGatheredLogits, t * rows, vocab_local_);
-  tp_.all_gather(static_cast<const float*>(local.data), static_cast<float*>(gathered.data),
-                 rows * vocab_local_);
+  Mat gathered = scratch(kGatheredLogits, t * rows, vocab_local_, logits_out.dtype);
+  tp_.all_gather_typed(local.data, gathered.data, rows * vocab_local_, local.dtype);
   for (int r = 0; r < t; ++r) {
     backend_.copy(gathered.row_slice(r * rows, rows),
                   logits_out.col_slice(r * vocab_local_, vocab_local_));

@@ -154,7 +154,8 @@ class Model {
     kGatheredLogits,
     kNumScratch,
   };
-  Mat scratch(ScratchSlot slot, int64_t rows, int64_t cols);
+  Mat scratch(ScratchSlot slot, int64_t rows, int64_t cols);  // activation dtype
+  Mat scratch(ScratchSlot slot, int64_t rows, int64_t cols, DType dtype);
 
   ModelConfig config_;
   ModelShard shard_;

@@ -68,6 +68,24 @@ class Loader {
 
   StatusOr<Weight> whole(const std::string& name) { return rows({{name, Range::all()}}, Range::all()); }
 
+  // A whole tensor kept in float32 whatever the backend's weight type (router biases: expert
+  // choice compares scores that differ in their last bits).
+  StatusOr<Weight> whole_f32(const std::string& name) {
+    ASSIGN_OR_RETURN(std::vector<int64_t> full, checked_shape(name));
+    int64_t count = 1;
+    for (int64_t d : full) count *= d;
+    host_.resize(static_cast<size_t>(count));
+    RETURN_IF_ERROR(source_.read_f32(name, Range::all(), Range::all(), host_.data()));
+    Weight w;
+    w.name = name;
+    w.buffer = backend_.allocate(host_.size() * sizeof(float));
+    backend_.upload(w.buffer.data(), host_.data(), host_.size() * sizeof(float));
+    w.mat = Mat::of(w.buffer.data(), DType::kF32, full.empty() ? 1 : full[0],
+                    full.size() > 1 ? full[1] : 1);
+    bytes_ += static_cast<int64_t>(w.buffer.bytes());
+    return w;
+  }
+
  private:
   StatusOr<std::vector<int64_t>> checked_shape(const std::string& name) {
     auto shape = source_.shape(name);
@@ -263,7 +281,7 @@ Status Model::load_weights(const WeightSource& source) {
       const std::string mp = p + "mlp.";
       ASSIGN_OR_RETURN(m.router, load.whole(mp + "gate.weight"));
       if (c.routing.method == MoeTopkMethod::kNoauxTc) {
-        ASSIGN_OR_RETURN(m.bias, load.whole(mp + "gate.e_score_correction_bias"));
+        ASSIGN_OR_RETURN(m.bias, load.whole_f32(mp + "gate.e_score_correction_bias"));
       }
       m.expert_begin = r * experts_local_;
       for (int64_t e = m.expert_begin; e < m.expert_begin + experts_local_; ++e) {

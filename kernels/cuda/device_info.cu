@@ -28,3 +28,29 @@ std::string device_description(int device) {
 }
 
 }  // namespace dshpc::cuda
+
+#include "kernels/cuda_backend.h"
+
+namespace dshpc {
+
+int cuda_device_count() {
+  return cuda::visible_device_count();
+}
+
+StatusOr<int> pick_local_gpu(int local_rank, int local_size) {
+  const int count = cuda::visible_device_count();
+  if (count == 0) {
+    return unavailable("--device cuda: no CUDA device is visible on this node");
+  }
+  if (local_size > count) {
+    return invalid_argument(
+        "--device cuda: " + std::to_string(local_size) + " ranks on this node but only " +
+        std::to_string(count) +
+        " visible GPU(s); two ranks would share a GPU, which is refused (start at most one rank "
+        "per GPU, e.g. mpirun -np " +
+        std::to_string(count) + " per node)");
+  }
+  return local_rank % count;
+}
+
+}  // namespace dshpc

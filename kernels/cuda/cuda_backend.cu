@@ -1,0 +1,565 @@
+// The CUDA backend: the Backend interface on one GPU (CPU reference: kernels/cpu_backend.cpp).
+//
+// - One non-blocking stream per backend; every op, copy and (through CudaBackendHandles) every
+//   NCCL collective is queued on it, so stream order is the only synchronisation the step loop
+//   needs. The host waits only in download / download_f32 / synchronize and for the MoE routing
+//   counts, always by polling with a timeout (stream_wait.h), never blindly.
+// - Memory from a caching pool (memory_pool.h): no cudaMalloc once the largest step has run.
+//   Fresh buffers are zero-filled, as the CPU backend's are.
+// - Element types: weights and activations are both bf16 (serving) or both float32 (parity).
+//   Matrix products accumulate in float32; kernels compute in float32 and round once on store.
+//   Logits and router logits may be float32 outputs of bf16 products (Mat::dtype says which).
+// - The KV cache (PagedKvView) holds activation_dtype() elements; its float* members are storage.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_info.h"
+#include "kernels/cuda/host_staging.h"
+#include "kernels/cuda/launchers.h"
+#include "kernels/cuda/memory_pool.h"
+#include "kernels/cuda/stream_wait.h"
+#include "kernels/cuda_backend.h"
+
+namespace dshpc {
+namespace {
+
+using cuda::AsyncWatch;
+
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
+constexpr size_t kWeightChunk = size_t{1} << 24;            // elements converted per upload
+
+size_t align_up(size_t bytes, size_t alignment) {
+  return (bytes + alignment - 1) / alignment * alignment;
+}
+
+bool overlaps(const Mat& a, const Mat& b) {
+  if (a.rows == 0 || a.cols == 0 || b.rows == 0 || b.cols == 0) return false;
+  const auto span = [](const Mat& m) {
+    const char* begin = static_cast<const char*>(m.data);
+    const size_t bytes = ((m.rows - 1) * m.stride + m.cols) * dtype_size(m.dtype);
+    return std::pair<const char*, const char*>(begin, begin + bytes);
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, DType dtype)
+      : device_(make_current(device)),
+        dtype_(dtype),
+        watch_(std::make_shared<AsyncWatch>()),
+        timeout_s_(cuda::gpu_wait_timeout_s()) {
+    DSHPC_CUDA_CHECK(cudaSetDevice(device));
+    DSHPC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    DSHPC_CUBLAS_CHECK(cublasCreate(&cublas_));
+    DSHPC_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    // float32 products stay float32: CUBLAS_COMPUTE_32F is requested per call and the default
+    // math mode never substitutes TF32 for it.
+    DSHPC_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    // An explicit workspace keeps cuBLAS from allocating on its own (and is what CUDA graph
+    // capture requires).
+    cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
+    DSHPC_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+    name_ = "cuda:" + std::to_string(device) + " " + cuda::device_description(device) + " " +
+            (dtype == DType::kBF16 ? "bf16" : "f32");
+  }
+
+  ~CudaBackend() override {
+    cuda::wait_stream(stream_, watch_.get(), timeout_s_, "the backend's shutdown");
+    cublasDestroy(cublas_);
+    pool_.release(cublas_workspace_);
+    cudaStreamDestroy(stream_);
+    // Then the members: buffers release into the pool, staging frees its pinned memory, and the
+    // pool returns every block to the driver. None of that uses the stream.
+  }
+
+  std::string name() const override { return name_; }
+  DType weight_dtype() const override { return dtype_; }
+  DType activation_dtype() const override { return dtype_; }
+
+  // ---- memory
+
+  DeviceBuffer allocate(size_t bytes) override {
+    if (bytes == 0) return DeviceBuffer(this, nullptr, 0);
+    void* block = pool_.allocate(bytes);
+    DSHPC_CUDA_CHECK(cudaMemsetAsync(block, 0, bytes, stream_));
+    return DeviceBuffer(this, block, bytes);
+  }
+
+  void release(void* data, size_t) override { pool_.release(data); }
+
+  void upload(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    // A copy from pageable memory synchronises the stream first: wait by polling instead.
+    wait("upload");
+    DSHPC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+
+  void download(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    wait("the work before a download");
+    DSHPC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    wait("a download");
+  }
+
+  void upload_weights(void* dst, const float* src, size_t count) override {
+    if (dtype_ == DType::kF32) {
+      upload(dst, src, count * sizeof(float));
+      return;
+    }
+    // bf16: round to nearest even on the host (common/dtype.h, the same rounding as torch), in
+    // chunks so that host memory stays bounded for large tensors.
+    std::vector<uint16_t> converted(std::min(count, kWeightChunk));
+    for (size_t begin = 0; begin < count; begin += kWeightChunk) {
+      const size_t n = std::min(kWeightChunk, count - begin);
+      for (size_t i = 0; i < n; ++i) converted[i] = float_to_bf16(src[begin + i]);
+      upload(static_cast<uint16_t*>(dst) + begin, converted.data(), n * sizeof(uint16_t));
+    }
+  }
+
+  void download_f32(float* dst, const void* src, size_t count) override {
+    if (dtype_ == DType::kF32) {
+      download(dst, src, count * sizeof(float));
+      return;
+    }
+    std::vector<uint16_t> raw(count);
+    download(raw.data(), src, count * sizeof(uint16_t));
+    for (size_t i = 0; i < count; ++i) dst[i] = bf16_to_float(raw[i]);
+  }
+
+  void synchronize() override { wait("synchronize"); }
+
+  int64_t free_memory_bytes() override {
+    size_t free_bytes = 0, total_bytes = 0;
+    DSHPC_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return static_cast<int64_t>(free_bytes) + pool_.stats().cached_bytes;
+  }
+
+  // ---- step metadata
+
+  StepTensors upload_step(const StepHostData& host) override {
+    const int64_t tokens = host.num_tokens, num_seqs = host.num_sequences;
+    DSHPC_CHECK(tokens >= 0 && num_seqs >= 0)
+        << "upload_step: " << tokens << " tokens, " << num_seqs << " sequences";
+    int64_t total_blocks = 0;
+    for (int64_t s = 0; s < num_seqs; ++s) {
+      const PagedSequence& seq = host.sequences[s];
+      DSHPC_CHECK(seq.query_begin >= 0 && seq.query_len >= 0 &&
+                  seq.query_begin + seq.query_len <= tokens && seq.query_len <= seq.context_len &&
+                  host.block_table_lengths[s] >= 0)
+          << "upload_step: sequence " << s << " has query rows [" << seq.query_begin << ", "
+          << seq.query_begin + seq.query_len << ") of " << tokens << ", context_len "
+          << seq.context_len << ", " << host.block_table_lengths[s] << " blocks";
+      total_blocks += host.block_table_lengths[s];
+    }
+    // One pinned blob, one copy: [token ids | positions | slots | sequences | block tables].
+    const size_t ids_at = 0;
+    const size_t positions_at = align_up(ids_at + tokens * sizeof(int32_t), 16);
+    const size_t slots_at = align_up(positions_at + tokens * sizeof(int32_t), 16);
+    const size_t seqs_at = align_up(slots_at + tokens * sizeof(int64_t), 16);
+    const size_t blocks_at = align_up(seqs_at + num_seqs * sizeof(PagedSequence), 16);
+    const size_t total = align_up(blocks_at + total_blocks * sizeof(int32_t), 16);
+
+    ensure(step_device_, total);
+    char* device = static_cast<char*>(step_device_.data());
+    char* staging = static_cast<char*>(
+        step_staging_.acquire(total, watch_.get(), timeout_s_, "the previous step's upload"));
+    if (tokens > 0) {
+      std::memcpy(staging + ids_at, host.token_ids, tokens * sizeof(int32_t));
+      std::memcpy(staging + positions_at, host.positions, tokens * sizeof(int32_t));
+      std::memcpy(staging + slots_at, host.slots, tokens * sizeof(int64_t));
+    }
+    host_sequences_.assign(host.sequences, host.sequences + num_seqs);
+    host_block_table_lengths_.assign(host.block_table_lengths, host.block_table_lengths + num_seqs);
+    int64_t block_offset = 0;
+    for (int64_t s = 0; s < num_seqs; ++s) {
+      const int32_t length = host.block_table_lengths[s];
+      auto* table = reinterpret_cast<int32_t*>(device + blocks_at) + block_offset;
+      host_sequences_[s].block_table = table;
+      if (length > 0) {
+        std::memcpy(staging + blocks_at + block_offset * sizeof(int32_t), host.block_tables[s],
+                    length * sizeof(int32_t));
+      }
+      block_offset += length;
+    }
+    if (num_seqs > 0) {
+      std::memcpy(staging + seqs_at, host_sequences_.data(), num_seqs * sizeof(PagedSequence));
+    }
+    if (total > 0) {
+      DSHPC_CUDA_CHECK(cudaMemcpyAsync(device, staging, total, cudaMemcpyHostToDevice, stream_));
+    }
+    step_staging_.copied(stream_);
+    ++step_generation_;
+
+    StepTensors step;
+    step.token_ids = tokens > 0 ? reinterpret_cast<const int32_t*>(device + ids_at) : nullptr;
+    step.positions = tokens > 0 ? reinterpret_cast<const int32_t*>(device + positions_at) : nullptr;
+    step.slots = tokens > 0 ? reinterpret_cast<const int64_t*>(device + slots_at) : nullptr;
+    step.sequences =
+        num_seqs > 0 ? reinterpret_cast<const PagedSequence*>(device + seqs_at) : nullptr;
+    step.num_tokens = tokens;
+    step.num_sequences = num_seqs;
+    step_sequences_ = step.sequences;
+    return step;
+  }
+
+  // ---- ops
+
+  void embedding(const Mat& table, int64_t vocab_begin, const int32_t* ids, Mat out) override {
+    DSHPC_CHECK(out.cols == table.cols && table.contiguous())
+        << "embedding: table [" << table.rows << ", " << table.cols << "], output width "
+        << out.cols;
+    cuda::launch_embedding(table, vocab_begin, ids, out, stream_);
+  }
+
+  void matmul(const Mat& x, const Mat& w, Mat y, bool w_transposed, bool accumulate) override {
+    const int64_t m = x.rows, k = x.cols;
+    const int64_t n = w_transposed ? w.rows : w.cols;
+    DSHPC_CHECK_EQ(w_transposed ? w.cols : w.rows, k) << "matmul inner dimension";
+    DSHPC_CHECK(y.rows == m && y.cols == n)
+        << "matmul output " << y.rows << "x" << y.cols << ", expected " << m << "x" << n;
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // an empty sum: y = 0, or y unchanged when accumulating
+      if (!accumulate) zero(y);
+      return;
+    }
+    cuda::gemm(cublas_, x, w, y, w_transposed, accumulate);
+  }
+
+  void rmsnorm(const Mat& x, const void* weight, float eps, Mat out) override {
+    DSHPC_CHECK(x.rows == out.rows && x.cols == out.cols) << "rmsnorm shape mismatch";
+    cuda::launch_rmsnorm(x, weight, dtype_, eps, out, stream_);
+  }
+
+  void add_rmsnorm(Mat residual, const Mat& delta, const void* weight, float eps,
+                   Mat out) override {
+    DSHPC_CHECK(residual.rows == delta.rows && residual.cols == delta.cols &&
+                residual.rows == out.rows && residual.cols == out.cols)
+        << "add_rmsnorm shape mismatch";
+    cuda::launch_add_rmsnorm(residual, delta, weight, dtype_, eps, out, stream_);
+  }
+
+  void copy(const Mat& src, Mat dst) override {
+    DSHPC_CHECK(src.rows == dst.rows && src.cols == dst.cols) << "copy shape mismatch";
+    if (src.rows == 0 || src.cols == 0) return;
+    DSHPC_CHECK(!overlaps(src, dst)) << "copy between overlapping views";
+    if (src.dtype == dst.dtype) {
+      const size_t element = dtype_size(src.dtype);
+      DSHPC_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, dst.stride * element, src.data,
+                                         src.stride * element, src.cols * element, src.rows,
+                                         cudaMemcpyDeviceToDevice, stream_));
+      return;
+    }
+    cuda::launch_copy(src, dst, stream_);
+  }
+
+  void add(Mat a, const Mat& b) override {
+    DSHPC_CHECK(a.rows == b.rows && a.cols == b.cols) << "add shape mismatch";
+    cuda::launch_add(a, b, stream_);
+  }
+
+  void zero(Mat m) override {
+    if (m.rows == 0 || m.cols == 0) return;
+    // All-zero bits are 0.0 in float32 and bf16 alike.
+    const size_t element = dtype_size(m.dtype);
+    DSHPC_CUDA_CHECK(
+        cudaMemset2DAsync(m.data, m.stride * element, 0, m.cols * element, m.rows, stream_));
+  }
+
+  void rope(Mat x, int64_t heads, int64_t head_stride, int64_t rot_dim, const int32_t* positions,
+            const RopeTables& tables, RopeStyle style) override {
+    DSHPC_CHECK_EQ(rot_dim, tables.rot_dim) << "rope table width";
+    DSHPC_CHECK(rot_dim > 0 && rot_dim % 2 == 0 && heads >= 0) << "rope: rot_dim " << rot_dim;
+    DSHPC_CHECK(heads == 0 || (heads - 1) * head_stride + rot_dim <= x.cols)
+        << "rope: " << heads << " heads of stride " << head_stride << " rotating " << rot_dim
+        << " dims exceed the row's " << x.cols << " columns";
+    cuda::launch_rope(x, heads, head_stride, rot_dim, positions, tables, style, stream_);
+  }
+
+  void swiglu(const Mat& gate_up, Mat out) override {
+    DSHPC_CHECK(gate_up.contiguous() && out.contiguous() && gate_up.cols == 2 * out.cols &&
+                gate_up.rows == out.rows)
+        << "swiglu shapes [" << gate_up.rows << ", " << gate_up.cols << "] → [" << out.rows << ", "
+        << out.cols << "]";
+    cuda::launch_swiglu(gate_up, out, stream_);
+  }
+
+  void kv_cache_write(const Mat& k, const Mat* v, const int64_t* slots,
+                      const PagedKvView& cache) override {
+    DSHPC_CHECK(k.cols >= cache.kv_heads * cache.head_dim &&
+                (v == nullptr || (v->rows == k.rows && v->cols >= cache.kv_heads * cache.v_dim)))
+        << "kv_cache_write: rows narrower than the cache entries";
+    cuda::launch_kv_cache_write(k, v, slots, cache, dtype_, stream_);
+  }
+
+  void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
+                       const PagedKvView& cache, float scale) override {
+    DSHPC_CHECK(q.contiguous() && out.contiguous());
+    DSHPC_CHECK_EQ(q.cols, q_heads * cache.head_dim) << "attention query width";
+    DSHPC_CHECK_EQ(out.cols, q_heads * cache.v_dim) << "attention output width";
+    DSHPC_CHECK(step.sequences == step_sequences_ &&
+                step.num_sequences == static_cast<int64_t>(host_sequences_.size()))
+        << "paged_attention needs the StepTensors of the latest upload_step";
+    DSHPC_CHECK(cache.block_size > 0) << "block_size " << cache.block_size;
+    for (size_t s = 0; s < host_sequences_.size(); ++s) {
+      const PagedSequence& seq = host_sequences_[s];
+      DSHPC_CHECK(seq.query_len == 0 ||
+                  (seq.query_begin + seq.query_len <= q.rows &&
+                   static_cast<int64_t>(host_block_table_lengths_[s]) * cache.block_size >=
+                       seq.context_len))
+          << "sequence " << s << ": query rows end at " << seq.query_begin + seq.query_len << " of "
+          << q.rows << ", context_len " << seq.context_len << " needs more than its "
+          << host_block_table_lengths_[s] << " blocks of " << cache.block_size;
+    }
+    const cuda::AttentionShape shape = cuda::attention_shape(q_heads, cache.kv_heads, cache.v_dim);
+    const TileList& tiles = attention_tiles(shape.tokens_per_cta);
+    cuda::launch_paged_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads, cache,
+                                 dtype_, scale, shape, stream_);
+  }
+
+  void moe_route(const Mat& router_logits, const float* bias, const MoeRoutingParams& params,
+                 int32_t* expert_ids, float* weights) override {
+    DSHPC_CHECK(router_logits.contiguous() && router_logits.cols == params.num_experts)
+        << "moe_route: router logits [" << router_logits.rows << ", " << router_logits.cols
+        << "] for " << params.num_experts << " experts";
+    cuda::launch_moe_route(router_logits, bias, params, expert_ids, weights, stream_);
+  }
+
+  void moe_experts(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
+                   const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
+                   Mat out) override;
+
+  void argmax(const Mat& logits, int32_t* ids) override {
+    DSHPC_CHECK(logits.contiguous());
+    cuda::launch_argmax(logits, ids, stream_);
+  }
+
+  // ---- beyond Backend
+
+  CudaBackendHandles handles() { return {device_, stream_, watch_}; }
+
+  CudaMemoryStats memory_stats() {
+    const cuda::PoolStats pool = pool_.stats();
+    size_t free_bytes = 0, total_bytes = 0;
+    DSHPC_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return {pool.device_allocations, pool.in_use_bytes, pool.cached_bytes,
+            static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+  }
+
+ private:
+  struct TileList {
+    int tokens_per_cta = 0;
+    uint64_t generation = 0;
+    int64_t count = 0;
+    const cuda::AttentionTile* device = nullptr;
+    DeviceBuffer buffer;
+  };
+
+  // Every CUDA object of this backend (stream, events, memory) belongs to `device`: it is made
+  // current before any member is constructed.
+  static int make_current(int device) {
+    DSHPC_CUDA_CHECK(cudaSetDevice(device));
+    return device;
+  }
+
+  void wait(const char* what) { cuda::wait_stream(stream_, watch_.get(), timeout_s_, what); }
+
+  // Grows `buffer` to at least `bytes` (by half again, so a slowly growing step reallocates
+  // rarely); contents are not kept.
+  void ensure(DeviceBuffer& buffer, size_t bytes) {
+    if (buffer.bytes() >= bytes) return;
+    buffer = allocate(std::max(bytes, buffer.bytes() + buffer.bytes() / 2));
+  }
+
+  // The CTA work list of this step for one tokens_per_cta, built once per step on the host and
+  // uploaded; every layer's attention of the step reuses it.
+  const TileList& attention_tiles(int tokens_per_cta) {
+    for (TileList& list : tile_lists_) {
+      if (list.generation == step_generation_ && list.tokens_per_cta == tokens_per_cta) {
+        return list;
+      }
+    }
+    // Reuse the oldest entry's buffer (at most one per distinct shape of the step).
+    TileList* list = nullptr;
+    for (TileList& candidate : tile_lists_) {
+      if (candidate.generation != step_generation_) list = &candidate;
+    }
+    if (list == nullptr) list = &tile_lists_.emplace_back();
+    const std::vector<cuda::AttentionTile> tiles =
+        cuda::attention_tiles(host_sequences_, tokens_per_cta);
+    const size_t bytes = tiles.size() * sizeof(cuda::AttentionTile);
+    list->tokens_per_cta = tokens_per_cta;
+    list->generation = step_generation_;
+    list->count = static_cast<int64_t>(tiles.size());
+    if (bytes > 0) {
+      ensure(list->buffer, bytes);
+      void* staging = tile_staging_.acquire(bytes, watch_.get(), timeout_s_, "a tile upload");
+      std::memcpy(staging, tiles.data(), bytes);
+      DSHPC_CUDA_CHECK(
+          cudaMemcpyAsync(list->buffer.data(), staging, bytes, cudaMemcpyHostToDevice, stream_));
+      tile_staging_.copied(stream_);
+    }
+    list->device = static_cast<const cuda::AttentionTile*>(list->buffer.data());
+    return *list;
+  }
+
+  int device_;
+  DType dtype_;
+  std::string name_;
+  std::shared_ptr<AsyncWatch> watch_;
+  double timeout_s_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  // Declared before every DeviceBuffer member: they release into it when destroyed.
+  cuda::DevicePool pool_;
+  void* cublas_workspace_ = nullptr;
+
+  cuda::HostStaging step_staging_, tile_staging_, moe_ids_staging_, moe_index_staging_;
+  DeviceBuffer step_device_;
+  const PagedSequence* step_sequences_ = nullptr;
+  std::vector<PagedSequence> host_sequences_;  // block_table: device pointers
+  std::vector<int32_t> host_block_table_lengths_;
+  uint64_t step_generation_ = 0;
+  std::vector<TileList> tile_lists_;
+
+  // MoE scratch, grown to the largest step seen.
+  DeviceBuffer moe_index_, moe_rows_, moe_gate_up_, moe_act_, moe_out_;
+  std::vector<int32_t> moe_counts_, moe_cursor_;
+};
+
+// Routed experts. The number of rows each expert gets decides the shapes of its matrix products,
+// so the expert ids come to the host once per MoE layer (a few KB; the one host wait of the
+// layer) and are sorted there by expert; the permutation goes back with the rows' order:
+//   index = [token_of_row (rows) | row_of_pair (tokens × top_k, −1 for other ranks' experts)]
+void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const float* weights,
+                              int64_t top_k, const ExpertWeights* local_experts,
+                              int64_t expert_begin, int64_t num_local, Mat out) {
+  DSHPC_CHECK(x.contiguous() && out.contiguous() && x.rows == out.rows && x.cols == out.cols &&
+              x.dtype == dtype_ && out.dtype == dtype_)
+      << "moe_experts: input [" << x.rows << ", " << x.cols << "], output [" << out.rows << ", "
+      << out.cols << "]";
+  const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
+  if (tokens == 0 || num_local == 0 || top_k == 0) return;
+  DSHPC_CHECK(pairs <= 0x7fffffff) << "moe_experts: " << pairs << " (token, expert) pairs";
+
+  auto* ids = static_cast<int32_t*>(moe_ids_staging_.acquire(
+      pairs * sizeof(int32_t), watch_.get(), timeout_s_, "a previous expert-id download"));
+  DSHPC_CUDA_CHECK(
+      cudaMemcpyAsync(ids, expert_ids, pairs * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  moe_ids_staging_.copied(stream_);
+  wait("the expert ids of a MoE layer");
+
+  // Counting sort of the pairs by local expert; within an expert, pairs keep their order.
+  moe_counts_.assign(num_local + 1, 0);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t e = ids[p] - expert_begin;
+    if (e >= 0 && e < num_local) ++moe_counts_[e + 1];
+  }
+  for (int64_t e = 0; e < num_local; ++e) moe_counts_[e + 1] += moe_counts_[e];  // → offsets
+  const int64_t rows = moe_counts_[num_local];
+  if (rows == 0) return;
+  const size_t index_bytes = (rows + pairs) * sizeof(int32_t);
+  auto* index = static_cast<int32_t*>(moe_index_staging_.acquire(
+      index_bytes, watch_.get(), timeout_s_, "a previous expert permutation upload"));
+  int32_t* token_of_row = index;
+  int32_t* row_of_pair = index + rows;
+  moe_cursor_.assign(moe_counts_.begin(), moe_counts_.end() - 1);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t e = ids[p] - expert_begin;
+    if (e >= 0 && e < num_local) {
+      const int32_t row = moe_cursor_[e]++;
+      token_of_row[row] = static_cast<int32_t>(p / top_k);
+      row_of_pair[p] = row;
+    } else {
+      row_of_pair[p] = -1;
+    }
+  }
+  ensure(moe_index_, index_bytes);
+  DSHPC_CUDA_CHECK(
+      cudaMemcpyAsync(moe_index_.data(), index, index_bytes, cudaMemcpyHostToDevice, stream_));
+  moe_index_staging_.copied(stream_);
+  const int32_t* device_token_of_row = moe_index_.as<int32_t>();
+  const int32_t* device_row_of_pair = device_token_of_row + rows;
+
+  int64_t max_inter = 0;
+  bool uniform = true;
+  for (int64_t e = 0; e < num_local; ++e) {
+    const ExpertWeights& w = local_experts[e];
+    const int64_t inter = w.down.cols;
+    DSHPC_CHECK(w.gate_up.rows == 2 * inter && w.gate_up.cols == hidden && w.down.rows == hidden)
+        << "expert " << expert_begin + e << ": gate_up [" << w.gate_up.rows << ", "
+        << w.gate_up.cols << "], down [" << w.down.rows << ", " << w.down.cols << "]";
+    uniform = uniform && (e == 0 || inter == max_inter);
+    max_inter = std::max(max_inter, inter);
+  }
+  const size_t element = dtype_size(dtype_);
+  ensure(moe_rows_, rows * hidden * element);
+  ensure(moe_gate_up_, rows * 2 * max_inter * element);
+  ensure(moe_act_, rows * max_inter * element);
+  ensure(moe_out_, rows * hidden * element);
+  const Mat gathered = Mat::of(moe_rows_.data(), dtype_, rows, hidden);
+  const Mat gate_up = Mat::of(moe_gate_up_.data(), dtype_, rows, 2 * max_inter);
+  const Mat act = Mat::of(moe_act_.data(), dtype_, rows, max_inter);
+  const Mat expert_out = Mat::of(moe_out_.data(), dtype_, rows, hidden);
+
+  cuda::launch_gather_rows(x, device_token_of_row, gathered, stream_);
+  for (int64_t e = 0; e < num_local; ++e) {
+    const int64_t begin = moe_counts_[e], n = moe_counts_[e + 1] - moe_counts_[e];
+    if (n == 0) continue;
+    const int64_t inter = local_experts[e].down.cols;
+    const Mat gu = gate_up.row_slice(begin, n).col_slice(0, 2 * inter);
+    cuda::gemm(cublas_, gathered.row_slice(begin, n), local_experts[e].gate_up, gu, true, false);
+    if (!uniform) cuda::launch_swiglu(gu, act.row_slice(begin, n).col_slice(0, inter), stream_);
+  }
+  if (uniform) cuda::launch_swiglu(gate_up, act, stream_);  // every row at once
+  for (int64_t e = 0; e < num_local; ++e) {
+    const int64_t begin = moe_counts_[e], n = moe_counts_[e + 1] - moe_counts_[e];
+    if (n == 0) continue;
+    const int64_t inter = local_experts[e].down.cols;
+    cuda::gemm(cublas_, act.row_slice(begin, n).col_slice(0, inter), local_experts[e].down,
+               expert_out.row_slice(begin, n), true, false);
+  }
+  cuda::launch_moe_combine(expert_out, device_row_of_pair, weights, top_k, out, stream_);
+}
+
+CudaBackend& as_cuda(Backend& backend) {
+  auto* cuda_backend = dynamic_cast<CudaBackend*>(&backend);
+  DSHPC_CHECK(cuda_backend != nullptr) << "backend " << backend.name() << " is not CUDA";
+  return *cuda_backend;
+}
+
+}  // namespace
+
+bool cuda_backend_built() {
+  return true;
+}
+
+StatusOr<std::unique_ptr<Backend>> make_cuda_backend(int device, DType dtype) {
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    return invalid_argument(std::string("the CUDA backend runs F32 or BF16, not ") +
+                            dtype_name(dtype));
+  }
+  const int count = cuda::visible_device_count();
+  if (device < 0 || device >= count) {
+    return unavailable("CUDA device " + std::to_string(device) + " requested but " +
+                       std::to_string(count) + " visible");
+  }
+  return std::unique_ptr<Backend>(new CudaBackend(device, dtype));
+}
+
+CudaBackendHandles cuda_backend_handles(Backend& backend) {
+  return as_cuda(backend).handles();
+}
+
+CudaMemoryStats cuda_memory_stats(Backend& backend) {
+  return as_cuda(backend).memory_stats();
+}
+
+}  // namespace dshpc

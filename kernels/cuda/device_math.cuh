@@ -1,0 +1,101 @@
+// Device helpers shared by the kernels: element conversion (float32 / bf16 storage, float32
+// arithmetic), warp and block reductions, and the dtype dispatch used by every launcher.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/check.h"
+#include "common/dtype.h"
+
+namespace dshpc::cuda {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_float(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_float(bf16 x) {
+  return __bfloat162float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+// Round to nearest even, as the CPU's float_to_bf16 and torch's .to(bfloat16).
+template <>
+__device__ __forceinline__ bf16 from_float<bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
+  return v;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds 32 floats of shared memory.
+// blockDim.x must be a multiple of 32. Starts with a barrier so that scratch may be reused by
+// consecutive calls.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// Grid size for a grid-stride loop over `count` items with `threads` per block: enough blocks to
+// fill the device several times over, never more than the items need, within gridDim.x's limit.
+inline unsigned int grid_for(int64_t count, int threads) {
+  constexpr int64_t kMaxBlocks = 65536;  // grid-stride loops cover the rest
+  const int64_t blocks = (count + threads - 1) / threads;
+  return static_cast<unsigned int>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
+}
+
+// Calls fn(T{}) with T = float or bf16 for the given storage type; other types stop the job with
+// a message naming the operation.
+template <typename Fn>
+void dispatch_float(DType dtype, const char* op, Fn&& fn) {
+  switch (dtype) {
+    case DType::kF32:
+      fn(float{});
+      return;
+    case DType::kBF16:
+      fn(bf16{});
+      return;
+    default:
+      DSHPC_FATAL() << op << ": unsupported element type " << dtype_name(dtype)
+                    << " (CUDA kernels take F32 or BF16)";
+  }
+}
+
+}  // namespace dshpc::cuda

@@ -1,0 +1,50 @@
+// The CUDA backend's entry points. This header compiles without CUDA: in a build without nvcc
+// make_cuda_backend returns an error and cuda_device_count() 0, so callers need no #ifdef.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/dtype.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/async_watch.h"
+
+namespace dshpc {
+
+// True when this binary was built with the CUDA backend.
+bool cuda_backend_built();
+
+// GPUs visible to this process (0 without a driver, a device or CUDA support).
+int cuda_device_count();
+
+// The GPU of a rank: its node-local rank modulo the visible devices. Two ranks of one node on
+// one GPU (more ranks on the node than visible GPUs) is an error that says so, as is a node
+// without GPUs.
+StatusOr<int> pick_local_gpu(int local_rank, int local_size);
+
+// A backend on `device` with weights and activations of `dtype`: kBF16 (float32 accumulation:
+// the serving mode) or kF32 (the parity mode, float32 everywhere, no TF32). One stream, one
+// cuBLAS handle, a caching device memory pool. Makes `device` current on the calling thread.
+StatusOr<std::unique_ptr<Backend>> make_cuda_backend(int device, DType dtype);
+
+// What the CUDA backend exposes beyond Backend, for the NCCL collectives and tests. `backend`
+// must come from make_cuda_backend (checked).
+struct CudaBackendHandles {
+  int device = -1;
+  void* stream = nullptr;  // cudaStream_t: every op, and the NCCL collectives, run on it
+  std::shared_ptr<cuda::AsyncWatch> watch;  // checked by every blocking wait of the backend
+};
+CudaBackendHandles cuda_backend_handles(Backend& backend);
+
+struct CudaMemoryStats {
+  int64_t device_allocations = 0;  // cudaMalloc calls so far (steady state: constant)
+  int64_t in_use_bytes = 0;
+  int64_t cached_bytes = 0;       // freed blocks kept for reuse
+  int64_t device_free_bytes = 0;  // cudaMemGetInfo
+  int64_t device_total_bytes = 0;
+};
+CudaMemoryStats cuda_memory_stats(Backend& backend);
+
+}  // namespace dshpc

@@ -1,0 +1,193 @@
+// KV cache write and paged attention of the CUDA backend against the CPU backend: one step that
+// mixes decode (query length 1), full prefill, chunked prefill (a query after cached history)
+// and a padding row, over shuffled block tables, for multi-head, grouped-query (groups of 4 and
+// of 3), v narrower than k, and MLA's absorbed shapes (kv_heads 1, head_dim 576 = 512 + 64 with
+// v the first 512 dims of the same cache entry; 16 heads as V3 under tp 8, 128 as under tp 1).
+#include <algorithm>
+#include <numeric>
+
+#include "gpu_test_util.h"
+
+namespace dshpc::gpu_test {
+namespace {
+
+struct AttentionCase {
+  const char* name;
+  int64_t q_heads, kv_heads, head_dim, v_dim;
+  bool mla;  // v inside the k entry
+  int64_t block_size;
+  float score_scale;  // multiplies head_dim^-0.5: larger values make the softmax sharp
+};
+
+struct SequenceShape {
+  int32_t context_len;
+  int32_t query_len;
+};
+
+// The cache and step of one backend.
+struct AttentionRun {
+  DeviceBuffer k_pool, v_pool;
+  PagedKvView view;
+  Tensor out;
+};
+
+class GpuAttention : public BackendPair {
+ protected:
+  void run_case(const AttentionCase& c, const std::vector<SequenceShape>& shapes) {
+    SCOPED_TRACE(c.name);
+    const int64_t bs = c.block_size;
+    // Block tables: every sequence gets its blocks from one shuffled pool.
+    std::vector<std::vector<int32_t>> tables;
+    int64_t num_blocks = 0;
+    for (const SequenceShape& s : shapes) num_blocks += (s.context_len + bs - 1) / bs;
+    num_blocks += 3;  // never used: stays zero
+    std::vector<int32_t> free_blocks(num_blocks);
+    std::iota(free_blocks.begin(), free_blocks.end(), 0);
+    std::shuffle(free_blocks.begin(), free_blocks.end(), std::mt19937(7));
+    size_t next = 0;
+    for (const SequenceShape& s : shapes) {
+      std::vector<int32_t> table;
+      for (int64_t b = 0; b < (s.context_len + bs - 1) / bs; ++b)
+        table.push_back(free_blocks[next++]);
+      tables.push_back(table);
+    }
+    auto slot_of = [&](size_t seq, int64_t position) {
+      return static_cast<int64_t>(tables[seq][position / bs]) * bs + position % bs;
+    };
+
+    // History (already cached tokens) and the step's new tokens, plus one padding row.
+    std::vector<int64_t> history_slots, step_slots;
+    std::vector<int32_t> positions;
+    std::vector<PagedSequence> seqs;
+    for (size_t s = 0; s < shapes.size(); ++s) {
+      const int32_t first = shapes[s].context_len - shapes[s].query_len;
+      for (int32_t p = 0; p < first; ++p) history_slots.push_back(slot_of(s, p));
+      seqs.push_back({static_cast<int32_t>(step_slots.size()), shapes[s].query_len,
+                      shapes[s].context_len, nullptr});
+      for (int32_t p = first; p < shapes[s].context_len; ++p) {
+        step_slots.push_back(slot_of(s, p));
+        positions.push_back(p);
+      }
+    }
+    step_slots.push_back(-1);  // padding: not written, attends to nothing
+    positions.push_back(0);
+    const int64_t tokens = static_cast<int64_t>(step_slots.size());
+    const int64_t history = static_cast<int64_t>(history_slots.size());
+    const int64_t k_width = c.kv_heads * c.head_dim, v_width = c.kv_heads * c.v_dim;
+
+    const std::vector<float> k_hist = values(history * k_width, 1),
+                             v_hist = values(history * v_width, 2);
+    const std::vector<float> k_new = values(tokens * k_width, 3),
+                             v_new = values(tokens * v_width, 4);
+    const std::vector<float> q = values(tokens * c.q_heads * c.head_dim, 5);
+    const float scale = c.score_scale / std::sqrt(static_cast<float>(c.head_dim));
+
+    std::vector<int32_t> token_ids(tokens, 0);
+    std::vector<const int32_t*> table_ptrs;
+    std::vector<int32_t> table_lengths;
+    for (const auto& t : tables) {
+      table_ptrs.push_back(t.data());
+      table_lengths.push_back(static_cast<int32_t>(t.size()));
+    }
+    const StepHostData host{token_ids.data(),     positions.data(),
+                            step_slots.data(),    tokens,
+                            seqs.data(),          table_ptrs.data(),
+                            table_lengths.data(), static_cast<int64_t>(seqs.size())};
+
+    auto run = [&](Backend& b, DType dtype) {
+      AttentionRun r;
+      const int64_t pool_slots = num_blocks * bs;
+      const int64_t k_stride = c.mla ? c.head_dim : k_width + 2;  // padded token rows (GQA)
+      const int64_t v_stride = c.mla ? c.head_dim : v_width + 1;
+      r.k_pool = b.allocate(pool_slots * k_stride * dtype_size(dtype));
+      if (!c.mla) r.v_pool = b.allocate(pool_slots * v_stride * dtype_size(dtype));
+      r.view.k = static_cast<float*>(r.k_pool.data());
+      r.view.v = c.mla ? r.view.k : static_cast<float*>(r.v_pool.data());
+      r.view.block_size = bs;
+      r.view.k_token_stride = k_stride;
+      r.view.v_token_stride = v_stride;
+      r.view.kv_heads = c.kv_heads;
+      r.view.head_dim = c.head_dim;
+      r.view.v_dim = c.v_dim;
+
+      Tensor kh = upload_tensor(b, k_hist, history, k_width, dtype);
+      Tensor vh = upload_tensor(b, v_hist, history, v_width, dtype);
+      DeviceBuffer hslots = upload_raw(b, history_slots);
+      if (history > 0) {
+        b.kv_cache_write(kh.mat, c.mla ? nullptr : &vh.mat, hslots.as<int64_t>(), r.view);
+      }
+      const StepTensors step = b.upload_step(host);
+      // New keys as strided column slices of a wider projection output, as the models write them.
+      Tensor kn = upload_tensor(b, k_new, tokens, k_width, dtype, k_width + 5);
+      Tensor vn = upload_tensor(b, v_new, tokens, v_width, dtype, v_width + 3);
+      b.kv_cache_write(kn.mat, c.mla ? nullptr : &vn.mat, step.slots, r.view);
+      Tensor qt = upload_tensor(b, q, tokens, c.q_heads * c.head_dim, dtype);
+      r.out = upload_tensor(b, std::vector<float>(tokens * c.q_heads * c.v_dim), tokens,
+                            c.q_heads * c.v_dim, dtype);
+      b.paged_attention(qt.mat, r.out.mat, step, c.q_heads, r.view, scale);
+      return r;
+    };
+    AttentionRun cpu = run(*cpu_, DType::kF32);
+    AttentionRun gpu = run(*gpu_, dtype());
+
+    // The caches hold the same stored values (a copy: exact).
+    const int64_t pool_slots = num_blocks * bs;
+    const Mat cpu_k{cpu.k_pool.data(), DType::kF32, pool_slots, cpu.view.k_token_stride,
+                    cpu.view.k_token_stride};
+    const Mat gpu_k{gpu.k_pool.data(), dtype(), pool_slots, gpu.view.k_token_stride,
+                    gpu.view.k_token_stride};
+    EXPECT_EQ(download_tensor(*gpu_, gpu_k), download_tensor(*cpu_, cpu_k)) << "k cache";
+    if (!c.mla) {
+      const Mat cpu_v{cpu.v_pool.data(), DType::kF32, pool_slots, cpu.view.v_token_stride,
+                      cpu.view.v_token_stride};
+      const Mat gpu_v{gpu.v_pool.data(), dtype(), pool_slots, gpu.view.v_token_stride,
+                      gpu.view.v_token_stride};
+      EXPECT_EQ(download_tensor(*gpu_, gpu_v), download_tensor(*cpu_, cpu_v)) << "v cache";
+    }
+    // One rounding: the output (inputs are the same stored values on both sides).
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu.out.mat), download_tensor(*cpu_, cpu.out.mat), tol(1));
+  }
+};
+
+const std::vector<SequenceShape> kMixedStep = {
+    {1, 1},    // first token of a sequence
+    {37, 1},   // decode
+    {23, 23},  // prefill
+    {40, 9},   // chunked prefill after 31 cached tokens
+    {150, 5},  // a short chunk after a long history
+    {70, 70},  // a longer prefill (several query tiles)
+};
+
+TEST_P(GpuAttention, MultiHead) {
+  run_case({"mha", 8, 8, 64, 64, false, 16, 1.0f}, kMixedStep);
+}
+
+TEST_P(GpuAttention, GroupedQueryOfFour) {
+  run_case({"gqa4", 32, 8, 128, 128, false, 16, 1.0f}, kMixedStep);
+}
+
+TEST_P(GpuAttention, GroupOfThreeOddBlockSize) {
+  run_case({"group3", 12, 4, 80, 80, false, 7, 1.0f}, kMixedStep);
+}
+
+TEST_P(GpuAttention, ValueNarrowerThanKeySharpSoftmax) {
+  run_case({"v_narrower", 4, 4, 96, 64, false, 16, 8.0f}, kMixedStep);
+}
+
+TEST_P(GpuAttention, MlaTinyFixtureShape) {
+  run_case({"mla_tiny", 4, 1, 80, 64, true, 16, 1.0f}, kMixedStep);
+}
+
+TEST_P(GpuAttention, MlaV3ShapeSixteenHeads) {
+  run_case({"mla16", 16, 1, 576, 512, true, 16, 1.0f}, kMixedStep);
+}
+
+TEST_P(GpuAttention, MlaV3ShapeAllHeads) {
+  run_case({"mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{1, 1}, {90, 1}, {33, 33}, {80, 6}});
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, GpuAttention, ::testing::Values(DType::kF32, DType::kBF16),
+                         dtype_param_name);
+
+}  // namespace
+}  // namespace dshpc::gpu_test

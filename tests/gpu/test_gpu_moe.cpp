@@ -1,0 +1,174 @@
+// MoE routing and routed experts of the CUDA backend against the CPU backend: V2's softmax with
+// greedy and group-limited choice, V3's sigmoid noaux_tc with the correction bias and −inf
+// masking of dropped groups, and the experts end to end (permutation, grouped products, weighted
+// scatter-add) for a rank that holds only a slice of the experts.
+#include <algorithm>
+#include <numeric>
+
+#include "gpu_test_util.h"
+
+namespace dshpc::gpu_test {
+namespace {
+
+using GpuMoe = BackendPair;
+
+MoeRoutingParams v2_greedy() {
+  MoeRoutingParams p;
+  p.num_experts = 64;
+  p.top_k = 6;
+  p.scoring = MoeScoring::kSoftmax;
+  p.method = MoeTopkMethod::kGreedy;
+  p.norm_topk_prob = false;
+  p.routed_scaling_factor = 1.0f;
+  return p;
+}
+
+MoeRoutingParams v2_group_limited() {
+  MoeRoutingParams p;
+  p.num_experts = 160;
+  p.top_k = 6;
+  p.num_groups = 8;
+  p.topk_groups = 3;
+  p.scoring = MoeScoring::kSoftmax;
+  p.method = MoeTopkMethod::kGroupLimitedGreedy;
+  p.norm_topk_prob = false;
+  p.routed_scaling_factor = 16.0f;
+  return p;
+}
+
+MoeRoutingParams v3_noaux() {
+  MoeRoutingParams p;
+  p.num_experts = 256;
+  p.top_k = 8;
+  p.num_groups = 8;
+  p.topk_groups = 4;
+  p.scoring = MoeScoring::kSigmoid;
+  p.method = MoeTopkMethod::kNoauxTc;
+  p.norm_topk_prob = true;
+  p.routed_scaling_factor = 2.5f;
+  return p;
+}
+
+MoeRoutingParams v2_lite_normalised() {
+  MoeRoutingParams p = v2_greedy();
+  p.norm_topk_prob = true;
+  return p;
+}
+
+TEST_P(GpuMoe, RoutingMatchesCpuExactly) {
+  const int64_t tokens = 77;
+  uint32_t seed = 100;
+  for (const MoeRoutingParams& p :
+       {v2_greedy(), v2_group_limited(), v3_noaux(), v2_lite_normalised()}) {
+    SCOPED_TRACE(testing::Message()
+                 << p.num_experts << " experts, method " << static_cast<int>(p.method));
+    // Router logits are float32 in the model (a float32 output of the gate product); bf16 logits
+    // are accepted too and tested in the bf16 mode.
+    for (DType logits_dtype : {DType::kF32, dtype()}) {
+      const std::vector<float> logits =
+          representable(random_values(tokens * p.num_experts, seed++, 2.0f), logits_dtype);
+      // Biases of both signs, large enough to change the choice (V3's are about ±0.5 … 5).
+      std::vector<float> bias = random_values(p.num_experts, seed++, 0.5f);
+      Tensor cpu_l = upload_tensor(*cpu_, logits, tokens, p.num_experts, DType::kF32);
+      Tensor gpu_l = upload_tensor(*gpu_, logits, tokens, p.num_experts, logits_dtype);
+      DeviceBuffer cpu_bias = upload_raw(*cpu_, bias), gpu_bias = upload_raw(*gpu_, bias);
+      const bool biased = p.method == MoeTopkMethod::kNoauxTc;
+      DeviceBuffer cpu_ids = cpu_->allocate(tokens * p.top_k * 4);
+      DeviceBuffer gpu_ids = gpu_->allocate(tokens * p.top_k * 4);
+      DeviceBuffer cpu_w = cpu_->allocate(tokens * p.top_k * 4);
+      DeviceBuffer gpu_w = gpu_->allocate(tokens * p.top_k * 4);
+      cpu_->moe_route(cpu_l.mat, biased ? cpu_bias.as<float>() : nullptr, p, cpu_ids.as<int32_t>(),
+                      cpu_w.as<float>());
+      gpu_->moe_route(gpu_l.mat, biased ? gpu_bias.as<float>() : nullptr, p, gpu_ids.as<int32_t>(),
+                      gpu_w.as<float>());
+      const size_t n = static_cast<size_t>(tokens * p.top_k);
+      // The same experts in the same order (ties are broken alike, by index).
+      EXPECT_EQ(download_raw<int32_t>(*gpu_, gpu_ids.data(), n),
+                download_raw<int32_t>(*cpu_, cpu_ids.data(), n));
+      // Weights in float32 on both sides: only exp's and the sums' last bits differ.
+      EXPECT_CLOSE(download_raw<float>(*gpu_, gpu_w.data(), n),
+                   download_raw<float>(*cpu_, cpu_w.data(), n), kF32Tol);
+    }
+  }
+}
+
+TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
+  // Every biased choice value negative: a dropped group masked with 0 would win; −inf never does.
+  MoeRoutingParams p = v3_noaux();
+  const int64_t tokens = 9;
+  const std::vector<float> logits = random_values(tokens * p.num_experts, 120, 1.0f);
+  const std::vector<float> bias(p.num_experts, -3.0f);
+  Tensor gpu_l = upload_tensor(*gpu_, logits, tokens, p.num_experts, DType::kF32);
+  Tensor cpu_l = upload_tensor(*cpu_, logits, tokens, p.num_experts, DType::kF32);
+  DeviceBuffer gpu_bias = upload_raw(*gpu_, bias), cpu_bias = upload_raw(*cpu_, bias);
+  DeviceBuffer gpu_ids = gpu_->allocate(tokens * p.top_k * 4),
+               gpu_w = gpu_->allocate(tokens * p.top_k * 4);
+  DeviceBuffer cpu_ids = cpu_->allocate(tokens * p.top_k * 4),
+               cpu_w = cpu_->allocate(tokens * p.top_k * 4);
+  gpu_->moe_route(gpu_l.mat, gpu_bias.as<float>(), p, gpu_ids.as<int32_t>(), gpu_w.as<float>());
+  cpu_->moe_route(cpu_l.mat, cpu_bias.as<float>(), p, cpu_ids.as<int32_t>(), cpu_w.as<float>());
+  const auto ids = download_raw<int32_t>(*gpu_, gpu_ids.data(), tokens * p.top_k);
+  EXPECT_EQ(ids, download_raw<int32_t>(*cpu_, cpu_ids.data(), tokens * p.top_k));
+  const int64_t per_group = p.num_experts / p.num_groups;
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<int64_t> groups;
+    for (int64_t j = 0; j < p.top_k; ++j) groups.push_back(ids[t * p.top_k + j] / per_group);
+    std::sort(groups.begin(), groups.end());
+    groups.erase(std::unique(groups.begin(), groups.end()), groups.end());
+    EXPECT_LE(static_cast<int64_t>(groups.size()), p.topk_groups) << "token " << t;
+  }
+}
+
+TEST_P(GpuMoe, ExpertsOfOneRankEndToEnd) {
+  // 16 experts in all, this rank holds [4, 12); top-4 routing, so some tokens have none here.
+  const int64_t tokens = 41, hidden = 256, inter = 128, total = 16, begin = 4, local = 8, top_k = 4;
+  std::vector<int32_t> ids(tokens * top_k);
+  std::vector<float> weights(tokens * top_k);
+  std::mt19937 rng(130);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<int32_t> experts(total);
+    std::iota(experts.begin(), experts.end(), 0);
+    std::shuffle(experts.begin(), experts.end(), rng);
+    for (int64_t j = 0; j < top_k; ++j) {
+      ids[t * top_k + j] = experts[j];
+      weights[t * top_k + j] = 0.1f + 0.2f * static_cast<float>(j);
+    }
+  }
+  const std::vector<float> x = values(tokens * hidden, 131);
+  const std::vector<float> out0 = values(tokens * hidden, 132);  // e.g. the shared experts' sum
+  std::vector<std::vector<float>> gate_up(local), down(local);
+  for (int64_t e = 0; e < local; ++e) {
+    gate_up[e] = values(2 * inter * hidden, 140 + e, 1.0f / 16);
+    down[e] = values(hidden * inter, 160 + e, 1.0f / 11);
+  }
+  auto run = [&](Backend& b, DType dtype) {
+    std::vector<Tensor> gu, dn;
+    std::vector<ExpertWeights> views;
+    for (int64_t e = 0; e < local; ++e) {
+      gu.push_back(upload_tensor(b, gate_up[e], 2 * inter, hidden, dtype));
+      dn.push_back(upload_tensor(b, down[e], hidden, inter, dtype));
+      views.push_back({gu.back().mat, dn.back().mat});
+    }
+    Tensor xt = upload_tensor(b, x, tokens, hidden, dtype);
+    Tensor out = upload_tensor(b, out0, tokens, hidden, dtype);
+    DeviceBuffer id_buf = upload_raw(b, ids), w_buf = upload_raw(b, weights);
+    b.moe_experts(xt.mat, id_buf.as<int32_t>(), w_buf.as<float>(), top_k, views.data(), begin,
+                  local, out.mat);
+    // Twice: the second call reuses every buffer of the first (and must give the same result).
+    Tensor out2 = upload_tensor(b, out0, tokens, hidden, dtype);
+    b.moe_experts(xt.mat, id_buf.as<int32_t>(), w_buf.as<float>(), top_k, views.data(), begin,
+                  local, out2.mat);
+    return std::pair{download_tensor(b, out.mat), download_tensor(b, out2.mat)};
+  };
+  const auto [cpu_out, cpu_again] = run(*cpu_, DType::kF32);
+  const auto [gpu_out, gpu_again] = run(*gpu_, dtype());
+  // bf16: gate_up, swiglu, down and the scatter-add each round once.
+  EXPECT_CLOSE(gpu_out, cpu_out, tol(4));
+  EXPECT_EQ(gpu_out, gpu_again) << "the combine is deterministic";
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, GpuMoe, ::testing::Values(DType::kF32, DType::kBF16),
+                         dtype_param_name);
+
+}  // namespace
+}  // namespace dshpc::gpu_test
