@@ -137,6 +137,7 @@ int run_bench(int argc, char** argv, int first) {
               "%.1f TFLOP/s (%lld³)\n",
               bandwidth / 1e9, copy_bytes >> 20, dtype_name(backend.weight_dtype()),
               matmul_rate / 1e12, static_cast<long long>(gemm));
+  std::fflush(stdout);
 
   boost::json::object result;
   result["command"] = command;
@@ -251,6 +252,7 @@ int run_bench(int argc, char** argv, int first) {
     std::printf("%-8lld %12.1f %12.3f %14.1f %14.1f %7.1f%%\n", static_cast<long long>(batch),
                 tokens_per_s, 1e3 * seconds / *gen_len, read_rate / 1e9, bound,
                 100.0 * tokens_per_s / bound);
+    std::fflush(stdout);  // each row survives a time limit on the run
     decode_results.push_back({{"batch", batch},
                               {"tokens_per_s", tokens_per_s},
                               {"inter_token_latency_s", seconds / *gen_len},
@@ -302,6 +304,7 @@ int run_bench(int argc, char** argv, int first) {
     std::printf("%-8lld %12.2f %12.1f %14.2f %14.2f %7.1f%%\n", static_cast<long long>(len),
                 1e3 * best, len / best, per_gpu / 1e12, matmul_rate / 1e12,
                 100.0 * per_gpu / matmul_rate);
+    std::fflush(stdout);
     prefill_results.push_back({{"prompt_tokens", len},
                                {"time_to_first_token_s", best},
                                {"tokens_per_s", len / best},
