@@ -21,6 +21,12 @@ need() {  # need HEADER DEB_PATTERN...
 need yaml-cpp/yaml.h 'libyaml-cpp*.deb'
 need pcre2.h 'libpcre2-*.deb'
 need prometheus/registry.h 'prometheus-cpp-dev*.deb' 'libprometheus-cpp-*.deb'
+# dshpc links prometheus-cpp's core only: the pull (civetweb) and push (curl) parts' dependencies
+# are not on the GPU machine, so the unpacked package config does not look for them.
+config=$prefix/usr/lib/x86_64-linux-gnu/cmake/prometheus-cpp/prometheus-cpp-config.cmake
+if [ -e "$config" ]; then
+  sed -i -E 's/set\((PROMETHEUS_CPP_ENABLE_(PULL|PUSH)) ON\)/set(\1 OFF)/' "$config"
+fi
 # pkg-config files from the debs name prefix=/usr; rewrite them to the unpacked location.
 for pc in "$prefix"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc; do
   [ -e "$pc" ] && sed -i "s|^prefix=/usr\$|prefix=$prefix/usr|" "$pc"
