@@ -19,6 +19,7 @@ constexpr Command kCommands[] = {
      "compare the model's logits and greedy tokens with a reference golden file"},
     {"generate", dshpc::run_generate, "greedy-generate token ids from a prompt of token ids"},
 
+    {"serve", dshpc::run_serve, "serve the model over an OpenAI-compatible HTTP API"},
     {"bench", dshpc::run_bench,
      "decode and prefill throughput beside the device's measured bandwidth and FLOP/s"},
     {"tokenize", dshpc::run_tokenize, "JSON lines {\"text\"} on stdin to {\"ids\"} lines"},

@@ -1,0 +1,233 @@
+// dshpc serve: the OpenAI-compatible server. Every rank runs this; rank 0 binds the HTTP port
+// before the weights load (so /health answers 503 with progress meanwhile), runs the gateway's
+// I/O threads and, on the main thread, the scheduler loop that drives the cluster (every MPI call
+// of rank 0 is made there). The other ranks execute steps until rank 0 stops them.
+//
+// SIGTERM, SIGINT or SIGUSR1: drain — new requests get 503, requests in flight finish, then exit 0; a
+// second signal stops at once (open requests end with an error).
+#include <pthread.h>
+#include <signal.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "app/commands.h"
+#include "app/config_file.h"
+#include "app/job.h"
+#include "common/options.h"
+#include "coordinator/engine_service.h"
+#include "coordinator/gateway.h"
+#include "coordinator/scheduler_config.h"
+#include "coordinator/server_config.h"
+#include "coordinator/tokenizer.h"
+
+namespace dshpc {
+namespace {
+
+std::vector<OptionSpec> options_table() {
+  std::vector<OptionSpec> table = {
+      {"config", "DEPLOY.yaml", "deployment file setting any of these options (the command line "
+                                "wins)", ""},
+      {"host", "ADDR", "address to listen on", "0.0.0.0"},
+      {"port", "N", "HTTP port (0: any free port, printed at start-up)", "8000"},
+      {"tokenizer", "DIR", "tokenizer directory (tokenizer.json, tokenizer_config.json)",
+       DSHPC_DEFAULT_TOKENIZER_DIR},
+      {"served-model-name", "NAME", "the model name clients use (default: from --model)", ""},
+      {"io-threads", "N", "HTTP I/O threads", "2"},
+      {"max-connections", "N", "open connections at most", "1024"},
+      {"max-body-bytes", "N", "largest request body", "8388608"},
+      {"max-header-bytes", "N", "largest request line + headers", "16384"},
+      {"read-timeout-ms", "N", "time a client may take to send a request", "30000"},
+      {"drain-timeout-s", "N", "on SIGTERM, how long requests in flight may take to finish", "60"},
+  };
+  for (OptionSpec& spec : scheduler_option_specs()) table.push_back(spec);
+  for (OptionSpec& spec : model_job_options()) table.push_back(spec);
+  return table;
+}
+
+int fail(const Status& status, int code = 1) {
+  std::fprintf(stderr, "dshpc serve: %s\n", status.message().c_str());
+  return code;
+}
+
+std::string default_model_name(const std::string& model) {
+  std::string name = model;
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  if (size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
+  if (name.size() > 5 && name.substr(name.size() - 5) == ".json") name.resize(name.size() - 5);
+  return name.empty() ? "deepseek" : name;
+}
+
+StatusOr<GatewayConfig> gateway_config(const Options& opts) {
+  GatewayConfig c;
+  c.host = opts.get("host");
+  ASSIGN_OR_RETURN(int64_t port, opts.get_int("port"));
+  if (port < 0 || port > 65535) return invalid_argument("--port must be in [0, 65535]");
+  c.port = static_cast<uint16_t>(port);
+  ASSIGN_OR_RETURN(int64_t io_threads, opts.get_int("io-threads"));
+  c.io_threads = static_cast<int>(io_threads);
+  ASSIGN_OR_RETURN(int64_t max_connections, opts.get_int("max-connections"));
+  c.max_connections = static_cast<int>(max_connections);
+  ASSIGN_OR_RETURN(int64_t max_body, opts.get_int("max-body-bytes"));
+  ASSIGN_OR_RETURN(int64_t max_header, opts.get_int("max-header-bytes"));
+  if (max_body < 1 || max_header < 1) return invalid_argument("--max-body-bytes and --max-header-bytes must be positive");
+  c.max_body_bytes = static_cast<size_t>(max_body);
+  c.max_header_bytes = static_cast<size_t>(max_header);
+  ASSIGN_OR_RETURN(int64_t read_timeout, opts.get_int("read-timeout-ms"));
+  c.read_timeout = std::chrono::milliseconds(read_timeout);
+  c.served_model_name = opts.get("served-model-name").empty()
+                            ? default_model_name(opts.get("model"))
+                            : opts.get("served-model-name");
+  RETURN_IF_ERROR(c.validate());
+  return c;
+}
+
+// Rank 0's serving state, built before the weights load.
+struct Frontend {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<EngineService> service;
+  std::unique_ptr<Gateway> gateway;
+};
+
+}  // namespace
+
+int run_serve(int argc, char** argv, int first) {
+  const std::vector<OptionSpec> table = options_table();
+  auto parsed = Options::parse("dshpc serve", table, argc, argv, first);
+  if (!parsed.ok()) return fail(parsed.status(), 2);
+  Options opts = *parsed;
+  if (opts.help_requested()) {
+    std::fputs(Options::help_text("dshpc serve",
+                                  "Serves the model over an OpenAI-compatible HTTP API "
+                                  "(/v1/completions, /v1/chat/completions, /v1/models, /health, "
+                                  "/metrics, /tokenize, /detokenize). Run it under mpirun with "
+                                  "tp × pp × dp ranks; rank 0 listens.",
+                                  table)
+                   .c_str(),
+               stdout);
+    return 0;
+  }
+  if (!opts.get("config").empty()) {
+    Status applied = apply_config_file(opts.get("config"), table, opts);
+    if (!applied.ok()) return fail(applied, 2);
+  }
+  if (opts.get("model").empty()) return fail(invalid_argument("--model is required"), 2);
+  auto gateway_cfg = gateway_config(opts);
+  if (!gateway_cfg.ok()) return fail(gateway_cfg.status(), 2);
+  auto drain_timeout = opts.get_int("drain-timeout-s");
+  if (!drain_timeout.ok()) return fail(drain_timeout.status(), 2);
+
+  // Signals go to one waiting thread (rank 0), never to the MPI or I/O threads.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  // mpirun forwards SIGUSR1 to every rank at once (its SIGTERM handling ends in SIGKILL), so
+  // launch/mpirun.sh turns a stop into SIGUSR1: it drains like SIGTERM.
+  sigaddset(&signals, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  Frontend front;
+  auto before_load = [&](const ProcessGroups& groups) -> Status {
+    if (groups.rank != 0) return ok_status();
+    ASSIGN_OR_RETURN(front.tokenizer, Tokenizer::load(opts.get("tokenizer")));
+    EngineServiceOptions service_options;  // completed once the model is loaded
+    service_options.scheduler.kv_blocks = 1;
+    service_options.scheduler.max_model_len = 2;
+    front.service = std::make_unique<EngineService>(service_options);
+    front.gateway = std::make_unique<Gateway>(*gateway_cfg, *front.service, *front.tokenizer);
+    RETURN_IF_ERROR(front.gateway->start());
+    std::fprintf(stderr, "dshpc serve: listening on http://%s:%u (loading the model)\n",
+                 gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()));
+    return ok_status();
+  };
+  auto started = start_job("dshpc serve", opts, &argc, &argv, before_load);
+  if (!started.ok()) return 1;
+  Job& job = **started;
+  if (!job.coordinator()) {
+    job.cluster->serve();
+    return 0;
+  }
+  Cluster& cluster = *job.cluster;
+  const ModelConfig& config = cluster.config();
+  print_rank_report(job, stderr);
+
+  auto scheduler_cfg = scheduler_config_from_options(opts, cluster.kv_blocks(),
+                                                     cluster.kv_block_size(),
+                                                     config.max_position_embeddings);
+  if (!scheduler_cfg.ok()) {
+    fail(scheduler_cfg.status());
+    front.gateway->stop();
+    return 2;
+  }
+  // The gateway holds the service it was started with: configure it now that the KV cache is
+  // known, then open it for requests.
+  EngineServiceOptions service_options;
+  service_options.scheduler = *scheduler_cfg;
+  service_options.replicas = cluster.replicas();
+  service_options.eos_token_ids = config.eos_token_ids;
+  service_options.vocab_size = config.vocab_size;
+  front.service->reconfigure(service_options);
+  front.service->set_ready([&cluster](const std::vector<StepPlan>& plans) { return cluster.step(plans); },
+                           [&cluster] { cluster.keepalive(); });
+  std::fprintf(stderr, "dshpc serve: ready on http://%s:%u, model %s (%s), %s\n",
+               gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()),
+               gateway_cfg->served_model_name.c_str(), model_family_name(config.family),
+               describe_scheduler_config(*scheduler_cfg).c_str());
+
+  // Signals: the first drains (bounded by --drain-timeout-s), the second stops at once.
+  std::mutex shutdown_mutex;
+  std::condition_variable shutdown_cv;
+  bool done = false;
+  std::thread signal_thread([&] {
+    int received = 0;
+    int signal_number = 0;
+    while (sigwait(&signals, &signal_number) == 0) {
+      {
+        std::lock_guard<std::mutex> lock(shutdown_mutex);
+        if (done) return;
+      }
+      if (++received == 1) {
+        std::fprintf(stderr, "dshpc serve: signal %d: draining (up to %lld s)\n", signal_number,
+                     static_cast<long long>(*drain_timeout));
+        front.gateway->begin_drain();
+        front.service->begin_drain();
+      } else {
+        front.service->stop();
+      }
+    }
+  });
+  std::thread drain_watch([&] {
+    // Once draining, requests in flight get --drain-timeout-s; then the rest end with an error.
+    std::unique_lock<std::mutex> lock(shutdown_mutex);
+    while (!done) {
+      if (front.service->status().state == ServiceState::kDraining) {
+        if (!shutdown_cv.wait_for(lock, std::chrono::seconds(*drain_timeout), [&] { return done; })) {
+          front.service->stop(unavailable("the drain timeout passed"));
+        }
+        return;
+      }
+      shutdown_cv.wait_for(lock, std::chrono::milliseconds(200));
+    }
+  });
+
+  front.service->run();  // returns when drained or stopped
+  {
+    std::lock_guard<std::mutex> lock(shutdown_mutex);
+    done = true;
+  }
+  shutdown_cv.notify_all();
+  drain_watch.join();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait; it sees done
+  signal_thread.join();
+  front.gateway->stop(std::chrono::milliseconds(2000));
+  cluster.stop();
+  std::fprintf(stderr, "dshpc serve: stopped\n");
+  return 0;
+}
+
+}  // namespace dshpc
