@@ -239,6 +239,10 @@ void GenerationCall::on_event(int index, GenerationEvent event) {
       choice.tokens.push_back(token);
       choice.text_offsets.push_back(choice.decoded_bytes);
     }
+    // The model's vocabulary is padded beyond the tokenizer's (DeepSeek-V3: 129,280 rows for
+    // 128,815 tokens). A padding id decodes to nothing, as Hugging Face's decode skips ids it
+    // does not know; a trained model practically never samples one, random weights do.
+    if (!context_.tokenizer.id_to_token(token.token).has_value()) continue;
     StatusOr<std::string> piece = choice.decoder.push(token.token);
     if (!piece.ok()) {
       fail(
