@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds dshpc and runs every test (ctest), from a fresh Debian 12 machine:
 #   ./launch/test.sh                 everything
-#   ./launch/test.sh -L unit         one layer (labels: unit, golden, cli, mpi, e2e)
+#   ./launch/test.sh -L unit         one layer (labels: unit, golden, cli, mpi, e2e, ops)
 # Arguments are passed to ctest. Missing packages are installed by launch/setup.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -39,3 +39,7 @@ echo '{"architectures": ["LlamaForCausalLM"], ' > "$out/bad-config/config.json"
 # Unknown architecture.
 copy unknown-arch
 sed -i 's/LlamaForCausalLM/GPT2LMHeadModel/' "$out/unknown-arch/config.json"
+
+# Deployment files: an unknown key, and YAML that does not parse.
+printf 'model: x.json\nfrobnicate: 3\n' > "$out/unknown-key.yaml"
+printf 'model: [unclosed\n' > "$out/broken.yaml"
