@@ -7,13 +7,12 @@
 // Runs under any layout (mpirun -np tp×pp×dp); rank 0 drives it through the Cluster, so it
 // measures exactly what serving runs (plans, micro-batches, sampling on the last stage).
 #include <algorithm>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
 #include <numeric>
 #include <string>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "app/commands.h"
 #include "app/job.h"
@@ -30,8 +29,10 @@ std::vector<OptionSpec> options_table() {
       {"prefill-lens", "N,N,…", "prompt lengths for the prefill / time-to-first-token runs",
        "512,2048"},
       {"max-batched-tokens", "N", "tokens per step while prefilling the decode batches", "8192"},
-      {"bandwidth-bytes", "N", "buffer size of the copy-bandwidth measurement (0: 1 GiB on GPUs, "
-                               "256 MiB on the CPU)", "0"},
+      {"bandwidth-bytes", "N",
+       "buffer size of the copy-bandwidth measurement (0: 1 GiB on GPUs, "
+       "256 MiB on the CPU)",
+       "0"},
       {"json", "FILE", "also write the results as JSON to FILE", ""},
   };
   for (OptionSpec& spec : model_job_options()) table.push_back(spec);
@@ -51,8 +52,8 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // (a lookup of a few rows) and the routed experts no token of the batch uses. The output head
 // is included (every sequence's last row goes through it).
 double active_parameters(const ModelConfig& c, int64_t batch) {
-  double total = static_cast<double>(c.num_parameters()) -
-                 static_cast<double>(c.vocab_size) * c.hidden_size;
+  double total =
+      static_cast<double>(c.num_parameters()) - static_cast<double>(c.vocab_size) * c.hidden_size;
   if (c.num_routed_experts == 0) return total;
   const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
   const double used = std::min<double>(c.num_routed_experts, batch * c.routing.top_k);
@@ -103,7 +104,8 @@ int run_bench(int argc, char** argv, int first) {
     if (!s.ok()) return fail(s, 2);
   }
   if (*prompt_len < 1 || *gen_len < 1 || *budget < 1) {
-    return fail(invalid_argument("--prompt-len, --gen-len and --max-batched-tokens must be >= 1"), 2);
+    return fail(invalid_argument("--prompt-len, --gen-len and --max-batched-tokens must be >= 1"),
+                2);
   }
 
   std::string command = "dshpc";
@@ -133,10 +135,11 @@ int run_bench(int argc, char** argv, int first) {
   std::printf("dshpc bench: %s on %s, weights %s, layout %s\n", opts.get("model").c_str(),
               backend.name().c_str(), dtype_name(backend.weight_dtype()),
               layout.to_string().c_str());
-  std::printf("device: copy bandwidth %.1f GB/s (read + write, %zu MiB buffer); %s matmul "
-              "%.1f TFLOP/s (%lld³)\n",
-              bandwidth / 1e9, copy_bytes >> 20, dtype_name(backend.weight_dtype()),
-              matmul_rate / 1e12, static_cast<long long>(gemm));
+  std::printf(
+      "device: copy bandwidth %.1f GB/s (read + write, %zu MiB buffer); %s matmul "
+      "%.1f TFLOP/s (%lld³)\n",
+      bandwidth / 1e9, copy_bytes >> 20, dtype_name(backend.weight_dtype()), matmul_rate / 1e12,
+      static_cast<long long>(gemm));
   std::fflush(stdout);
 
   boost::json::object result;
@@ -295,10 +298,10 @@ int run_bench(int argc, char** argv, int first) {
     // The output head runs on the last row only.
     const double head = static_cast<double>(config.vocab_size) * config.hidden_size;
     const double params = active_parameters(config, len) - head;
-    const double attention_flops = 2.0 * len * len * config.num_heads *
-                                   (config.is_mla() ? config.qk_head_dim() + config.v_head_dim
-                                                    : 2.0 * config.head_dim) *
-                                   config.num_layers / 2.0;
+    const double attention_flops =
+        2.0 * len * len * config.num_heads *
+        (config.is_mla() ? config.qk_head_dim() + config.v_head_dim : 2.0 * config.head_dim) *
+        config.num_layers / 2.0;
     const double flops = 2.0 * params * len + 2.0 * head + attention_flops;
     const double per_gpu = flops / best / gpus_per_replica;
     std::printf("%-8lld %12.2f %12.1f %14.2f %14.2f %7.1f%%\n", static_cast<long long>(len),

@@ -10,12 +10,11 @@
 //                 whose reference top-2 gap is below --tie-gap (after a near tie either choice
 //                 is legitimate).
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "app/commands.h"
 #include "app/job.h"
@@ -30,8 +29,10 @@ namespace {
 
 std::vector<OptionSpec> options_table() {
   std::vector<OptionSpec> table = {
-      {"golden", "FILE", "golden safetensors file (prompt.j, prefill_logits.j, generated.j, "
-                         "decode_logits.j)", ""},
+      {"golden", "FILE",
+       "golden safetensors file (prompt.j, prefill_logits.j, generated.j, "
+       "decode_logits.j)",
+       ""},
       {"atol", "X", "absolute tolerance on logits", "0.002"},
       {"tie-gap", "X", "reference top-2 gap below which greedy comparison stops", "0.001"},
   };
@@ -79,22 +80,26 @@ StatusOr<std::vector<GoldenPrompt>> load_golden(const std::string& path, int64_t
     ASSIGN_OR_RETURN(std::vector<int64_t> prompt, read_i64(file, "prompt." + s));
     ASSIGN_OR_RETURN(std::vector<int64_t> generated, read_i64(file, "generated." + s));
     for (int64_t id : prompt) {
-      if (id < 0 || id >= vocab) return invalid_argument(path + ": prompt." + s + " has token " +
-                                                         std::to_string(id) + " outside the vocabulary");
+      if (id < 0 || id >= vocab)
+        return invalid_argument(path + ": prompt." + s + " has token " + std::to_string(id) +
+                                " outside the vocabulary");
       g.prompt.push_back(static_cast<int32_t>(id));
     }
     for (int64_t id : generated) {
-      if (id < 0 || id >= vocab) return invalid_argument(path + ": generated." + s + " has token " +
-                                                         std::to_string(id) + " outside the vocabulary");
+      if (id < 0 || id >= vocab)
+        return invalid_argument(path + ": generated." + s + " has token " + std::to_string(id) +
+                                " outside the vocabulary");
       g.generated.push_back(static_cast<int32_t>(id));
     }
     if (g.prompt.empty() || g.generated.empty()) {
       return invalid_argument(path + ": prompt." + s + " or generated." + s + " is empty");
     }
-    ASSIGN_OR_RETURN(g.prefill_logits, read_f32_matrix(file, "prefill_logits." + s,
-                                                       static_cast<int64_t>(g.prompt.size()), vocab));
-    ASSIGN_OR_RETURN(g.decode_logits, read_f32_matrix(file, "decode_logits." + s,
-                                                      static_cast<int64_t>(g.generated.size()), vocab));
+    ASSIGN_OR_RETURN(
+        g.prefill_logits,
+        read_f32_matrix(file, "prefill_logits." + s, static_cast<int64_t>(g.prompt.size()), vocab));
+    ASSIGN_OR_RETURN(g.decode_logits,
+                     read_f32_matrix(file, "decode_logits." + s,
+                                     static_cast<int64_t>(g.generated.size()), vocab));
     prompts.push_back(std::move(g));
   }
   if (prompts.empty()) return invalid_argument(path + ": no prompt.0 tensor (not a golden file)");
@@ -229,8 +234,9 @@ int run_eval_golden(int argc, char** argv, int first) {
         if (teacher) {
           if (step == 0) {
             for (size_t row = 0; row < g.prompt.size(); ++row) {
-              r.prefill_err = std::max(
-                  r.prefill_err, max_abs_diff(out.row(i, row), &g.prefill_logits[row * vocab], vocab));
+              r.prefill_err =
+                  std::max(r.prefill_err,
+                           max_abs_diff(out.row(i, row), &g.prefill_logits[row * vocab], vocab));
             }
           }
           const float* last = out.row(i, out.num_rows[i] - 1);

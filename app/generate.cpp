@@ -1,10 +1,9 @@
 // dshpc generate: greedy generation from token ids, for a quick check of a model.
 #include <algorithm>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
 #include <string>
-
-#include <boost/json.hpp>
 
 #include "app/commands.h"
 #include "app/job.h"

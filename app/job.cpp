@@ -1,11 +1,10 @@
 #include "app/job.h"
 
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
 #include <thread>
 #include <tuple>
-
-#include <boost/json.hpp>
 
 #include "common/check.h"
 #include "kernels/cuda_backend.h"
@@ -16,8 +15,10 @@ namespace dshpc {
 
 std::vector<OptionSpec> model_job_options() {
   return {
-      {"model", "DIR|CONFIG.json", "Hugging Face model directory, or a config.json with "
-                                   "--random-weights", ""},
+      {"model", "DIR|CONFIG.json",
+       "Hugging Face model directory, or a config.json with "
+       "--random-weights",
+       ""},
       {"random-weights", "", "seeded random weights of the config's shapes (no checkpoint)", ""},
       {"seed", "N", "seed of --random-weights", "0"},
       {"tp", "N", "tensor-parallel size (ranks per stage)", "1"},
@@ -27,10 +28,17 @@ std::vector<OptionSpec> model_job_options() {
       {"micro-batches", "N", "micro-batches per step in the pipeline (0: one per stage)", "0"},
       {"kv-blocks", "N", "KV cache blocks per rank (0: sized automatically)", "0"},
       {"kv-block-size", "N", "tokens per KV cache block", "16"},
-      {"device", "cpu|cuda", "where the model runs: cpu (MPI data plane) or cuda (one GPU per "
-                             "rank, NCCL data plane)", "cpu"},
-      {"dtype", "f32|bf16", "weights and activations: f32 (the CPU's only type; the GPU parity "
-                            "mode) or bf16 (GPU serving); default: f32 on cpu, bf16 on cuda", ""},
+      {"kv-memory-fraction", "X",
+       "on GPUs with --kv-blocks 0: the KV cache's fraction of the memory left after the weights",
+       "0.9"},
+      {"device", "cpu|cuda",
+       "where the model runs: cpu (MPI data plane) or cuda (one GPU per "
+       "rank, NCCL data plane)",
+       "cpu"},
+      {"dtype", "f32|bf16",
+       "weights and activations: f32 (the CPU's only type; the GPU parity "
+       "mode) or bf16 (GPU serving); default: f32 on cpu, bf16 on cuda",
+       ""},
   };
 }
 
@@ -52,7 +60,8 @@ StatusOr<std::unique_ptr<Backend>> make_backend(const Options& options,
   const std::string dtype = options.get("dtype");
   if (device == "cpu") {
     if (!dtype.empty() && dtype != "f32") {
-      return invalid_argument("--dtype " + dtype + " needs --device cuda (the CPU "
+      return invalid_argument("--dtype " + dtype +
+                              " needs --device cuda (the CPU "
                               "backend runs f32)");
     }
     return make_cpu_backend();
@@ -93,7 +102,8 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
                              std::pair{"dp", &parallel.dp}}) {
     ASSIGN_OR_RETURN(int64_t v, options.get_int(name));
     if (v < 0 || v > 1 << 20) {
-      return invalid_argument(command + ": --" + name + " " + std::to_string(v) + " is out of range");
+      return invalid_argument(command + ": --" + name + " " + std::to_string(v) +
+                              " is out of range");
     }
     *field = static_cast<int>(v);
   }
@@ -109,6 +119,10 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   ro.seed = static_cast<uint64_t>(seed);
   ASSIGN_OR_RETURN(ro.kv_blocks, options.get_int("kv-blocks"));
   ASSIGN_OR_RETURN(ro.kv_block_size, options.get_int("kv-block-size"));
+  ASSIGN_OR_RETURN(ro.kv_memory_fraction, options.get_double("kv-memory-fraction"));
+  if (!(ro.kv_memory_fraction > 0.0 && ro.kv_memory_fraction <= 1.0)) {
+    return invalid_argument(command + ": --kv-memory-fraction must be in (0, 1]");
+  }
   if (ro.kv_block_size < 1 || ro.kv_block_size > 1024) {
     return invalid_argument(command + ": --kv-block-size must be in [1, 1024]");
   }
@@ -122,11 +136,12 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   if (!options.get("pp-layers").empty()) {
     ASSIGN_OR_RETURN(per_stage, parse_layers_per_stage(options.get("pp-layers")));
   }
-  auto stages_or = stage_layer_ranges(static_cast<int>(config.num_layers), g.layout.pp(), per_stage);
+  auto stages_or =
+      stage_layer_ranges(static_cast<int>(config.num_layers), g.layout.pp(), per_stage);
   if (!stages_or.ok()) {
-    return per_stage.empty() ? stages_or.status()
-                             : stages_or.status().with_context("--pp-layers " +
-                                                               options.get("pp-layers"));
+    return per_stage.empty()
+               ? stages_or.status()
+               : stages_or.status().with_context("--pp-layers " + options.get("pp-layers"));
   }
   const std::vector<LayerRange>& stages = *stages_or;
   ModelShard shard;

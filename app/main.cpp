@@ -27,8 +27,10 @@ constexpr Command kCommands[] = {
 };
 
 void print_usage(FILE* out) {
-  std::fprintf(out, "%s: serve DeepSeek models as one MPI job\n\nusage: dshpc COMMAND [options]\n\n"
-                    "commands:\n", dshpc::version_string());
+  std::fprintf(out,
+               "%s: serve DeepSeek models as one MPI job\n\nusage: dshpc COMMAND [options]\n\n"
+               "commands:\n",
+               dshpc::version_string());
   for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.summary);
   std::fprintf(out, "  %-14s %s\n", "version", "print the version");
   std::fprintf(out, "\n`dshpc COMMAND --help` describes each command's options.\n");

@@ -3,15 +3,15 @@
 // I/O threads and, on the main thread, the scheduler loop that drives the cluster (every MPI call
 // of rank 0 is made there). The other ranks execute steps until rank 0 stops them.
 //
-// SIGTERM, SIGINT or SIGUSR1: drain — new requests get 503, requests in flight finish, then exit 0; a
-// second signal stops at once (open requests end with an error).
+// SIGTERM, SIGINT or SIGUSR1: drain — new requests get 503, requests in flight finish, then exit 0;
+// a second signal stops at once (open requests end with an error).
 #include <pthread.h>
 #include <signal.h>
 
 #include <condition_variable>
-#include <mutex>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -30,8 +30,10 @@ namespace {
 
 std::vector<OptionSpec> options_table() {
   std::vector<OptionSpec> table = {
-      {"config", "DEPLOY.yaml", "deployment file setting any of these options (the command line "
-                                "wins)", ""},
+      {"config", "DEPLOY.yaml",
+       "deployment file setting any of these options (the command line "
+       "wins)",
+       ""},
       {"host", "ADDR", "address to listen on", "0.0.0.0"},
       {"port", "N", "HTTP port (0: any free port, printed at start-up)", "8000"},
       {"tokenizer", "DIR", "tokenizer directory (tokenizer.json, tokenizer_config.json)",
@@ -74,7 +76,8 @@ StatusOr<GatewayConfig> gateway_config(const Options& opts) {
   c.max_connections = static_cast<int>(max_connections);
   ASSIGN_OR_RETURN(int64_t max_body, opts.get_int("max-body-bytes"));
   ASSIGN_OR_RETURN(int64_t max_header, opts.get_int("max-header-bytes"));
-  if (max_body < 1 || max_header < 1) return invalid_argument("--max-body-bytes and --max-header-bytes must be positive");
+  if (max_body < 1 || max_header < 1)
+    return invalid_argument("--max-body-bytes and --max-header-bytes must be positive");
   c.max_body_bytes = static_cast<size_t>(max_body);
   c.max_header_bytes = static_cast<size_t>(max_header);
   ASSIGN_OR_RETURN(int64_t read_timeout, opts.get_int("read-timeout-ms"));
@@ -156,9 +159,8 @@ int run_serve(int argc, char** argv, int first) {
   const ModelConfig& config = cluster.config();
   print_rank_report(job, stderr);
 
-  auto scheduler_cfg = scheduler_config_from_options(opts, cluster.kv_blocks(),
-                                                     cluster.kv_block_size(),
-                                                     config.max_position_embeddings);
+  auto scheduler_cfg = scheduler_config_from_options(
+      opts, cluster.kv_blocks(), cluster.kv_block_size(), config.max_position_embeddings);
   if (!scheduler_cfg.ok()) {
     fail(scheduler_cfg.status());
     front.gateway->stop();
@@ -172,8 +174,9 @@ int run_serve(int argc, char** argv, int first) {
   service_options.eos_token_ids = config.eos_token_ids;
   service_options.vocab_size = config.vocab_size;
   front.service->reconfigure(service_options);
-  front.service->set_ready([&cluster](const std::vector<StepPlan>& plans) { return cluster.step(plans); },
-                           [&cluster] { cluster.keepalive(); });
+  front.service->set_ready(
+      [&cluster](const std::vector<StepPlan>& plans) { return cluster.step(plans); },
+      [&cluster] { cluster.keepalive(); });
   std::fprintf(stderr, "dshpc serve: ready on http://%s:%u, model %s (%s), %s\n",
                gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()),
                gateway_cfg->served_model_name.c_str(), model_family_name(config.family),
@@ -206,7 +209,8 @@ int run_serve(int argc, char** argv, int first) {
     std::unique_lock<std::mutex> lock(shutdown_mutex);
     while (!done) {
       if (front.service->status().state == ServiceState::kDraining) {
-        if (!shutdown_cv.wait_for(lock, std::chrono::seconds(*drain_timeout), [&] { return done; })) {
+        if (!shutdown_cv.wait_for(lock, std::chrono::seconds(*drain_timeout),
+                                  [&] { return done; })) {
           front.service->stop(unavailable("the drain timeout passed"));
         }
         return;

@@ -37,7 +37,11 @@ int run(int argc, char** argv, int first, bool detokenize) {
 
 }  // namespace
 
-int run_tokenize(int argc, char** argv, int first) { return run(argc, argv, first, false); }
-int run_detokenize(int argc, char** argv, int first) { return run(argc, argv, first, true); }
+int run_tokenize(int argc, char** argv, int first) {
+  return run(argc, argv, first, false);
+}
+int run_detokenize(int argc, char** argv, int first) {
+  return run(argc, argv, first, true);
+}
 
 }  // namespace dshpc

@@ -26,7 +26,9 @@ std::string process_identity() {
   return out;
 }
 
-void set_abort_handler(AbortHandler handler) { g_abort = handler; }
+void set_abort_handler(AbortHandler handler) {
+  g_abort = handler;
+}
 
 void fatal_abort(int exit_code) {
   std::fflush(stdout);

@@ -36,9 +36,9 @@ struct Voidify {
 
 }  // namespace dshpc
 
-#define DSHPC_CHECK(cond)                                 \
-  (cond) ? (void)0                                        \
-         : ::dshpc::Voidify() &                           \
+#define DSHPC_CHECK(cond)       \
+  (cond) ? (void)0              \
+         : ::dshpc::Voidify() & \
                ::dshpc::FatalMessage(__FILE__, __LINE__, "CHECK(" #cond ") failed").stream()
 
 #define DSHPC_CHECK_EQ(a, b) DSHPC_CHECK((a) == (b)) << "(" << (a) << " vs " << (b) << ") "

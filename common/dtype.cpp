@@ -9,31 +9,45 @@ namespace dshpc {
 size_t dtype_size(DType dtype) {
   switch (dtype) {
     case DType::kF64:
-    case DType::kI64: return 8;
+    case DType::kI64:
+      return 8;
     case DType::kF32:
-    case DType::kI32: return 4;
+    case DType::kI32:
+      return 4;
     case DType::kF16:
-    case DType::kBF16: return 2;
+    case DType::kBF16:
+      return 2;
     case DType::kF8E4M3:
     case DType::kI8:
     case DType::kU8:
-    case DType::kBool: return 1;
+    case DType::kBool:
+      return 1;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
-    case DType::kF8E4M3: return "F8_E4M3";
-    case DType::kI64: return "I64";
-    case DType::kI32: return "I32";
-    case DType::kI8: return "I8";
-    case DType::kU8: return "U8";
-    case DType::kBool: return "BOOL";
-    case DType::kF64: return "F64";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kF8E4M3:
+      return "F8_E4M3";
+    case DType::kI64:
+      return "I64";
+    case DType::kI32:
+      return "I32";
+    case DType::kI8:
+      return "I8";
+    case DType::kU8:
+      return "U8";
+    case DType::kBool:
+      return "BOOL";
+    case DType::kF64:
+      return "F64";
   }
   return "?";
 }
@@ -42,9 +56,9 @@ std::optional<DType> parse_dtype(std::string_view name) {
   static constexpr struct {
     const char* name;
     DType dtype;
-  } kTable[] = {{"F32", DType::kF32},   {"F16", DType::kF16},         {"BF16", DType::kBF16},
+  } kTable[] = {{"F32", DType::kF32},        {"F16", DType::kF16}, {"BF16", DType::kBF16},
                 {"F8_E4M3", DType::kF8E4M3}, {"I64", DType::kI64}, {"I32", DType::kI32},
-                {"I8", DType::kI8},     {"U8", DType::kU8},           {"BOOL", DType::kBool},
+                {"I8", DType::kI8},          {"U8", DType::kU8},   {"BOOL", DType::kBool},
                 {"F64", DType::kF64}};
   for (const auto& entry : kTable) {
     if (name == entry.name) return entry.dtype;

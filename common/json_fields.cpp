@@ -41,7 +41,9 @@ const boost::json::value* JsonFields::find(std::string_view key) const {
   return &it->value();
 }
 
-bool JsonFields::has(std::string_view key) const { return find(key) != nullptr; }
+bool JsonFields::has(std::string_view key) const {
+  return find(key) != nullptr;
+}
 
 Status JsonFields::error(std::string_view key, const std::string& what) const {
   return invalid_argument(where_ + ": field \"" + std::string(key) + "\" " + what);

@@ -106,7 +106,8 @@ StatusOr<std::vector<int64_t>> Options::get_int_list(const std::string& name) co
   size_t start = 0;
   while (start <= text.size()) {
     size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string item =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     errno = 0;
     char* end = nullptr;
     long long v = std::strtoll(item.c_str(), &end, 10);

@@ -13,8 +13,8 @@ void EngineService::reconfigure(EngineServiceOptions options) {
   std::lock_guard<std::mutex> lock(mutex_);
   DSHPC_CHECK(state_ == ServiceState::kLoading) << "reconfigure after the service opened";
   options_ = std::move(options);
-  scheduler_ = std::make_unique<Scheduler>(options_.scheduler, options_.replicas,
-                                           options_.eos_token_ids);
+  scheduler_ =
+      std::make_unique<Scheduler>(options_.scheduler, options_.replicas, options_.eos_token_ids);
 }
 
 EngineService::~EngineService() = default;
@@ -51,10 +51,14 @@ void EngineService::stop(Status error) {
 Status EngineService::submit(GenerationRequest request, std::shared_ptr<GenerationSink> sink) {
   std::lock_guard<std::mutex> lock(mutex_);
   switch (state_) {
-    case ServiceState::kLoading: return unavailable("the model is still loading");
-    case ServiceState::kDraining: return unavailable("the server is draining");
-    case ServiceState::kStopped: return unavailable("the server has stopped");
-    case ServiceState::kReady: break;
+    case ServiceState::kLoading:
+      return unavailable("the model is still loading");
+    case ServiceState::kDraining:
+      return unavailable("the server is draining");
+    case ServiceState::kStopped:
+      return unavailable("the server has stopped");
+    case ServiceState::kReady:
+      break;
   }
   for (int32_t id : request.prompt_ids) {
     if (id < 0 || id >= options_.vocab_size) {

@@ -17,7 +17,7 @@ namespace dshpc {
 struct SamplingOptions {
   float temperature = 1.0f;  // 0: greedy
   float top_p = 1.0f;
-  int64_t top_k = 0;  // 0: off
+  int64_t top_k = 0;             // 0: off
   std::optional<uint64_t> seed;  // reproducible per request when set
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
@@ -45,7 +45,7 @@ struct TokenLogprob {
 
 struct GeneratedToken {
   int32_t token = 0;
-  float logprob = 0.0f;                   // when logprobs were asked for
+  float logprob = 0.0f;                    // when logprobs were asked for
   std::vector<TokenLogprob> top_logprobs;  // most likely first
 };
 

@@ -57,7 +57,8 @@ double best_seconds(Backend& backend, int repetitions, F body) {
     const auto start = std::chrono::steady_clock::now();
     body();
     backend.synchronize();
-    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    best = std::min(
+        best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   return best;
 }

@@ -24,7 +24,8 @@ class Backend;
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(Backend* owner, void* data, size_t bytes) : owner_(owner), data_(data), bytes_(bytes) {}
+  DeviceBuffer(Backend* owner, void* data, size_t bytes)
+      : owner_(owner), data_(data), bytes_(bytes) {}
   ~DeviceBuffer();
   DeviceBuffer(DeviceBuffer&& other) noexcept;
   DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
@@ -34,7 +35,9 @@ class DeviceBuffer {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   template <typename T>
-  T* as() const { return static_cast<T*>(data_); }
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
 
  private:
   Backend* owner_ = nullptr;
@@ -62,10 +65,11 @@ struct Mat {
 
 // Per-step metadata in backend memory (prepared once per step by Backend::upload_step).
 struct StepTensors {
-  const int32_t* token_ids = nullptr;   // [tokens]
-  const int32_t* positions = nullptr;   // [tokens]
-  const int64_t* slots = nullptr;       // [tokens] KV cache slot of each new token
-  const PagedSequence* sequences = nullptr;  // [num_sequences], block_table pointers in backend memory
+  const int32_t* token_ids = nullptr;  // [tokens]
+  const int32_t* positions = nullptr;  // [tokens]
+  const int64_t* slots = nullptr;      // [tokens] KV cache slot of each new token
+  const PagedSequence* sequences =
+      nullptr;  // [num_sequences], block_table pointers in backend memory
   int64_t num_tokens = 0;
   int64_t num_sequences = 0;
 };
@@ -156,8 +160,8 @@ class Backend {
   virtual void moe_route(const Mat& router_logits, const float* bias,
                          const MoeRoutingParams& params, int32_t* expert_ids, float* weights) = 0;
   virtual void moe_experts(const Mat& x, const int32_t* expert_ids, const float* weights,
-                           int64_t top_k, const ExpertWeights* local_experts,
-                           int64_t expert_begin, int64_t num_local, Mat out) = 0;
+                           int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
+                           int64_t num_local, Mat out) = 0;
   // ids[r] = argmax of logits row r (ties to the lowest index).
   virtual void argmax(const Mat& logits, int32_t* ids) = 0;
 

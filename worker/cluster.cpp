@@ -74,9 +74,8 @@ Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches
   // Start-up exchange: per rank (layer_begin, layer_end, weight bytes, kv bytes, kv blocks).
   // Loading may take long on big models, so this first collective waits with the control timeout.
   const Model& model = runtime_.model();
-  const int64_t mine[5] = {model.shard().layer_begin, model.shard().layer_end,
-                           model.weight_bytes(), runtime_.cache().bytes(),
-                           runtime_.cache().num_blocks()};
+  const int64_t mine[5] = {model.shard().layer_begin, model.shard().layer_end, model.weight_bytes(),
+                           runtime_.cache().bytes(), runtime_.cache().num_blocks()};
   std::vector<uint8_t> all(static_cast<size_t>(world) * sizeof(mine));
   MpiCollectives startup(groups_.world.get(), "world (start-up)",
                          control_timeout_s(groups_.timeout_s));
@@ -164,11 +163,13 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
     Mat hidden = engine.hidden_buffer(step.num_tokens);
     const size_t bytes = static_cast<size_t>(step.num_tokens * hidden_size) * element;
     if (!groups_.is_first_stage()) {
-      pp.recv(hidden.data, bytes, *groups_.prev_stage(), static_cast<int>(MessageTag::kActivations));
+      pp.recv(hidden.data, bytes, *groups_.prev_stage(),
+              static_cast<int>(MessageTag::kActivations));
     }
     engine.run_stage(step, hidden);
     if (!groups_.is_last_stage()) {
-      pp.send(hidden.data, bytes, *groups_.next_stage(), static_cast<int>(MessageTag::kActivations));
+      pp.send(hidden.data, bytes, *groups_.next_stage(),
+              static_cast<int>(MessageTag::kActivations));
       continue;
     }
     if (!plan.return_logits && greedy_only(part)) {

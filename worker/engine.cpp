@@ -23,8 +23,8 @@ void Engine::check_plan(const StepPlan& plan) const {
         << "sequence " << s.sequence_id << " reaches position " << end << " beyond "
         << max_positions;
     DSHPC_CHECK(static_cast<int64_t>(s.block_table.size()) * block_size >= end)
-        << "sequence " << s.sequence_id << " has " << s.block_table.size() << " blocks for "
-        << end << " tokens";
+        << "sequence " << s.sequence_id << " has " << s.block_table.size() << " blocks for " << end
+        << " tokens";
     for (int32_t block : s.block_table) {
       DSHPC_CHECK(block >= 0 && block < cache_.num_blocks())
           << "sequence " << s.sequence_id << " names block " << block;
@@ -79,7 +79,9 @@ Mat Engine::hidden_buffer(int64_t tokens) {
   return Mat::of(hidden_.data(), dtype, tokens, h);
 }
 
-void Engine::run_stage(const StepTensors& step, Mat hidden) { model_.forward(step, cache_, hidden); }
+void Engine::run_stage(const StepTensors& step, Mat hidden) {
+  model_.forward(step, cache_, hidden);
+}
 
 Mat Engine::logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out) {
   const int64_t vocab = model_.config().vocab_size;

@@ -54,7 +54,7 @@ struct SampledToken {
 };
 
 struct StepOutput {
-  std::vector<float> logits;  // [rows, vocab]: per sequence, its rows in plan order
+  std::vector<float> logits;       // [rows, vocab]: per sequence, its rows in plan order
   std::vector<int64_t> first_row;  // first logits row of each sequence
   std::vector<int64_t> num_rows;   // rows of each sequence
   int64_t vocab = 0;

@@ -32,7 +32,8 @@ int64_t KvCache::bytes() const {
 }
 
 PagedKvView KvCache::layer(int64_t local_layer) const {
-  DSHPC_CHECK(local_layer >= 0 && local_layer < spec_.num_layers) << "KV cache layer " << local_layer;
+  DSHPC_CHECK(local_layer >= 0 && local_layer < spec_.num_layers)
+      << "KV cache layer " << local_layer;
   PagedKvView view;
   view.block_size = spec_.block_size;
   view.kv_heads = spec_.kv_heads;

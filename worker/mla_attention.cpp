@@ -11,8 +11,8 @@
 
 namespace dshpc {
 
-void Model::attention_mla(const LayerWeights& w, const StepTensors& step,
-                          const PagedKvView& cache, Mat normed, Mat out) {
+void Model::attention_mla(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,
+                          Mat normed, Mat out) {
   const ModelConfig& c = config_;
   const int64_t tokens = normed.rows;
   const int64_t heads = heads_local_;

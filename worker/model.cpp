@@ -116,8 +116,8 @@ void Model::mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate) {
   const int64_t tokens = normed.rows;
   Mat gate_up = scratch(kMlpGateUp, tokens, 2 * w.inter_local);
   Mat act = scratch(kMlpAct, tokens, w.inter_local);
-  backend_.matmul(normed, w.gate_up.mat, gate_up);       // [T, 2 · inter_local]
-  backend_.swiglu(gate_up, act);                          // [T, inter_local]
+  backend_.matmul(normed, w.gate_up.mat, gate_up);          // [T, 2 · inter_local]
+  backend_.swiglu(gate_up, act);                            // [T, inter_local]
   backend_.matmul(act, w.down.mat, out, true, accumulate);  // [T, hidden], partial sum over tp
 }
 

@@ -44,35 +44,35 @@ struct Weight {
   const void* data() const { return mat.data; }
 };
 
-struct MlpWeights {      // SwiGLU MLP (dense layers, shared experts, routed experts)
-  Weight gate_up;        // [2 · inter_local, hidden]: gate rows then up rows
-  Weight down;           // [hidden, inter_local]
+struct MlpWeights {  // SwiGLU MLP (dense layers, shared experts, routed experts)
+  Weight gate_up;    // [2 · inter_local, hidden]: gate rows then up rows
+  Weight down;       // [hidden, inter_local]
   int64_t inter_local = 0;
 };
 
 struct LlamaAttentionWeights {
-  Weight qkv;            // [(q_heads_local + 2 · kv_heads_local) · head_dim, hidden]
-  Weight o;              // [hidden, q_heads_local · head_dim]
+  Weight qkv;  // [(q_heads_local + 2 · kv_heads_local) · head_dim, hidden]
+  Weight o;    // [hidden, q_heads_local · head_dim]
 };
 
 struct MlaWeights {
-  Weight q_a;            // [q_lora_rank, hidden]            (q LoRA only)
-  Weight q_a_norm;       // [q_lora_rank]
-  Weight q_b;            // [heads_local · qk_head_dim, q_lora_rank or hidden] (q_b_proj or q_proj)
-  Weight kv_a;           // [kv_lora_rank + rope, hidden]    replicated
-  Weight kv_a_norm;      // [kv_lora_rank]
-  Weight kv_b;           // [heads_local · (nope + v), kv_lora_rank]: per head W_UK rows, W_UV rows
-  Weight o;              // [hidden, heads_local · v_head_dim]
+  Weight q_a;        // [q_lora_rank, hidden]            (q LoRA only)
+  Weight q_a_norm;   // [q_lora_rank]
+  Weight q_b;        // [heads_local · qk_head_dim, q_lora_rank or hidden] (q_b_proj or q_proj)
+  Weight kv_a;       // [kv_lora_rank + rope, hidden]    replicated
+  Weight kv_a_norm;  // [kv_lora_rank]
+  Weight kv_b;       // [heads_local · (nope + v), kv_lora_rank]: per head W_UK rows, W_UV rows
+  Weight o;          // [hidden, heads_local · v_head_dim]
 };
 
 struct MoeWeights {
-  Weight router;                     // [n_routed_experts, hidden]
-  Weight bias;                       // [n_routed_experts] (noaux_tc)
-  std::vector<MlpWeights> experts;   // this rank's experts
+  Weight router;                    // [n_routed_experts, hidden]
+  Weight bias;                      // [n_routed_experts] (noaux_tc)
+  std::vector<MlpWeights> experts;  // this rank's experts
   std::vector<ExpertWeights> expert_views;
   int64_t expert_begin = 0;
   bool has_shared = false;
-  MlpWeights shared;                 // n_shared_experts × moe_intermediate, split like a dense MLP
+  MlpWeights shared;  // n_shared_experts × moe_intermediate, split like a dense MLP
 };
 
 struct LayerWeights {

@@ -52,9 +52,9 @@ Status parse_rope(const JsonFields& fields, ModelConfig& config) {
     config.rope.scaling = RopeScaling::kLinear;
   } else if (type == "yarn") {
     config.rope.scaling = RopeScaling::kYarn;
-    ASSIGN_OR_RETURN(config.rope.original_max_position,
-                     rope.get_int("original_max_position_embeddings",
-                                  config.max_position_embeddings));
+    ASSIGN_OR_RETURN(
+        config.rope.original_max_position,
+        rope.get_int("original_max_position_embeddings", config.max_position_embeddings));
     RETURN_IF_ERROR(require_positive(rope, "original_max_position_embeddings",
                                      config.rope.original_max_position));
     ASSIGN_OR_RETURN(config.rope.beta_fast, rope.get_double("beta_fast", 32.0));
@@ -133,8 +133,8 @@ Status parse_moe(const JsonFields& f, ModelConfig& c) {
   r.num_experts = c.num_routed_experts;
   ASSIGN_OR_RETURN(r.top_k, f.require_int("num_experts_per_tok"));
   if (r.top_k < 1 || r.top_k > r.num_experts) {
-    return f.error("num_experts_per_tok", "must be in [1, n_routed_experts = " +
-                                              std::to_string(r.num_experts) + "]");
+    return f.error("num_experts_per_tok",
+                   "must be in [1, n_routed_experts = " + std::to_string(r.num_experts) + "]");
   }
   ASSIGN_OR_RETURN(r.num_groups, f.get_int("n_group", 1));
   ASSIGN_OR_RETURN(r.topk_groups, f.get_int("topk_group", 1));
@@ -146,9 +146,9 @@ Status parse_moe(const JsonFields& f, ModelConfig& c) {
   if (r.topk_groups < 1 || r.topk_groups > r.num_groups) {
     return f.error("topk_group", "must be in [1, n_group = " + std::to_string(r.num_groups) + "]");
   }
-  ASSIGN_OR_RETURN(std::string scoring,
-                   f.get_string("scoring_func", c.family == ModelFamily::kDeepseekV3 ? "sigmoid"
-                                                                                     : "softmax"));
+  ASSIGN_OR_RETURN(
+      std::string scoring,
+      f.get_string("scoring_func", c.family == ModelFamily::kDeepseekV3 ? "sigmoid" : "softmax"));
   if (scoring == "softmax") {
     r.scoring = MoeScoring::kSoftmax;
   } else if (scoring == "sigmoid") {
@@ -156,9 +156,9 @@ Status parse_moe(const JsonFields& f, ModelConfig& c) {
   } else {
     return f.error("scoring_func", "\"" + scoring + "\" is not supported (softmax, sigmoid)");
   }
-  ASSIGN_OR_RETURN(std::string method,
-                   f.get_string("topk_method", c.family == ModelFamily::kDeepseekV3 ? "noaux_tc"
-                                                                                    : "greedy"));
+  ASSIGN_OR_RETURN(
+      std::string method,
+      f.get_string("topk_method", c.family == ModelFamily::kDeepseekV3 ? "noaux_tc" : "greedy"));
   if (method == "greedy") {
     r.method = MoeTopkMethod::kGreedy;
   } else if (method == "group_limited_greedy") {
@@ -179,8 +179,9 @@ Status parse_moe(const JsonFields& f, ModelConfig& c) {
       return f.error("num_experts_per_tok", "exceeds the experts in topk_group groups");
     }
     if (r.method == MoeTopkMethod::kNoauxTc && per_group < 2) {
-      return f.error("n_group", "noaux_tc scores groups by their top two experts; each group "
-                                "needs at least 2 experts");
+      return f.error("n_group",
+                     "noaux_tc scores groups by their top two experts; each group "
+                     "needs at least 2 experts");
     }
   }
   ASSIGN_OR_RETURN(r.norm_topk_prob, f.get_bool("norm_topk_prob", false));
@@ -240,9 +241,12 @@ Status parse_mla(const JsonFields& f, ModelConfig& c) {
 
 const char* model_family_name(ModelFamily family) {
   switch (family) {
-    case ModelFamily::kLlama: return "llama";
-    case ModelFamily::kDeepseekV2: return "deepseek_v2";
-    case ModelFamily::kDeepseekV3: return "deepseek_v3";
+    case ModelFamily::kLlama:
+      return "llama";
+    case ModelFamily::kDeepseekV2:
+      return "deepseek_v2";
+    case ModelFamily::kDeepseekV3:
+      return "deepseek_v3";
   }
   return "?";
 }
@@ -315,8 +319,9 @@ StatusOr<ModelConfig> parse_model_config(const std::string& json_text, const std
     std::string got = c.architecture.empty() ? "model_type \"" + c.model_type + "\""
                                              : "\"" + c.architecture + "\"";
     return f.error("architectures",
-                   got + " is not supported (LlamaForCausalLM, DeepseekV2ForCausalLM, "
-                         "DeepseekV3ForCausalLM)");
+                   got +
+                       " is not supported (LlamaForCausalLM, DeepseekV2ForCausalLM, "
+                       "DeepseekV3ForCausalLM)");
   }
 
   ASSIGN_OR_RETURN(c.vocab_size, f.require_int("vocab_size"));

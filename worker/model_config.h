@@ -1,8 +1,8 @@
 // ModelConfig: one validated view of a Hugging Face config.json for the three DeepSeek families.
 //
-//   LlamaForCausalLM       DeepSeek-LLM 7B/67B, DeepSeek-Coder: GQA, half-split RoPE (linear scaling)
-//   DeepseekV2ForCausalLM  MLA (q LoRA optional), interleaved RoPE + YaRN, softmax-routed MoE
-//   DeepseekV3ForCausalLM  MLA with q LoRA, YaRN, sigmoid noaux_tc routing with correction bias
+//   LlamaForCausalLM       DeepSeek-LLM 7B/67B, DeepSeek-Coder: GQA, half-split RoPE (linear
+//   scaling) DeepseekV2ForCausalLM  MLA (q LoRA optional), interleaved RoPE + YaRN, softmax-routed
+//   MoE DeepseekV3ForCausalLM  MLA with q LoRA, YaRN, sigmoid noaux_tc routing with correction bias
 #pragma once
 
 #include <cstdint>

@@ -9,7 +9,9 @@ namespace {
 
 using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
 
-std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer) + "."; }
+std::string layer_prefix(int64_t layer) {
+  return "model.layers." + std::to_string(layer) + ".";
+}
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -26,8 +28,8 @@ void add_mlp(Shapes& out, const std::string& prefix, int64_t hidden, int64_t int
 // Reads slices of checkpoint tensors into backend memory after checking full shapes.
 class Loader {
  public:
-  Loader(const WeightSource& source, Backend& backend, const std::map<std::string,
-         std::vector<int64_t>>& expected, int64_t& bytes)
+  Loader(const WeightSource& source, Backend& backend,
+         const std::map<std::string, std::vector<int64_t>>& expected, int64_t& bytes)
       : source_(source), backend_(backend), expected_(expected), bytes_(bytes) {}
 
   struct Part {
@@ -66,7 +68,9 @@ class Loader {
     return w;
   }
 
-  StatusOr<Weight> whole(const std::string& name) { return rows({{name, Range::all()}}, Range::all()); }
+  StatusOr<Weight> whole(const std::string& name) {
+    return rows({{name, Range::all()}}, Range::all());
+  }
 
   // A whole tensor kept in float32 whatever the backend's weight type (router biases: expert
   // choice compares scores that differ in their last bits).
@@ -175,12 +179,12 @@ std::vector<SplitRequirement> split_requirements(const ModelConfig& c) {
     (c.is_moe_layer(layer) ? any_moe : any_dense) = true;
   }
   if (any_dense) {
-    out.push_back({"MLP channels (intermediate_size)", c.intermediate_size,
-                   SplitRule::kDivisibleByTp});
+    out.push_back(
+        {"MLP channels (intermediate_size)", c.intermediate_size, SplitRule::kDivisibleByTp});
   }
   if (any_moe) {
-    out.push_back({"routed experts (n_routed_experts)", c.num_routed_experts,
-                   SplitRule::kDivisibleByTp});
+    out.push_back(
+        {"routed experts (n_routed_experts)", c.num_routed_experts, SplitRule::kDivisibleByTp});
     if (c.num_shared_experts > 0) {
       out.push_back({"shared-expert channels (n_shared_experts × moe_intermediate_size)",
                      c.num_shared_experts * c.moe_intermediate_size, SplitRule::kDivisibleByTp});
@@ -216,7 +220,8 @@ Status Model::load_weights(const WeightSource& source) {
   const int tp = shard_.tp_size;
 
   if (shard_.first_stage()) {
-    ASSIGN_OR_RETURN(embedding_, load.rows({{"model.embed_tokens.weight", split(c.vocab_size, tp)}}, all));
+    ASSIGN_OR_RETURN(embedding_,
+                     load.rows({{"model.embed_tokens.weight", split(c.vocab_size, tp)}}, all));
   }
   if (shard_.last_stage(c)) {
     ASSIGN_OR_RETURN(final_norm_, load.whole("model.norm.weight"));
@@ -256,11 +261,13 @@ Status Model::load_weights(const WeightSource& source) {
       ASSIGN_OR_RETURN(w.mla.kv_a, load.whole(a + "kv_a_proj_with_mqa.weight"));
       ASSIGN_OR_RETURN(w.mla.kv_a_norm, load.whole(a + "kv_a_layernorm.weight"));
       const int64_t per_head = c.qk_nope_head_dim + c.v_head_dim;
-      ASSIGN_OR_RETURN(w.mla.kv_b, load.rows({{a + "kv_b_proj.weight",
-                                               {r * heads_local_ * per_head, heads_local_ * per_head}}},
-                                             all));
-      ASSIGN_OR_RETURN(w.mla.o, load.rows({{a + "o_proj.weight", all}},
-                                          {r * heads_local_ * c.v_head_dim, heads_local_ * c.v_head_dim}));
+      ASSIGN_OR_RETURN(w.mla.kv_b,
+                       load.rows({{a + "kv_b_proj.weight",
+                                   {r * heads_local_ * per_head, heads_local_ * per_head}}},
+                                 all));
+      ASSIGN_OR_RETURN(w.mla.o,
+                       load.rows({{a + "o_proj.weight", all}},
+                                 {r * heads_local_ * c.v_head_dim, heads_local_ * c.v_head_dim}));
     }
 
     auto load_mlp = [&](const std::string& prefix, int64_t inter, int parts,
@@ -268,9 +275,9 @@ Status Model::load_weights(const WeightSource& source) {
       MlpWeights m;
       m.inter_local = inter / parts;
       const Range rows{part * m.inter_local, m.inter_local};
-      ASSIGN_OR_RETURN(m.gate_up, load.rows({{prefix + "gate_proj.weight", rows},
-                                             {prefix + "up_proj.weight", rows}},
-                                            all));
+      ASSIGN_OR_RETURN(
+          m.gate_up,
+          load.rows({{prefix + "gate_proj.weight", rows}, {prefix + "up_proj.weight", rows}}, all));
       ASSIGN_OR_RETURN(m.down, load.rows({{prefix + "down_proj.weight", all}}, rows));
       return m;
     };
@@ -285,8 +292,8 @@ Status Model::load_weights(const WeightSource& source) {
       }
       m.expert_begin = r * experts_local_;
       for (int64_t e = m.expert_begin; e < m.expert_begin + experts_local_; ++e) {
-        ASSIGN_OR_RETURN(MlpWeights expert,
-                         load_mlp(mp + "experts." + std::to_string(e) + ".", c.moe_intermediate_size, 1, 0));
+        ASSIGN_OR_RETURN(MlpWeights expert, load_mlp(mp + "experts." + std::to_string(e) + ".",
+                                                     c.moe_intermediate_size, 1, 0));
         m.experts.push_back(std::move(expert));
       }
       for (const MlpWeights& expert : m.experts) {

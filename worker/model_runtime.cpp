@@ -30,9 +30,9 @@ StatusOr<ModelConfig> load_config_for(const ModelRuntimeOptions& options) {
 }
 
 StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::create(const ModelRuntimeOptions& options,
-                                                              ModelShard shard,
-                                                              std::unique_ptr<Backend> backend,
-                                                              Collectives& tp) {
+                                                             ModelShard shard,
+                                                             std::unique_ptr<Backend> backend,
+                                                             Collectives& tp) {
   std::unique_ptr<ModelRuntime> rt(new ModelRuntime());
   ASSIGN_OR_RETURN(rt->config_, load_config_for(options));
   rt->backend_ = std::move(backend);
@@ -56,12 +56,22 @@ StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::create(const ModelRuntimeO
   KvCacheSpec spec = rt->model_->kv_cache_spec(options.kv_block_size);
   int64_t blocks = options.kv_blocks;
   if (blocks <= 0) {
-    // Enough for a few sequences of the full context, within the memory budget.
-    const int64_t per_block = spec.bytes_per_block(
-        static_cast<int64_t>(dtype_size(rt->backend_->activation_dtype())));
-    const int64_t wanted = 8 * ((rt->config_.max_position_embeddings + spec.block_size - 1) /
-                                spec.block_size);
-    blocks = std::max<int64_t>(1, std::min(wanted, options.kv_cache_budget_bytes / per_block));
+    const int64_t per_block =
+        spec.bytes_per_block(static_cast<int64_t>(dtype_size(rt->backend_->activation_dtype())));
+    const int64_t free_bytes = rt->backend_->free_memory_bytes();
+    if (free_bytes > 0) {
+      // A device: the given fraction of the memory left after the weights, less a reserve for
+      // activations and workspace.
+      const int64_t usable = static_cast<int64_t>(options.kv_memory_fraction *
+                                                  static_cast<double>(free_bytes)) -
+                             options.workspace_reserve_bytes;
+      blocks = std::max<int64_t>(1, usable / per_block);
+    } else {
+      // The CPU: enough for a few sequences of the full context, within the memory budget.
+      const int64_t wanted =
+          8 * ((rt->config_.max_position_embeddings + spec.block_size - 1) / spec.block_size);
+      blocks = std::max<int64_t>(1, std::min(wanted, options.kv_cache_budget_bytes / per_block));
+    }
   }
   rt->cache_ = std::make_unique<KvCache>(*rt->backend_, spec, blocks);
   rt->engine_ = std::make_unique<Engine>(*rt->model_, *rt->backend_, *rt->cache_);

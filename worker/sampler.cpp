@@ -79,8 +79,8 @@ void Sampler::observe(const StepPlan& plan) {
   for (int64_t id : plan.released_sequences) history_.erase(id);
   for (const SequenceStep& s : plan.sequences) {
     // Only sequences that use penalties need their history (parameters are fixed per request).
-    const bool penalised = s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f ||
-                           s.repetition_penalty != 1.0f;
+    const bool penalised =
+        s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f || s.repetition_penalty != 1.0f;
     if (!penalised) continue;
     History& h = history_[s.sequence_id];
     if (s.start_position == 0) h = History();  // a new sequence, or recomputed after preemption

@@ -41,8 +41,7 @@ class Sampler {
 // penalty (every token seen): logits of seen tokens are divided by it when positive, multiplied
 // when negative.
 void apply_penalties(float* logits, int64_t vocab, float presence, float frequency,
-                     float repetition,
-                     const std::unordered_map<int32_t, int32_t>& output_counts,
+                     float repetition, const std::unordered_map<int32_t, int32_t>& output_counts,
                      const std::unordered_map<int32_t, int32_t>& all_counts);
 
 }  // namespace dshpc

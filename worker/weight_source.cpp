@@ -35,7 +35,8 @@ uint64_t hash_name(const std::string& name) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 class RandomSource final : public WeightSource {
@@ -44,7 +45,9 @@ class RandomSource final : public WeightSource {
       : seed_(seed) {
     for (auto& [name, shape] : shapes) shapes_[name] = std::move(shape);
   }
-  std::string describe() const override { return "random weights (seed " + std::to_string(seed_) + ")"; }
+  std::string describe() const override {
+    return "random weights (seed " + std::to_string(seed_) + ")";
+  }
 
   StatusOr<std::vector<int64_t>> shape(const std::string& name) const override {
     auto it = shapes_.find(name);
@@ -57,7 +60,8 @@ class RandomSource final : public WeightSource {
     const int64_t total_rows = full[0];
     const int64_t total_cols = full.size() > 1 ? full[1] : 1;
     const int64_t nr = rows.count < 0 ? total_rows - rows.begin : rows.count;
-    const int64_t nc = full.size() > 1 ? (cols.count < 0 ? total_cols - cols.begin : cols.count) : 1;
+    const int64_t nc =
+        full.size() > 1 ? (cols.count < 0 ? total_cols - cols.begin : cols.count) : 1;
     if (rows.begin < 0 || rows.begin + nr > total_rows || cols.begin < 0 ||
         cols.begin + nc > total_cols) {
       return out_of_range("random weights: slice outside " + name);

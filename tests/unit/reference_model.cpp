@@ -14,7 +14,9 @@ namespace {
 
 namespace json = boost::json;
 
-[[noreturn]] void fail(const std::string& what) { throw std::runtime_error("reference: " + what); }
+[[noreturn]] void fail(const std::string& what) {
+  throw std::runtime_error("reference: " + what);
+}
 
 const json::value* field(const json::object& o, const char* key) {
   auto it = o.find(key);
@@ -46,9 +48,13 @@ std::string str(const json::object& o, const char* key, const std::string& fallb
 }
 
 // yarn_get_mscale of transformers / DeepSeek.
-double get_mscale(double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; }
+double get_mscale(double scale, double m) {
+  return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0;
+}
 
-double silu(double x) { return x / (1.0 + std::exp(-x)); }
+double silu(double x) {
+  return x / (1.0 + std::exp(-x));
+}
 
 // Indices of the k largest values (ties are irrelevant for random continuous data); `margin`
 // becomes the gap between the k-th and the (k+1)-th value.
@@ -67,10 +73,14 @@ RefConfig parse_ref_config(const std::string& json_text) {
   const json::object o = json::parse(json_text).as_object();
   RefConfig c;
   const std::string arch = std::string(o.at("architectures").as_array().at(0).as_string());
-  if (arch == "LlamaForCausalLM") c.family = Family::kLlama;
-  else if (arch == "DeepseekV2ForCausalLM") c.family = Family::kDeepseekV2;
-  else if (arch == "DeepseekV3ForCausalLM") c.family = Family::kDeepseekV3;
-  else fail("unknown architecture " + arch);
+  if (arch == "LlamaForCausalLM")
+    c.family = Family::kLlama;
+  else if (arch == "DeepseekV2ForCausalLM")
+    c.family = Family::kDeepseekV2;
+  else if (arch == "DeepseekV3ForCausalLM")
+    c.family = Family::kDeepseekV3;
+  else
+    fail("unknown architecture " + arch);
   c.vocab = integer(o, "vocab_size");
   c.hidden = integer(o, "hidden_size");
   c.intermediate = integer(o, "intermediate_size");
@@ -127,8 +137,8 @@ void RefModel::load(const WeightSource& source, const std::string& name, int64_t
                     int64_t cols) {
   auto shape = source.shape(name);
   if (!shape.ok()) fail("missing tensor " + name + ": " + shape.status().message());
-  const std::vector<int64_t> want = cols > 0 ? std::vector<int64_t>{rows, cols}
-                                             : std::vector<int64_t>{rows};
+  const std::vector<int64_t> want =
+      cols > 0 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows};
   if (*shape != want) fail("tensor " + name + " has an unexpected shape");
   std::vector<float> buf(static_cast<size_t>(rows * std::max<int64_t>(cols, 1)));
   Status st = source.read_f32(name, Range::all(), Range::all(), buf.data());
@@ -183,8 +193,10 @@ RefModel::RefModel(const RefConfig& config, const WeightSource& source, RefOptio
     }
     if (is_moe_layer(l)) {
       load(source, p + "mlp.gate.weight", c_.experts, h);
-      if (c_.family == Family::kDeepseekV3) load(source, p + "mlp.gate.e_score_correction_bias", c_.experts, 0);
-      for (int64_t e = 0; e < c_.experts; ++e) mlp_weights(p + "mlp.experts." + std::to_string(e) + ".", c_.moe_inter);
+      if (c_.family == Family::kDeepseekV3)
+        load(source, p + "mlp.gate.e_score_correction_bias", c_.experts, 0);
+      for (int64_t e = 0; e < c_.experts; ++e)
+        mlp_weights(p + "mlp.experts." + std::to_string(e) + ".", c_.moe_inter);
       if (c_.shared > 0) mlp_weights(p + "mlp.shared_experts.", c_.moe_inter * c_.shared);
     } else {
       mlp_weights(p + "mlp.", c_.intermediate);
@@ -396,14 +408,15 @@ RefModel::Seq RefModel::attention_mla(const std::string& a, const Seq& x) const 
   const double latent_eps = opt_.latent_norm_uses_config_eps ? c_.eps : 1e-6;
   Seq q(T), k(T, Vec(H * qk)), v(T, Vec(H * c_.v_dim)), out(T);
   for (int64_t t = 0; t < T; ++t) {
-    q[t] = c_.q_lora > 0 ? matvec(a + "q_b_proj.weight",
-                                  rmsnorm(matvec(a + "q_a_proj.weight", x[t]),
-                                          a + "q_a_layernorm.weight", latent_eps))
-                         : matvec(a + "q_proj.weight", x[t]);
+    q[t] = c_.q_lora > 0
+               ? matvec(a + "q_b_proj.weight", rmsnorm(matvec(a + "q_a_proj.weight", x[t]),
+                                                       a + "q_a_layernorm.weight", latent_eps))
+               : matvec(a + "q_proj.weight", x[t]);
     const Vec ckv = matvec(a + "kv_a_proj_with_mqa.weight", x[t]);
     const Vec latent(ckv.begin(), ckv.begin() + c_.kv_lora);
     Vec k_pe(ckv.begin() + c_.kv_lora, ckv.end());
-    const Vec kv = matvec(a + "kv_b_proj.weight", rmsnorm(latent, a + "kv_a_layernorm.weight", latent_eps));
+    const Vec kv =
+        matvec(a + "kv_b_proj.weight", rmsnorm(latent, a + "kv_a_layernorm.weight", latent_eps));
     rotate(k_pe.data(), c_.rope, t, interleaved);
     for (int64_t h = 0; h < H; ++h) {
       rotate(&q[t][h * qk + c_.nope], c_.rope, t, interleaved);

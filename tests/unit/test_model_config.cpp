@@ -179,7 +179,8 @@ TEST(ModelConfig, ReadsFp8QuantizationBlocks) {
 
 TEST(ModelConfig, RealConfigsParse) {
   // The shapes of the published checkpoints, in configs/models/.
-  for (const char* name : {"deepseek-llm-7b", "deepseek-llm-67b", "deepseek-v2-lite", "deepseek-v3"}) {
+  for (const char* name :
+       {"deepseek-llm-7b", "deepseek-llm-67b", "deepseek-v2-lite", "deepseek-v3"}) {
     auto c = load_model_config(std::string(DSHPC_SOURCE_DIR) + "/configs/models/" + name + ".json");
     ASSERT_TRUE(c.ok()) << name << ": " << c.status().to_string();
   }

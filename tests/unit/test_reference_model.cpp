@@ -53,18 +53,23 @@ namespace {
 // (the plain random source gives zeros, which would leave the bias logic untested).
 class BiasedSource final : public WeightSource {
  public:
-  BiasedSource(std::unique_ptr<WeightSource> base, double range) : base_(std::move(base)), range_(range) {}
+  BiasedSource(std::unique_ptr<WeightSource> base, double range)
+      : base_(std::move(base)), range_(range) {}
   std::string describe() const override { return base_->describe() + " + random router bias"; }
-  StatusOr<std::vector<int64_t>> shape(const std::string& name) const override { return base_->shape(name); }
+  StatusOr<std::vector<int64_t>> shape(const std::string& name) const override {
+    return base_->shape(name);
+  }
   Status read_f32(const std::string& name, Range rows, Range cols, float* dst) const override {
     const std::string suffix = "e_score_correction_bias";
-    if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    if (name.size() < suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
       return base_->read_f32(name, rows, cols, dst);
     }
     ASSIGN_OR_RETURN(std::vector<int64_t> full, base_->shape(name));
     const int64_t n = rows.count < 0 ? full[0] - rows.begin : rows.count;
     for (int64_t i = 0; i < n; ++i) {
-      std::mt19937_64 rng(std::hash<std::string>{}(name) * 31 + static_cast<uint64_t>(rows.begin + i));
+      std::mt19937_64 rng(std::hash<std::string>{}(name)*31 +
+                          static_cast<uint64_t>(rows.begin + i));
       dst[i] = static_cast<float>(std::uniform_real_distribution<double>(-range_, range_)(rng));
     }
     return ok_status();
@@ -77,11 +82,11 @@ class BiasedSource final : public WeightSource {
 
 struct Case {
   std::string name;
-  std::string json;          // config.json
+  std::string json;  // config.json
   uint64_t seed = 1;
   int64_t block_size = 4;
-  double bias_range = 0.0;   // > 0: random e_score_correction_bias in ±bias_range (custom source)
-  ref::RefOptions options;   // reference semantics where transformers and DeepSeek differ
+  double bias_range = 0.0;  // > 0: random e_score_correction_bias in ±bias_range (custom source)
+  ref::RefOptions options;  // reference semantics where transformers and DeepSeek differ
   int64_t min_len = 5, max_len = 20;  // prompt lengths
 };
 
@@ -108,7 +113,6 @@ struct EngineUnderTest {
   Engine* engine = nullptr;
   int64_t num_blocks = 0;
 };
-
 
 std::unique_ptr<WeightSource> random_source(const Case& c, const ModelConfig& config) {
   std::unique_ptr<WeightSource> s = make_random_source(c.seed, Model::expected_tensors(config));
@@ -144,7 +148,8 @@ std::unique_ptr<EngineUnderTest> build_engine(const Case& c, const ModelConfig& 
   EXPECT_TRUE(model.ok()) << model.status().to_string();
   if (!model.ok()) return nullptr;
   e->model = std::move(*model);
-  e->cache = std::make_unique<KvCache>(*e->backend, e->model->kv_cache_spec(c.block_size), e->num_blocks);
+  e->cache =
+      std::make_unique<KvCache>(*e->backend, e->model->kv_cache_spec(c.block_size), e->num_blocks);
   e->own_engine = std::make_unique<Engine>(*e->model, *e->backend, *e->cache);
   e->engine = e->own_engine.get();
   return e;
@@ -156,7 +161,7 @@ struct Seq {
   int64_t id;
   std::vector<int32_t> prompt, fed;  // fed: decode tokens, in order
   std::vector<int32_t> table;
-  int64_t cached = 0;                // positions already in the KV cache
+  int64_t cached = 0;  // positions already in the KV cache
   std::vector<int32_t> all() const {
     std::vector<int32_t> t = prompt;
     t.insert(t.end(), fed.begin(), fed.end());
@@ -172,8 +177,9 @@ struct Comparison {
 };
 
 // Compares engine rows for positions [first, first + n) of `seq` with the reference.
-void compare_rows(const ref::RefModel& reference, const Seq& seq, const StepOutput& out, int64_t index,
-                  int64_t first, int64_t n, const std::string& step, Comparison& cmp) {
+void compare_rows(const ref::RefModel& reference, const Seq& seq, const StepOutput& out,
+                  int64_t index, int64_t first, int64_t n, const std::string& step,
+                  Comparison& cmp) {
   const std::vector<int32_t> tokens = seq.all();
   // Prompt rows come from one pass over the prompt; a decode row from a pass over its prefix.
   std::vector<std::vector<double>> prompt_rows;
@@ -184,7 +190,8 @@ void compare_rows(const ref::RefModel& reference, const Seq& seq, const StepOutp
       if (prompt_rows.empty()) prompt_rows = reference.forward(seq.prompt);
       expected = prompt_rows[pos];
     } else {
-      expected = reference.forward(std::vector<int32_t>(tokens.begin(), tokens.begin() + pos + 1)).back();
+      expected =
+          reference.forward(std::vector<int32_t>(tokens.begin(), tokens.begin() + pos + 1)).back();
     }
     const float* got = out.row(index, i);
     double err = 0.0, mag = 1.0;
@@ -198,16 +205,18 @@ void compare_rows(const ref::RefModel& reference, const Seq& seq, const StepOutp
     if (ratio > cmp.worst_ratio) {
       cmp.worst_ratio = ratio;
       cmp.worst_err = err;
-      cmp.worst_where = step + ", sequence " + std::to_string(seq.id) + ", position " + std::to_string(pos);
+      cmp.worst_where =
+          step + ", sequence " + std::to_string(seq.id) + ", position " + std::to_string(pos);
     }
-    EXPECT_LE(ratio, 1.0) << step << ": sequence " << seq.id << " position " << pos << ": max |diff| " << err
-                          << " vs tolerance " << 1e-3 * mag;
+    EXPECT_LE(ratio, 1.0) << step << ": sequence " << seq.id << " position " << pos
+                          << ": max |diff| " << err << " vs tolerance " << 1e-3 * mag;
   }
 }
 
 // One step: for each (sequence, number of new tokens), feeds them and compares every row.
 void run_step(Engine& engine, BlockPool& pool, int64_t block_size, const ref::RefModel& reference,
-              std::vector<std::pair<Seq*, int64_t>> work, const std::string& step, Comparison& cmp) {
+              std::vector<std::pair<Seq*, int64_t>> work, const std::string& step,
+              Comparison& cmp) {
   StepPlan plan;
   for (auto& [seq, n] : work) {
     const std::vector<int32_t> tokens = seq->all();
@@ -224,7 +233,8 @@ void run_step(Engine& engine, BlockPool& pool, int64_t block_size, const ref::Re
   for (size_t i = 0; i < work.size(); ++i) {
     Seq& seq = *work[i].first;
     ASSERT_EQ(out.num_rows[i], work[i].second);
-    compare_rows(reference, seq, out, static_cast<int64_t>(i), seq.cached, work[i].second, step, cmp);
+    compare_rows(reference, seq, out, static_cast<int64_t>(i), seq.cached, work[i].second, step,
+                 cmp);
     seq.cached += work[i].second;
   }
 }
@@ -244,10 +254,13 @@ Comparison run_case(const Case& c) {
   std::mt19937_64 rng(c.seed * 7919 + 17);
   auto tokens = [&](int64_t n) {
     std::vector<int32_t> t(n);
-    for (int32_t& id : t) id = static_cast<int32_t>(rng() % static_cast<uint64_t>(config.vocab_size));
+    for (int32_t& id : t)
+      id = static_cast<int32_t>(rng() % static_cast<uint64_t>(config.vocab_size));
     return t;
   };
-  auto length = [&](int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(rng() % (hi - lo + 1)); };
+  auto length = [&](int64_t lo, int64_t hi) {
+    return lo + static_cast<int64_t>(rng() % (hi - lo + 1));
+  };
   // Arguments are evaluated in order inside braces, so the token draws are deterministic.
   Seq a{1, tokens(length(c.min_len, c.max_len)), tokens(4)};
   Seq b{2, tokens(length(std::max<int64_t>(c.min_len, 7), c.max_len)), tokens(4)};
@@ -257,19 +270,25 @@ Comparison run_case(const Case& c) {
   BlockPool pool(engine->num_blocks);
   Engine& eng = *engine->engine;
 
-  run_step(eng, pool, bs, reference, {{&a, a.prompt.size()}, {&b, b_first}}, "step 1 (A prefill + B chunk 1)", cmp);
-  run_step(eng, pool, bs, reference, {{&a, 1}, {&b, b.prompt.size() - b_first}}, "step 2 (A decode + B chunk 2)", cmp);
+  run_step(eng, pool, bs, reference, {{&a, a.prompt.size()}, {&b, b_first}},
+           "step 1 (A prefill + B chunk 1)", cmp);
+  run_step(eng, pool, bs, reference, {{&a, 1}, {&b, b.prompt.size() - b_first}},
+           "step 2 (A decode + B chunk 2)", cmp);
   for (int k = 1; k < 4; ++k) {
-    run_step(eng, pool, bs, reference, {{&a, 1}, {&b, 1}}, "batched decode " + std::to_string(k), cmp);
+    run_step(eng, pool, bs, reference, {{&a, 1}, {&b, 1}}, "batched decode " + std::to_string(k),
+             cmp);
   }
   run_step(eng, pool, bs, reference, {{&b, 1}}, "B last decode", cmp);
   run_step(eng, pool, bs, reference, {{&s, s.prompt.size()}}, "C prefill", cmp);
-  for (int k = 0; k < 4; ++k) run_step(eng, pool, bs, reference, {{&s, 1}}, "C decode " + std::to_string(k), cmp);
+  for (int k = 0; k < 4; ++k)
+    run_step(eng, pool, bs, reference, {{&s, 1}}, "C decode " + std::to_string(k), cmp);
 
   char margin[32] = "n/a";
-  if (reference.min_routing_margin() < 1e299) std::snprintf(margin, sizeof margin, "%.1e", reference.min_routing_margin());
-  std::printf("[ reference ] %-36s rows %3d  worst err %.2e  err/tol %.4f  routing margin %s  (%s)\n",
-              c.name.c_str(), cmp.rows, cmp.worst_err, cmp.worst_ratio, margin, cmp.worst_where.c_str());
+  if (reference.min_routing_margin() < 1e299)
+    std::snprintf(margin, sizeof margin, "%.1e", reference.min_routing_margin());
+  std::printf(
+      "[ reference ] %-36s rows %3d  worst err %.2e  err/tol %.4f  routing margin %s  (%s)\n",
+      c.name.c_str(), cmp.rows, cmp.worst_err, cmp.worst_ratio, margin, cmp.worst_where.c_str());
   if (cmp.worst_ratio > 1.0 && reference.min_routing_margin() < 1e-5) {
     ADD_FAILURE() << c.name << ": the smallest routing margin is " << reference.min_routing_margin()
                   << "; a mismatch may be a near tie between experts rather than a bug";
@@ -282,26 +301,30 @@ Comparison run_case(const Case& c) {
 std::string llama(int64_t vocab, int64_t hidden, int64_t inter, int64_t layers, int64_t heads,
                   int64_t kv_heads, const std::string& extra) {
   return R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-    "vocab_size": )" + std::to_string(vocab) + R"(, "hidden_size": )" + std::to_string(hidden) +
+    "vocab_size": )" +
+         std::to_string(vocab) + R"(, "hidden_size": )" + std::to_string(hidden) +
          R"(, "intermediate_size": )" + std::to_string(inter) + R"(, "num_hidden_layers": )" +
          std::to_string(layers) + R"(, "num_attention_heads": )" + std::to_string(heads) +
          R"(, "num_key_value_heads": )" + std::to_string(kv_heads) +
          R"(, "rms_norm_eps": 1e-06, "max_position_embeddings": 256, "attention_bias": false,
-    "mlp_bias": false)" + extra + "}";
+    "mlp_bias": false)" +
+         extra + "}";
 }
 
 // MLA families: `attn` sets the attention dims, `moe` the expert fields, `extra` the rest.
-std::string mla(const std::string& arch, int64_t vocab, int64_t hidden, int64_t inter, int64_t layers,
-                int64_t heads, const std::string& attn, const std::string& moe, const std::string& extra,
-                const std::string& eps = "1e-06") {
+std::string mla(const std::string& arch, int64_t vocab, int64_t hidden, int64_t inter,
+                int64_t layers, int64_t heads, const std::string& attn, const std::string& moe,
+                const std::string& extra, const std::string& eps = "1e-06") {
   const std::string type = arch == "DeepseekV2ForCausalLM" ? "deepseek_v2" : "deepseek_v3";
-  return R"({"architectures": [")" + arch + R"("], "model_type": ")" + type + R"(", "hidden_act": "silu",
-    "vocab_size": )" + std::to_string(vocab) + R"(, "hidden_size": )" + std::to_string(hidden) +
+  return R"({"architectures": [")" + arch + R"("], "model_type": ")" + type +
+         R"(", "hidden_act": "silu",
+    "vocab_size": )" +
+         std::to_string(vocab) + R"(, "hidden_size": )" + std::to_string(hidden) +
          R"(, "intermediate_size": )" + std::to_string(inter) + R"(, "num_hidden_layers": )" +
          std::to_string(layers) + R"(, "num_attention_heads": )" + std::to_string(heads) +
-         R"(, "num_key_value_heads": )" + std::to_string(heads) +
-         R"(, "rms_norm_eps": )" + eps + R"(, "max_position_embeddings": 512, "attention_bias": false, )" +
-         attn + ", " + moe + extra + "}";
+         R"(, "num_key_value_heads": )" + std::to_string(heads) + R"(, "rms_norm_eps": )" + eps +
+         R"(, "max_position_embeddings": 512, "attention_bias": false, )" + attn + ", " + moe +
+         extra + "}";
 }
 
 const char* kYarn4 = R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 4.0,
@@ -309,18 +332,32 @@ const char* kYarn4 = R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn"
 
 std::vector<Case> llama_cases() {
   return {
-      make_case("llama_mha_hd32_odd_inter", llama(256, 128, 203, 2, 4, 4, R"(, "rope_theta": 10000.0, "rope_scaling": null)"), 11, 4),
-      make_case("llama_gqa_8q_1kv_hd32_theta5e5", llama(384, 256, 344, 1, 8, 1, R"(, "rope_theta": 500000.0)"), 12, 16),
-      make_case("llama_gqa_8q_2kv_hd64_linear2.5", llama(256, 128, 150, 3, 8, 2,
-                                                R"(, "head_dim": 64, "rope_scaling": {"type": "linear", "factor": 2.5})"), 13, 8),
-      make_case("llama_gqa_12q_4kv_hd32", llama(320, 192, 257, 2, 12, 4, R"(, "head_dim": 32, "rope_theta": 1000.0)"), 14, 4),
-      make_case("llama_mha_hd80_tied_5layers", llama(300, 160, 97, 5, 2, 2,
-                                            R"(, "rope_theta": 1000000.0, "tie_word_embeddings": true)"), 15, 16),
-      make_case("llama_mqa_12q_1kv_hd80_linear4", llama(512, 240, 130, 2, 12, 1,
-                                               R"(, "head_dim": 80, "rope_scaling": {"rope_type": "linear", "factor": 4.0})"), 16, 4),
+      make_case("llama_mha_hd32_odd_inter",
+                llama(256, 128, 203, 2, 4, 4, R"(, "rope_theta": 10000.0, "rope_scaling": null)"),
+                11, 4),
+      make_case("llama_gqa_8q_1kv_hd32_theta5e5",
+                llama(384, 256, 344, 1, 8, 1, R"(, "rope_theta": 500000.0)"), 12, 16),
+      make_case("llama_gqa_8q_2kv_hd64_linear2.5",
+                llama(256, 128, 150, 3, 8, 2,
+                      R"(, "head_dim": 64, "rope_scaling": {"type": "linear", "factor": 2.5})"),
+                13, 8),
+      make_case("llama_gqa_12q_4kv_hd32",
+                llama(320, 192, 257, 2, 12, 4, R"(, "head_dim": 32, "rope_theta": 1000.0)"), 14, 4),
+      make_case(
+          "llama_mha_hd80_tied_5layers",
+          llama(300, 160, 97, 5, 2, 2, R"(, "rope_theta": 1000000.0, "tie_word_embeddings": true)"),
+          15, 16),
+      make_case(
+          "llama_mqa_12q_1kv_hd80_linear4",
+          llama(512, 240, 130, 2, 12, 1,
+                R"(, "head_dim": 80, "rope_scaling": {"rope_type": "linear", "factor": 4.0})"),
+          16, 4),
       make_case("llama_gqa_12q_2kv_hd16", llama(256, 192, 64, 1, 12, 2, ""), 21, 4),
-      make_case("llama_yarn_hd64", llama(256, 128, 100, 2, 2, 1, R"(, "rope_scaling": {"rope_type": "yarn", "factor": 2.0,
-          "original_max_position_embeddings": 128})"), 22, 8),
+      make_case(
+          "llama_yarn_hd64",
+          llama(256, 128, 100, 2, 2, 1, R"(, "rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+          "original_max_position_embeddings": 128})"),
+          22, 8),
   };
 }
 
@@ -328,35 +365,47 @@ std::vector<Case> v2_cases() {
   const std::string v2 = "DeepseekV2ForCausalLM";
   return {
       // V2-Lite shape with other dimensions: no q LoRA, greedy softmax routing, v ≠ nope.
-      make_case("v2_noqlora_greedy_v40", mla(v2, 256, 96, 160, 3, 3,
-           R"("q_lora_rank": null, "kv_lora_rank": 48, "qk_nope_head_dim": 24, "qk_rope_head_dim": 8, "v_head_dim": 40)",
-           R"("n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
+      make_case(
+          "v2_noqlora_greedy_v40",
+          mla(v2, 256, 96, 160, 3, 3,
+              R"("q_lora_rank": null, "kv_lora_rank": 48, "qk_nope_head_dim": 24, "qk_rope_head_dim": 8, "v_head_dim": 40)",
+              R"("n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 3, "moe_intermediate_size": 48,
               "first_k_dense_replace": 1, "moe_layer_freq": 1, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
               "norm_topk_prob": false, "routed_scaling_factor": 1.0, "scoring_func": "softmax")",
-           R"(, "rope_theta": 10000.0, "rope_scaling": null)"), 31, 4),
+              R"(, "rope_theta": 10000.0, "rope_scaling": null)"),
+          31, 4),
       // V2 (236B) shape: q LoRA, group-limited greedy, big routed_scaling_factor, YaRN.
-      make_case("v2_qlora_group_limited_3of2_yarn", mla(v2, 320, 128, 200, 2, 4,
-           R"("q_lora_rank": 40, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 24)",
-           R"("n_routed_experts": 12, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 40,
+      make_case(
+          "v2_qlora_group_limited_3of2_yarn",
+          mla(v2, 320, 128, 200, 2, 4,
+              R"("q_lora_rank": 40, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 24)",
+              R"("n_routed_experts": 12, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 40,
               "first_k_dense_replace": 0, "moe_layer_freq": 1, "topk_method": "group_limited_greedy", "n_group": 3,
               "topk_group": 2, "norm_topk_prob": false, "routed_scaling_factor": 16.0, "scoring_func": "softmax")",
-           R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
-              "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})"), 32, 8),
+              R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
+              "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})"),
+          32, 8),
       // No shared experts, MoE every other layer, 4 groups keep 2.
-      make_case("v2_shared0_freq2_4groups", mla(v2, 256, 64, 96, 4, 2,
-           R"("q_lora_rank": null, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 12)",
-           R"("n_routed_experts": 8, "n_shared_experts": 0, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+      make_case(
+          "v2_shared0_freq2_4groups",
+          mla(v2, 256, 64, 96, 4, 2,
+              R"("q_lora_rank": null, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 12)",
+              R"("n_routed_experts": 8, "n_shared_experts": 0, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
               "first_k_dense_replace": 0, "moe_layer_freq": 2, "topk_method": "group_limited_greedy", "n_group": 4,
               "topk_group": 2, "norm_topk_prob": false, "routed_scaling_factor": 1.0, "scoring_func": "softmax")",
-           R"(, "rope_theta": 50000.0)"), 33, 4),
+              R"(, "rope_theta": 50000.0)"),
+          33, 4),
       // Two dense layers first; YaRN whose attention factor is not 1 (mscale ≠ mscale_all_dim).
-      make_case("v2_first2dense_yarn_mscale_ratio", mla(v2, 256, 128, 128, 3, 2,
-           R"("q_lora_rank": 64, "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 32, "v_head_dim": 48)",
-           R"("n_routed_experts": 6, "n_shared_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+      make_case(
+          "v2_first2dense_yarn_mscale_ratio",
+          mla(v2, 256, 128, 128, 3, 2,
+              R"("q_lora_rank": 64, "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 32, "v_head_dim": 48)",
+              R"("n_routed_experts": 6, "n_shared_experts": 3, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
               "first_k_dense_replace": 2, "moe_layer_freq": 1, "topk_method": "group_limited_greedy", "n_group": 2,
               "topk_group": 1, "norm_topk_prob": false, "routed_scaling_factor": 2.0, "scoring_func": "softmax")",
-           R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64,
-              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8})"), 34, 16),
+              R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 8.0, "original_max_position_embeddings": 64,
+              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8})"),
+          34, 16),
   };
 }
 
@@ -364,54 +413,88 @@ std::vector<Case> v3_cases() {
   const std::string v3 = "DeepseekV3ForCausalLM";
   const char* route = R"("topk_method": "noaux_tc", "scoring_func": "sigmoid")";
   return {
-      make_case("v3_yarn_4groups_keep2_biased", mla(v3, 384, 160, 192, 3, 5,
-           R"("q_lora_rank": 48, "kv_lora_rank": 80, "qk_nope_head_dim": 24, "qk_rope_head_dim": 16, "v_head_dim": 20)",
-           std::string(R"("n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 40,
+      make_case(
+          "v3_yarn_4groups_keep2_biased",
+          mla(v3, 384, 160, 192, 3, 5,
+              R"("q_lora_rank": 48, "kv_lora_rank": 80, "qk_nope_head_dim": 24, "qk_rope_head_dim": 16, "v_head_dim": 20)",
+              std::string(
+                  R"("n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 40,
               "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 4, "topk_group": 2, "norm_topk_prob": true,
-              "routed_scaling_factor": 2.5, "num_nextn_predict_layers": 0, )") + route, kYarn4), 41, 4, 0.5),
-      make_case("v3_8groups_keep3_nonorm_noscaling", mla(v3, 256, 128, 160, 2, 4,
-           R"("q_lora_rank": 32, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 32, "v_head_dim": 16)",
-           std::string(R"("n_routed_experts": 32, "n_shared_experts": 2, "num_experts_per_tok": 6, "moe_intermediate_size": 16,
+              "routed_scaling_factor": 2.5, "num_nextn_predict_layers": 0, )") +
+                  route,
+              kYarn4),
+          41, 4, 0.5),
+      make_case(
+          "v3_8groups_keep3_nonorm_noscaling",
+          mla(v3, 256, 128, 160, 2, 4,
+              R"("q_lora_rank": 32, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 32, "v_head_dim": 16)",
+              std::string(
+                  R"("n_routed_experts": 32, "n_shared_experts": 2, "num_experts_per_tok": 6, "moe_intermediate_size": 16,
               "first_k_dense_replace": 0, "moe_layer_freq": 1, "n_group": 8, "topk_group": 3, "norm_topk_prob": false,
-              "routed_scaling_factor": 1.0, )") + route, R"(, "rope_theta": 10000.0)"), 42, 8, 0.5),
+              "routed_scaling_factor": 1.0, )") +
+                  route,
+              R"(, "rope_theta": 10000.0)"),
+          42, 8, 0.5),
       // top_k = every expert of the one kept group, large biases: negative bias-corrected scores
       // inside the kept group (−inf vs 0 masking decides), YaRN with V3's real mscale 0.707 style.
-      make_case("v3_negative_choices_keep1", mla(v3, 256, 96, 128, 2, 3,
-           R"("q_lora_rank": 24, "kv_lora_rank": 40, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 32)",
-           std::string(R"("n_routed_experts": 12, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 24,
+      make_case(
+          "v3_negative_choices_keep1",
+          mla(v3, 256, 96, 128, 2, 3,
+              R"("q_lora_rank": 24, "kv_lora_rank": 40, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 32)",
+              std::string(
+                  R"("n_routed_experts": 12, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 24,
               "first_k_dense_replace": 0, "moe_layer_freq": 1, "n_group": 3, "topk_group": 1, "norm_topk_prob": true,
-              "routed_scaling_factor": 1.5, )") + route,
-           R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256,
-              "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})"), 43, 4, 1.0),
+              "routed_scaling_factor": 1.5, )") +
+                  route,
+              R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 256,
+              "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})"),
+          43, 4, 1.0),
       // No q LoRA, MoE every other layer after one dense layer, ungrouped, rope_interleave false.
-      make_case("v3_noqlora_freq2_halfsplit", mla(v3, 256, 128, 100, 4, 4,
-           R"("q_lora_rank": null, "kv_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 24, "v_head_dim": 8,
+      make_case(
+          "v3_noqlora_freq2_halfsplit",
+          mla(v3, 256, 128, 100, 4, 4,
+              R"("q_lora_rank": null, "kv_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 24, "v_head_dim": 8,
               "rope_interleave": false)",
-           std::string(R"("n_routed_experts": 10, "n_shared_experts": 1, "num_experts_per_tok": 3, "moe_intermediate_size": 20,
+              std::string(
+                  R"("n_routed_experts": 10, "n_shared_experts": 1, "num_experts_per_tok": 3, "moe_intermediate_size": 20,
               "first_k_dense_replace": 1, "moe_layer_freq": 2, "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
-              "routed_scaling_factor": 2.5, )") + route, kYarn4), 44, 16, 0.5),
-      // Real V3 layout in miniature: 8 groups keep 4, top-8, 1 shared, strong YaRN, rms_norm_eps 1e-5.
-      // transformers builds q_a_layernorm / kv_a_layernorm with eps 1e-6 whatever rms_norm_eps is,
-      // and so does the engine: rms_norm_eps 1e-5 here tells the two apart.
-      make_case("v3_v3like_8groups_keep4_top8", mla(v3, 512, 256, 320, 2, 8,
-           R"("q_lora_rank": 96, "kv_lora_rank": 64, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16)",
-           std::string(R"("n_routed_experts": 32, "n_shared_experts": 1, "num_experts_per_tok": 8, "moe_intermediate_size": 16,
+              "routed_scaling_factor": 2.5, )") +
+                  route,
+              kYarn4),
+          44, 16, 0.5),
+      // Real V3 layout in miniature: 8 groups keep 4, top-8, 1 shared, strong YaRN, rms_norm_eps
+      // 1e-5. transformers builds q_a_layernorm / kv_a_layernorm with eps 1e-6 whatever
+      // rms_norm_eps is, and so does the engine: rms_norm_eps 1e-5 here tells the two apart.
+      make_case(
+          "v3_v3like_8groups_keep4_top8",
+          mla(v3, 512, 256, 320, 2, 8,
+              R"("q_lora_rank": 96, "kv_lora_rank": 64, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 16)",
+              std::string(
+                  R"("n_routed_experts": 32, "n_shared_experts": 1, "num_experts_per_tok": 8, "moe_intermediate_size": 16,
               "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 8, "topk_group": 4, "norm_topk_prob": true,
-              "routed_scaling_factor": 2.5, )") + route,
-           R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 32.0, "original_max_position_embeddings": 16,
-              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})", "1e-05"), 45, 8, 0.3),
+              "routed_scaling_factor": 2.5, )") +
+                  route,
+              R"(, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 32.0, "original_max_position_embeddings": 16,
+              "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})",
+              "1e-05"),
+          45, 8, 0.3),
   };
 }
 
 // Prompts of 33–70 tokens: attention over more keys than any public fixture (≤ 29 positions).
 std::vector<Case> long_prompt_cases() {
   std::vector<Case> out = {
-      make_case("long_llama_gqa_8q_2kv_hd32", llama(256, 256, 128, 2, 8, 2, R"(, "rope_theta": 10000.0)"), 51, 16),
-      make_case("long_v3_yarn_biased", mla("DeepseekV3ForCausalLM", 256, 128, 96, 2, 4,
-           R"("q_lora_rank": 32, "kv_lora_rank": 48, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 24)",
-           R"("n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+      make_case("long_llama_gqa_8q_2kv_hd32",
+                llama(256, 256, 128, 2, 8, 2, R"(, "rope_theta": 10000.0)"), 51, 16),
+      make_case(
+          "long_v3_yarn_biased",
+          mla("DeepseekV3ForCausalLM", 256, 128, 96, 2, 4,
+              R"("q_lora_rank": 32, "kv_lora_rank": 48, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 24)",
+              R"("n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
               "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 2, "topk_group": 1, "norm_topk_prob": true,
-              "routed_scaling_factor": 2.5, "topk_method": "noaux_tc", "scoring_func": "sigmoid")", kYarn4), 52, 8, 0.5),
+              "routed_scaling_factor": 2.5, "topk_method": "noaux_tc", "scoring_func": "sigmoid")",
+              kYarn4),
+          52, 8, 0.5),
   };
   for (Case& c : out) {
     c.min_len = 33;
@@ -426,25 +509,38 @@ std::vector<Case> long_prompt_cases() {
 std::vector<Case> random_cases(int per_family, uint64_t seed) {
   std::mt19937_64 rng(seed);
   auto pick = [&](std::vector<int64_t> v) { return v[rng() % v.size()]; };
-  auto uniform = [&](int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(rng() % (hi - lo + 1)); };
-  auto num = [](double x) { char b[32]; std::snprintf(b, sizeof b, "%.6g", x); return std::string(b); };
+  auto uniform = [&](int64_t lo, int64_t hi) {
+    return lo + static_cast<int64_t>(rng() % (hi - lo + 1));
+  };
+  auto num = [](double x) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.6g", x);
+    return std::string(b);
+  };
   auto i2s = [](int64_t x) { return std::to_string(x); };
   std::vector<Case> out;
   for (int i = 0; i < per_family; ++i) {  // Llama
     const int64_t heads = pick({1, 2, 3, 4, 6, 8, 12});
     std::vector<int64_t> divisors;
-    for (int64_t d = 1; d <= heads; ++d) if (heads % d == 0) divisors.push_back(d);
+    for (int64_t d = 1; d <= heads; ++d)
+      if (heads % d == 0) divisors.push_back(d);
     const int64_t kv = pick(divisors), hd = pick({8, 16, 24, 32, 48, 64, 80, 96, 128});
     const int64_t hidden = pick({64, 96, 128, 160, 192, 256});
     std::string extra = hidden == heads * hd ? "" : ", \"head_dim\": " + i2s(hd);
     extra += ", \"rope_theta\": " + num(static_cast<double>(pick({100, 10000, 500000, 1000000})));
     const int64_t scaling = uniform(0, 2);
-    if (scaling == 1) extra += R"(, "rope_scaling": {"type": "linear", "factor": )" + num(pick({2, 4, 8}) * 1.0) + "}";
-    if (scaling == 2) extra += R"(, "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128})";
+    if (scaling == 1)
+      extra +=
+          R"(, "rope_scaling": {"type": "linear", "factor": )" + num(pick({2, 4, 8}) * 1.0) + "}";
+    if (scaling == 2)
+      extra +=
+          R"(, "rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128})";
     if (uniform(0, 3) == 0) extra += R"(, "tie_word_embeddings": true)";
-    const std::string name = "rand_llama_" + i2s(heads) + "q" + i2s(kv) + "kv_hd" + i2s(hd) + "_h" + i2s(hidden);
-    out.push_back(make_case(name, llama(uniform(256, 512), hidden, uniform(17, 300), uniform(1, 4), heads, kv, extra),
-                            1000 + i, pick({1, 2, 3, 4, 8, 16})));
+    const std::string name =
+        "rand_llama_" + i2s(heads) + "q" + i2s(kv) + "kv_hd" + i2s(hd) + "_h" + i2s(hidden);
+    out.push_back(make_case(
+        name, llama(uniform(256, 512), hidden, uniform(17, 300), uniform(1, 4), heads, kv, extra),
+        1000 + i, pick({1, 2, 3, 4, 8, 16})));
   }
   for (int family = 2; family <= 3; ++family) {
     for (int i = 0; i < per_family; ++i) {
@@ -453,37 +549,47 @@ std::vector<Case> random_cases(int per_family, uint64_t seed) {
       const int64_t q_lora = uniform(0, 2) == 0 ? 0 : pick({16, 24, 40, 64, 96});
       std::string attn = R"("q_lora_rank": )" + (q_lora ? i2s(q_lora) : std::string("null")) +
                          R"(, "kv_lora_rank": )" + i2s(pick({8, 16, 24, 40, 64, 96})) +
-                         R"(, "qk_nope_head_dim": )" + i2s(pick({8, 16, 24, 32})) + R"(, "qk_rope_head_dim": )" +
-                         i2s(rope) + R"(, "v_head_dim": )" + i2s(pick({8, 16, 24, 40, 48}));
+                         R"(, "qk_nope_head_dim": )" + i2s(pick({8, 16, 24, 32})) +
+                         R"(, "qk_rope_head_dim": )" + i2s(rope) + R"(, "v_head_dim": )" +
+                         i2s(pick({8, 16, 24, 40, 48}));
       if (v3 && uniform(0, 3) == 0) attn += R"(, "rope_interleave": false)";
       const int64_t n_group = pick({1, 1, 2, 3, 4}), per_group = pick({2, 3, 4});
       const int64_t topk_group = uniform(1, n_group);
       const int64_t top_k = uniform(1, std::min<int64_t>(8, topk_group * per_group));
-      std::string moe = R"("n_routed_experts": )" + i2s(n_group * per_group) + R"(, "n_shared_experts": )" +
-                        i2s(uniform(0, 2)) + R"(, "num_experts_per_tok": )" + i2s(top_k) +
-                        R"(, "moe_intermediate_size": )" + i2s(uniform(8, 48)) + R"(, "first_k_dense_replace": )" +
-                        i2s(uniform(0, std::min<int64_t>(2, layers - 1))) + R"(, "moe_layer_freq": )" + i2s(pick({1, 1, 2})) + R"(, "n_group": )" +
-                        i2s(n_group) + R"(, "topk_group": )" + i2s(topk_group) + R"(, "routed_scaling_factor": )" +
-                        num(static_cast<double>(pick({1, 2, 16}))) + (v3 ? ", \"num_nextn_predict_layers\": 0" : "");
+      std::string moe =
+          R"("n_routed_experts": )" + i2s(n_group * per_group) + R"(, "n_shared_experts": )" +
+          i2s(uniform(0, 2)) + R"(, "num_experts_per_tok": )" + i2s(top_k) +
+          R"(, "moe_intermediate_size": )" + i2s(uniform(8, 48)) +
+          R"(, "first_k_dense_replace": )" + i2s(uniform(0, std::min<int64_t>(2, layers - 1))) +
+          R"(, "moe_layer_freq": )" + i2s(pick({1, 1, 2})) + R"(, "n_group": )" + i2s(n_group) +
+          R"(, "topk_group": )" + i2s(topk_group) + R"(, "routed_scaling_factor": )" +
+          num(static_cast<double>(pick({1, 2, 16}))) +
+          (v3 ? ", \"num_nextn_predict_layers\": 0" : "");
       // V2: transformers never normalises, so norm_topk_prob stays false there (see below).
-      moe += v3 ? std::string(R"(, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": )") +
-                      (uniform(0, 1) ? "true" : "false")
-                : std::string(R"(, "scoring_func": "softmax", "norm_topk_prob": false, "topk_method": )") +
-                      (n_group > 1 ? "\"group_limited_greedy\"" : "\"greedy\"");
+      moe +=
+          v3 ? std::string(
+                   R"(, "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": )") +
+                   (uniform(0, 1) ? "true" : "false")
+             : std::string(
+                   R"(, "scoring_func": "softmax", "norm_topk_prob": false, "topk_method": )") +
+                   (n_group > 1 ? "\"group_limited_greedy\"" : "\"greedy\"");
       std::string extra = ", \"rope_theta\": " + num(static_cast<double>(pick({10000, 50000})));
       if (uniform(0, 1)) {
         const int64_t factor = pick({2, 4, 8, 16, 32, 64});
         extra += R"(, "rope_scaling": {"type": "yarn", "factor": )" + num(factor * 1.0) +
                  R"(, "original_max_position_embeddings": )" + i2s(512 / factor) +
-                 R"(, "beta_fast": 32, "beta_slow": 1, "mscale": )" + num(pick({707, 1000}) / 1000.0) +
-                 R"(, "mscale_all_dim": )" + num(pick({707, 800, 1000}) / 1000.0) + "}";
+                 R"(, "beta_fast": 32, "beta_slow": 1, "mscale": )" +
+                 num(pick({707, 1000}) / 1000.0) + R"(, "mscale_all_dim": )" +
+                 num(pick({707, 800, 1000}) / 1000.0) + "}";
       }
-      const std::string name = std::string(v3 ? "rand_v3_" : "rand_v2_") + i2s(heads) + "h_rope" + i2s(rope) +
-                               "_e" + i2s(n_group * per_group) + "g" + i2s(n_group) + "k" + i2s(top_k) +
-                               "_L" + i2s(layers);
-      out.push_back(make_case(name, mla(v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM", uniform(256, 512),
-                                        pick({64, 96, 128, 160, 192}), uniform(17, 200), layers, heads, attn, moe, extra),
-                              2000 + family * 100 + i, pick({1, 2, 4, 8, 16}), v3 && uniform(0, 3) ? 0.5 : 0.0));
+      const std::string name = std::string(v3 ? "rand_v3_" : "rand_v2_") + i2s(heads) + "h_rope" +
+                               i2s(rope) + "_e" + i2s(n_group * per_group) + "g" + i2s(n_group) +
+                               "k" + i2s(top_k) + "_L" + i2s(layers);
+      out.push_back(make_case(
+          name,
+          mla(v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM", uniform(256, 512),
+              pick({64, 96, 128, 160, 192}), uniform(17, 200), layers, heads, attn, moe, extra),
+          2000 + family * 100 + i, pick({1, 2, 4, 8, 16}), v3 && uniform(0, 3) ? 0.5 : 0.0));
     }
   }
   return out;
@@ -532,12 +638,15 @@ TEST(ReferenceModel, RandomConfigurationSweep) {
 TEST(ReferenceModel, DeepseekV2NormTopkProbFollowsDeepseekOriginal) {
   ref::RefOptions deepseek;
   deepseek.v2_norm_like_deepseek = true;
-  const Case c = make_case("v2_norm_topk_prob_true", mla("DeepseekV2ForCausalLM", 256, 128, 160, 2, 4,
-      R"("q_lora_rank": 40, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 24)",
-      R"("n_routed_experts": 12, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 40,
+  const Case c = make_case(
+      "v2_norm_topk_prob_true",
+      mla("DeepseekV2ForCausalLM", 256, 128, 160, 2, 4,
+          R"("q_lora_rank": 40, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "v_head_dim": 24)",
+          R"("n_routed_experts": 12, "n_shared_experts": 1, "num_experts_per_tok": 4, "moe_intermediate_size": 40,
          "first_k_dense_replace": 0, "moe_layer_freq": 1, "topk_method": "group_limited_greedy", "n_group": 3,
          "topk_group": 2, "norm_topk_prob": true, "routed_scaling_factor": 16.0, "scoring_func": "softmax")",
-      R"(, "rope_theta": 10000.0)"), 61, 4, 0.0, deepseek);
+          R"(, "rope_theta": 10000.0)"),
+      61, 4, 0.0, deepseek);
   run_case(c);
 }
 
@@ -550,7 +659,8 @@ TEST(ReferenceModel, RoutingRulesAreObservable) {
     const auto source = random_source(c, *config);
     const ref::RefConfig rc = ref::parse_ref_config(c.json);
     std::vector<int32_t> tokens;
-    for (int i = 0; i < 12; ++i) tokens.push_back(static_cast<int32_t>((i * 37 + 5) % config->vocab_size));
+    for (int i = 0; i < 12; ++i)
+      tokens.push_back(static_cast<int32_t>((i * 37 + 5) % config->vocab_size));
     const auto x = ref::RefModel(rc, *source, a).forward(tokens);
     const auto y = ref::RefModel(rc, *source, b).forward(tokens);
     double d = 0.0;
