@@ -9,6 +9,7 @@ int run_generate(int argc, char** argv, int first);
 int run_tokenize(int argc, char** argv, int first);
 int run_bench(int argc, char** argv, int first);
 int run_serve(int argc, char** argv, int first);
+int run_batch(int argc, char** argv, int first);
 int run_detokenize(int argc, char** argv, int first);
 
 }  // namespace dshpc

@@ -20,6 +20,7 @@ constexpr Command kCommands[] = {
     {"generate", dshpc::run_generate, "greedy-generate token ids from a prompt of token ids"},
 
     {"serve", dshpc::run_serve, "serve the model over an OpenAI-compatible HTTP API"},
+    {"batch", dshpc::run_batch, "offline inference over a JSONL file of OpenAI batch requests"},
     {"bench", dshpc::run_bench,
      "decode and prefill throughput beside the device's measured bandwidth and FLOP/s"},
     {"tokenize", dshpc::run_tokenize, "JSON lines {\"text\"} on stdin to {\"ids\"} lines"},
