@@ -26,14 +26,11 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/frontend.h"
 #include "app/job.h"
 #include "common/json_fields.h"
 #include "common/options.h"
-#include "coordinator/engine_service.h"
-#include "coordinator/gateway.h"
 #include "coordinator/scheduler_config.h"
-#include "coordinator/server_config.h"
-#include "coordinator/tokenizer.h"
 
 namespace dshpc {
 namespace {
@@ -158,34 +155,17 @@ int run_batch(int argc, char** argv, int first) {
   if (!interval.ok() || *interval < 1)
     return fail(invalid_argument("--progress-interval-s must be >= 1"), 2);
 
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<EngineService> service;
-  std::unique_ptr<Gateway> gateway;
-  GatewayConfig gateway_config;
+  GatewayConfig gateway_config;  // a listener only this process talks to
   gateway_config.host = "127.0.0.1";
   gateway_config.port = 0;
   gateway_config.max_connections = static_cast<int>(*concurrency) + 8;
   gateway_config.read_timeout = std::chrono::hours(24);
   gateway_config.write_timeout = std::chrono::hours(24);
-  {
-    std::string name = opts.get("served-model-name");
-    if (name.empty()) {
-      name = opts.get("model");
-      while (!name.empty() && name.back() == '/') name.pop_back();
-      if (size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
-      if (name.size() > 5 && name.substr(name.size() - 5) == ".json") name.resize(name.size() - 5);
-    }
-    gateway_config.served_model_name = name;
-  }
+  gateway_config.served_model_name = served_model_name(opts);
+  Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
     if (groups.rank != 0) return ok_status();
-    ASSIGN_OR_RETURN(tokenizer, Tokenizer::load(opts.get("tokenizer")));
-    EngineServiceOptions placeholder;
-    placeholder.scheduler.kv_blocks = 1;
-    placeholder.scheduler.max_model_len = 2;
-    service = std::make_unique<EngineService>(placeholder);
-    gateway = std::make_unique<Gateway>(gateway_config, *service, *tokenizer);
-    return gateway->start();
+    return front.start(opts.get("tokenizer"), gateway_config);
   };
   auto started = start_job("dshpc batch", opts, &argc, &argv, before_load);
   if (!started.ok()) return 1;
@@ -195,17 +175,9 @@ int run_batch(int argc, char** argv, int first) {
     return 0;
   }
   Cluster& cluster = *job.cluster;
-  auto scheduler_cfg = scheduler_config_from_options(
-      opts, cluster.kv_blocks(), cluster.kv_block_size(), cluster.config().max_position_embeddings);
+  auto scheduler_cfg = front.open(opts, cluster);
   if (!scheduler_cfg.ok()) return fail(scheduler_cfg.status(), 2);
-  EngineServiceOptions service_options;
-  service_options.scheduler = *scheduler_cfg;
-  service_options.replicas = cluster.replicas();
-  service_options.eos_token_ids = cluster.config().eos_token_ids;
-  service_options.vocab_size = cluster.config().vocab_size;
-  service->reconfigure(service_options);
-  service->set_ready([&cluster](const std::vector<StepPlan>& plans) { return cluster.step(plans); },
-                     [&cluster] { cluster.keepalive(); });
+  EngineService& service = *front.service;
 
   // Requests already answered (resume after a requeue).
   std::set<std::string> done_ids;    // custom_ids already answered
@@ -254,7 +226,7 @@ int run_batch(int argc, char** argv, int first) {
   std::mutex output_mutex;
   std::atomic<size_t> next{0}, finished{0}, failed{0};
   std::atomic<int64_t> generated_tokens{0};
-  const uint16_t port = gateway->port();
+  const uint16_t port = front.gateway->port();
   auto write = [&](const std::string& line) {
     std::lock_guard<std::mutex> lock(output_mutex);
     std::fputs(line.c_str(), output);
@@ -320,7 +292,7 @@ int run_batch(int argc, char** argv, int first) {
     }
   };
 
-  std::thread loop([&] { service->run(); });
+  std::thread loop([&] { service.run(); });
   const auto start = std::chrono::steady_clock::now();
   std::vector<std::thread> workers;
   const int64_t threads = std::min<int64_t>(*concurrency, std::max<size_t>(1, items.size()));
@@ -343,9 +315,9 @@ int run_batch(int argc, char** argv, int first) {
   for (auto& t : workers) t.join();
   progress.join();
   // The MPI loop runs on a thread here; stop it, then stop the workers from this thread.
-  service->begin_drain();
+  service.begin_drain();
   loop.join();
-  gateway->stop();
+  front.gateway->stop();
   cluster.stop();
   std::fclose(output);
   std::fprintf(stderr, "dshpc batch: finished %zu requests (%zu failed) into %s\n", items.size(),

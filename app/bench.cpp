@@ -262,7 +262,6 @@ int run_bench(int argc, char** argv, int first) {
                               {"bytes_read_per_step_per_gpu", weights + kv},
                               {"bound_tokens_per_s", bound},
                               {"fraction_of_bound", tokens_per_s / bound}});
-    // Free this batch's blocks for the next.
   }
   result["decode"] = std::move(decode_results);
 

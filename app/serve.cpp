@@ -17,13 +17,10 @@
 
 #include "app/commands.h"
 #include "app/config_file.h"
+#include "app/frontend.h"
 #include "app/job.h"
 #include "common/options.h"
-#include "coordinator/engine_service.h"
-#include "coordinator/gateway.h"
 #include "coordinator/scheduler_config.h"
-#include "coordinator/server_config.h"
-#include "coordinator/tokenizer.h"
 
 namespace dshpc {
 namespace {
@@ -56,14 +53,6 @@ int fail(const Status& status, int code = 1) {
   return code;
 }
 
-std::string default_model_name(const std::string& model) {
-  std::string name = model;
-  while (!name.empty() && name.back() == '/') name.pop_back();
-  if (size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
-  if (name.size() > 5 && name.substr(name.size() - 5) == ".json") name.resize(name.size() - 5);
-  return name.empty() ? "deepseek" : name;
-}
-
 StatusOr<GatewayConfig> gateway_config(const Options& opts) {
   GatewayConfig c;
   c.host = opts.get("host");
@@ -82,19 +71,10 @@ StatusOr<GatewayConfig> gateway_config(const Options& opts) {
   c.max_header_bytes = static_cast<size_t>(max_header);
   ASSIGN_OR_RETURN(int64_t read_timeout, opts.get_int("read-timeout-ms"));
   c.read_timeout = std::chrono::milliseconds(read_timeout);
-  c.served_model_name = opts.get("served-model-name").empty()
-                            ? default_model_name(opts.get("model"))
-                            : opts.get("served-model-name");
+  c.served_model_name = served_model_name(opts);
   RETURN_IF_ERROR(c.validate());
   return c;
 }
-
-// Rank 0's serving state, built before the weights load.
-struct Frontend {
-  std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<EngineService> service;
-  std::unique_ptr<Gateway> gateway;
-};
 
 }  // namespace
 
@@ -137,13 +117,7 @@ int run_serve(int argc, char** argv, int first) {
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
     if (groups.rank != 0) return ok_status();
-    ASSIGN_OR_RETURN(front.tokenizer, Tokenizer::load(opts.get("tokenizer")));
-    EngineServiceOptions service_options;  // completed once the model is loaded
-    service_options.scheduler.kv_blocks = 1;
-    service_options.scheduler.max_model_len = 2;
-    front.service = std::make_unique<EngineService>(service_options);
-    front.gateway = std::make_unique<Gateway>(*gateway_cfg, *front.service, *front.tokenizer);
-    RETURN_IF_ERROR(front.gateway->start());
+    RETURN_IF_ERROR(front.start(opts.get("tokenizer"), *gateway_cfg));
     std::fprintf(stderr, "dshpc serve: listening on http://%s:%u (loading the model)\n",
                  gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()));
     return ok_status();
@@ -159,24 +133,12 @@ int run_serve(int argc, char** argv, int first) {
   const ModelConfig& config = cluster.config();
   print_rank_report(job, stderr);
 
-  auto scheduler_cfg = scheduler_config_from_options(
-      opts, cluster.kv_blocks(), cluster.kv_block_size(), config.max_position_embeddings);
+  auto scheduler_cfg = front.open(opts, cluster);
   if (!scheduler_cfg.ok()) {
     fail(scheduler_cfg.status());
     front.gateway->stop();
     return 2;
   }
-  // The gateway holds the service it was started with: configure it now that the KV cache is
-  // known, then open it for requests.
-  EngineServiceOptions service_options;
-  service_options.scheduler = *scheduler_cfg;
-  service_options.replicas = cluster.replicas();
-  service_options.eos_token_ids = config.eos_token_ids;
-  service_options.vocab_size = config.vocab_size;
-  front.service->reconfigure(service_options);
-  front.service->set_ready(
-      [&cluster](const std::vector<StepPlan>& plans) { return cluster.step(plans); },
-      [&cluster] { cluster.keepalive(); });
   std::fprintf(stderr, "dshpc serve: ready on http://%s:%u, model %s (%s), %s\n",
                gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()),
                gateway_cfg->served_model_name.c_str(), model_family_name(config.family),

@@ -41,22 +41,24 @@ class Loader {
   StatusOr<Weight> rows(const std::vector<Part>& parts, Range cols) {
     int64_t total_rows = 0;
     int64_t num_cols = -1;
+    std::vector<int64_t> part_rows;
+    std::vector<bool> two_d;
     for (const Part& part : parts) {
       ASSIGN_OR_RETURN(std::vector<int64_t> full, checked_shape(part.name));
       int64_t full_cols = full.size() > 1 ? full[1] : 1;
       int64_t nc = full.size() > 1 ? (cols.count < 0 ? full_cols - cols.begin : cols.count) : 1;
       if (num_cols >= 0 && nc != num_cols) return internal_error("fused weights differ in width");
       num_cols = nc;
-      total_rows += part.rows.count < 0 ? full[0] - part.rows.begin : part.rows.count;
+      part_rows.push_back(part.rows.count < 0 ? full[0] - part.rows.begin : part.rows.count);
+      two_d.push_back(full.size() > 1);
+      total_rows += part_rows.back();
     }
     host_.resize(static_cast<size_t>(total_rows * num_cols));
     int64_t row = 0;
-    for (const Part& part : parts) {
-      ASSIGN_OR_RETURN(std::vector<int64_t> full, source_.shape(part.name));
-      int64_t nr = part.rows.count < 0 ? full[0] - part.rows.begin : part.rows.count;
-      RETURN_IF_ERROR(source_.read_f32(part.name, part.rows, full.size() > 1 ? cols : Range::all(),
+    for (size_t i = 0; i < parts.size(); ++i) {
+      RETURN_IF_ERROR(source_.read_f32(parts[i].name, parts[i].rows, two_d[i] ? cols : Range::all(),
                                        host_.data() + row * num_cols));
-      row += nr;
+      row += part_rows[i];
     }
     Weight w;
     w.name = parts.front().name;

@@ -1,0 +1,35 @@
+// Rank 0's serving state, shared by `serve` and `batch`: the tokenizer, the EngineService and the
+// HTTP gateway. It is started before the weights load (the port answers 503 meanwhile) and opened
+// once the cluster has agreed on its KV cache.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/options.h"
+#include "common/status.h"
+#include "coordinator/engine_service.h"
+#include "coordinator/gateway.h"
+#include "coordinator/scheduler_config.h"
+#include "coordinator/server_config.h"
+#include "coordinator/tokenizer.h"
+#include "worker/cluster.h"
+
+namespace dshpc {
+
+// --served-model-name, or the model path's last component without ".json".
+std::string served_model_name(const Options& options);
+
+struct Frontend {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<EngineService> service;
+  std::unique_ptr<Gateway> gateway;
+
+  // Loads the tokenizer and binds the gateway's port with a service that is still loading.
+  Status start(const std::string& tokenizer_dir, const GatewayConfig& config);
+  // Configures the service from the batching options and the cluster's KV cache, and opens it:
+  // steps run on `cluster` from the thread that calls service->run().
+  StatusOr<SchedulerConfig> open(const Options& options, Cluster& cluster);
+};
+
+}  // namespace dshpc
