@@ -17,6 +17,7 @@
 #include "app/commands.h"
 #include "app/job.h"
 #include "common/options.h"
+#include "kernels/cuda_backend.h"
 
 namespace dshpc {
 namespace {
@@ -264,6 +265,20 @@ int run_bench(int argc, char** argv, int first) {
                               {"fraction_of_bound", tokens_per_s / bound}});
   }
   result["decode"] = std::move(decode_results);
+  if (on_gpu && cuda_backend_built()) {
+    // Which decode paths ran on rank 0's GPU (a fallback would show here as zeros).
+    const CudaPathCounters paths = cuda_path_counters(backend);
+    std::printf(
+        "\nrank 0 paths: %lld gemv products, %lld split-key decode attentions, %lld graph "
+        "captures, %lld graph replays\n",
+        static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
+        static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches));
+    result["cuda_paths"] = {{"gemv", paths.gemv},
+                            {"decode_attention", paths.decode_attention},
+                            {"prefill_attention", paths.prefill_attention},
+                            {"graph_captures", paths.graph_captures},
+                            {"graph_launches", paths.graph_launches}};
+  }
 
   // ---- prefill / time to first token
   boost::json::array prefill_results;

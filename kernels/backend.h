@@ -165,6 +165,23 @@ class Backend {
   // ids[r] = argmax of logits row r (ties to the lowest index).
   virtual void argmax(const Mat& logits, int32_t* ids) = 0;
 
+  // ---- captured steps (CUDA graphs): a step whose launches depend only on shapes is captured
+  // once and replayed, so that its hundreds of small launches cost one. The caller keys a graph
+  // by everything the launches depend on (step_graph_key() gives the step's part); a backend
+  // drops every graph when memory is allocated or released, since graphs hold raw pointers.
+  // Backends without graphs (the CPU) return 0 / false and the caller runs the work eagerly.
+  //
+  // Non-zero for a step uploaded by the last upload_step whose launches a graph can replay
+  // (decode steps), identifying the shapes the backend will launch for it; 0 otherwise.
+  virtual uint64_t step_graph_key() const { return 0; }
+  // Replays the graph captured under `key`; false when there is none (or it was dropped).
+  virtual bool launch_graph(uint64_t key) { return false; }
+  // Between begin_capture and end_capture ops are recorded, not run. end_capture stores the
+  // graph under `key` and returns true, or returns false when the capture is unusable (memory
+  // changed or an op needed the host) and the recorded work must be run eagerly.
+  virtual bool begin_capture() { return false; }
+  virtual bool end_capture(uint64_t key) { return false; }
+
   // ---- the device's limits, measured (benchmarks print every figure beside them)
   // Copy bandwidth in bytes/s counting bytes read plus written, from repeated device-to-device
   // copies of `bytes`. The default times this backend's own copy op.

@@ -47,4 +47,15 @@ struct CudaMemoryStats {
 };
 CudaMemoryStats cuda_memory_stats(Backend& backend);
 
+// How often the decode paths ran, so that tests and benchmarks can tell that the fast path (and
+// not a fallback) produced a result.
+struct CudaPathCounters {
+  int64_t gemv = 0;               // matrix products through the few-row kernel (gemv.cu)
+  int64_t decode_attention = 0;   // attention through the split-key decode kernel
+  int64_t prefill_attention = 0;  // attention through the tensor-core prefill kernel
+  int64_t graph_captures = 0;     // decode steps captured as CUDA graphs
+  int64_t graph_launches = 0;     // decode steps replayed from a graph
+};
+CudaPathCounters cuda_path_counters(Backend& backend);
+
 }  // namespace dshpc

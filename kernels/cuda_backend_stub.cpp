@@ -33,6 +33,11 @@ CudaMemoryStats cuda_memory_stats(Backend& backend) {
   return {};
 }
 
+CudaPathCounters cuda_path_counters(Backend& backend) {
+  DSHPC_FATAL() << "backend " << backend.name() << " is not a CUDA backend (built without CUDA)";
+  return {};
+}
+
 }  // namespace dshpc
 
 #endif  // DSHPC_HAVE_CUDA

@@ -55,6 +55,9 @@ class Collectives {
   // Cumulative per-operation counters since construction; safe to call from another thread
   // (the metrics scraper) while the group is busy. Backends without counters report zeros.
   virtual CollectiveStats stats() const { return {}; }
+  // True when every operation is queued on the backend's stream without host involvement (NCCL),
+  // so that a CUDA graph can capture it; false for host-driven transports (MPI).
+  virtual bool stream_ordered() const { return false; }
 };
 
 // The group of one: every collective is the identity. Used on a single rank and for any group

@@ -151,6 +151,8 @@ class NcclCollectives final : public Collectives {
   }
 
   // Seconds are the host's time to queue each operation; completion is in stream order.
+  bool stream_ordered() const override { return true; }
+
   CollectiveStats stats() const override {
     CollectiveStats out;
     for (int i = 0; i < kNumCollectiveOps; ++i) {

@@ -81,7 +81,7 @@ Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches
                          control_timeout_s(groups_.timeout_s));
   // Gather as bytes through an all-gather of floats-sized words: 5 int64 = 10 floats.
   startup.all_gather(reinterpret_cast<const float*>(mine), reinterpret_cast<float*>(all.data()),
-                     sizeof(mine) / sizeof(float));
+                     sizeof(mine) / (sizeof(float)));
   kv_blocks_ = INT64_MAX;
   for (int r = 0; r < world; ++r) {
     int64_t v[5];

@@ -1,5 +1,8 @@
 #include "worker/engine.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "common/check.h"
 
 namespace dshpc {
@@ -11,7 +14,10 @@ int64_t StepPlan::num_tokens() const {
 }
 
 Engine::Engine(Model& model, Backend& backend, KvCache& cache)
-    : model_(model), backend_(backend), cache_(cache) {}
+    : model_(model), backend_(backend), cache_(cache) {
+  const char* graphs = std::getenv("DSHPC_CUDA_GRAPHS");
+  graphs_enabled_ = graphs == nullptr || std::string(graphs) != "0";
+}
 
 void Engine::check_plan(const StepPlan& plan) const {
   const int64_t block_size = cache_.spec().block_size;
@@ -80,7 +86,26 @@ Mat Engine::hidden_buffer(int64_t tokens) {
 }
 
 void Engine::run_stage(const StepTensors& step, Mat hidden) {
+  const uint64_t step_key = graphs_enabled_ ? backend_.step_graph_key() : 0;
+  if (step_key == 0 || !model_.graph_capturable()) {
+    model_.forward(step, cache_, hidden);
+    return;
+  }
+  // The launches also depend on where the activations live.
+  const uint64_t key =
+      step_key ^ (reinterpret_cast<uintptr_t>(hidden.data) * 0x9e3779b97f4a7c15ull);
+  if (backend_.launch_graph(key)) return;
+  // The first step of a shape runs eagerly (it sizes the scratch buffers); the next is captured.
+  // A capture that fails (memory changed while recording) is retried a few times, then the
+  // shape stays eager.
+  int& attempts = graph_attempts_[key];
+  if (attempts++ == 0 || attempts > 4 || !backend_.begin_capture()) {
+    model_.forward(step, cache_, hidden);
+    return;
+  }
   model_.forward(step, cache_, hidden);
+  if (backend_.end_capture(key) && backend_.launch_graph(key)) return;
+  model_.forward(step, cache_, hidden);  // the capture recorded but did not run the work
 }
 
 Mat Engine::logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out) {
@@ -96,16 +121,19 @@ Mat Engine::logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out) 
     rows += n;
   }
   const DType dtype = backend_.activation_dtype();
-  const size_t selected_bytes = static_cast<size_t>(rows * h) * dtype_size(dtype);
-  if (selected_.bytes() < selected_bytes) selected_ = backend_.allocate(selected_bytes);
-  Mat selected = Mat::of(selected_.data(), dtype, rows, h);
-  int64_t token = 0, row = 0;
-  for (size_t i = 0; i < plan.sequences.size(); ++i) {
-    const int64_t n = static_cast<int64_t>(plan.sequences[i].tokens.size());
-    const int64_t take = out.num_rows[i];
-    backend_.copy(hidden.row_slice(token + n - take, take), selected.row_slice(row, take));
-    token += n;
-    row += take;
+  Mat selected = hidden;  // every row needed, in order (decode steps): no gather
+  if (rows != hidden.rows) {
+    const size_t selected_bytes = static_cast<size_t>(rows * h) * dtype_size(dtype);
+    if (selected_.bytes() < selected_bytes) selected_ = backend_.allocate(selected_bytes);
+    selected = Mat::of(selected_.data(), dtype, rows, h);
+    int64_t token = 0, row = 0;
+    for (size_t i = 0; i < plan.sequences.size(); ++i) {
+      const int64_t n = static_cast<int64_t>(plan.sequences[i].tokens.size());
+      const int64_t take = out.num_rows[i];
+      backend_.copy(hidden.row_slice(token + n - take, take), selected.row_slice(row, take));
+      token += n;
+      row += take;
+    }
   }
   // Logits are float32 whatever the activations (a bf16 product with a float32 output on GPUs):
   // bf16's 8-bit mantissa would create ties among the top tokens.

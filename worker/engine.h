@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -69,6 +70,9 @@ struct StepOutput {
 class Engine {
  public:
   Engine(Model& model, Backend& backend, KvCache& cache);
+  // Whether decode steps may be captured and replayed as CUDA graphs (on by default, and off
+  // with DSHPC_CUDA_GRAPHS=0).
+  void set_graphs_enabled(bool enabled) { graphs_enabled_ = enabled; }
 
   // Validates a plan against the cache (block tables long enough, block ids in range, positions
   // inside the rope tables); a bad plan is a broken invariant of the scheduler.
@@ -104,6 +108,11 @@ class Engine {
   std::vector<const int32_t*> block_tables_;
   std::vector<int32_t> block_table_lengths_;
   DeviceBuffer hidden_, selected_, logits_, argmax_;
+
+  // Decode steps replayed as CUDA graphs (Backend::launch_graph); DSHPC_CUDA_GRAPHS=0 turns
+  // them off. Captures tried per key.
+  bool graphs_enabled_ = true;
+  std::unordered_map<uint64_t, int> graph_attempts_;
 };
 
 }  // namespace dshpc

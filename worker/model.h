@@ -119,6 +119,12 @@ class Model {
   // return it holds this stage's output (pre-final-norm residual stream).
   void forward(const StepTensors& step, KvCache& cache, Mat hidden);
 
+  // True when forward() on a decode step queues only stream-ordered device work that a CUDA graph
+  // can replay: dense layers (MoE layers bring expert counts to the host), attention other than
+  // the MLA latent cache (whose kernel uploads a tile list per step), and tensor-parallel
+  // collectives that run on the stream (NCCL).
+  bool graph_capturable() const;
+
   // Last stage: logits[rows, vocab] (full vocabulary, gathered over tp) of the given hidden rows.
   // `hidden_rows` is overwritten with its final norm.
   void logits(Mat hidden_rows, Mat logits_out);

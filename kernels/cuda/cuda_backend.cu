@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
@@ -67,11 +68,13 @@ class CudaBackend final : public Backend {
     // capture requires).
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
     DSHPC_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+    DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
     name_ = "cuda:" + std::to_string(device) + " " + cuda::device_description(device) + " " +
             (dtype == DType::kBF16 ? "bf16" : "f32");
   }
 
   ~CudaBackend() override {
+    drop_graphs();
     cuda::wait_stream(stream_, watch_.get(), timeout_s_, "the backend's shutdown");
     cublasDestroy(cublas_);
     pool_.release(cublas_workspace_);
@@ -88,15 +91,20 @@ class CudaBackend final : public Backend {
 
   DeviceBuffer allocate(size_t bytes) override {
     if (bytes == 0) return DeviceBuffer(this, nullptr, 0);
+    memory_changed();
     void* block = pool_.allocate(bytes);
     DSHPC_CUDA_CHECK(cudaMemsetAsync(block, 0, bytes, stream_));
     return DeviceBuffer(this, block, bytes);
   }
 
-  void release(void* data, size_t) override { pool_.release(data); }
+  void release(void* data, size_t) override {
+    memory_changed();
+    pool_.release(data);
+  }
 
   void upload(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
+    DSHPC_CHECK(!capturing_) << "upload during a graph capture";
     // A copy from pageable memory synchronises the stream first: wait by polling instead.
     wait("upload");
     DSHPC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
@@ -104,6 +112,7 @@ class CudaBackend final : public Backend {
 
   void download(void* dst, const void* src, size_t bytes) override {
     if (bytes == 0) return;
+    DSHPC_CHECK(!capturing_) << "download during a graph capture";
     wait("the work before a download");
     DSHPC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
     wait("a download");
@@ -148,9 +157,14 @@ class CudaBackend final : public Backend {
     const int64_t tokens = host.num_tokens, num_seqs = host.num_sequences;
     DSHPC_CHECK(tokens >= 0 && num_seqs >= 0)
         << "upload_step: " << tokens << " tokens, " << num_seqs << " sequences";
+    DSHPC_CHECK(!capturing_) << "upload_step during a graph capture";
     int64_t total_blocks = 0;
+    bool decode = num_seqs > 0 && num_seqs == tokens;
+    int64_t max_context = 0;
     for (int64_t s = 0; s < num_seqs; ++s) {
       const PagedSequence& seq = host.sequences[s];
+      decode = decode && seq.query_len == 1;
+      max_context = std::max<int64_t>(max_context, seq.context_len);
       DSHPC_CHECK(seq.query_begin >= 0 && seq.query_len >= 0 &&
                   seq.query_begin + seq.query_len <= tokens && seq.query_len <= seq.context_len &&
                   host.block_table_lengths[s] >= 0)
@@ -207,6 +221,13 @@ class CudaBackend final : public Backend {
     step.num_tokens = tokens;
     step.num_sequences = num_seqs;
     step_sequences_ = step.sequences;
+    decode_step_ = decode;
+    max_context_ = max_context;
+    // The decode launches depend on the batch and, through the key splits of the attention,
+    // on the longest context's split cap (decode_attention_plan).
+    graph_key_ = decode ? 1 + static_cast<uint64_t>(num_seqs) * 128 +
+                              static_cast<uint64_t>(cuda::decode_split_cap(max_context))
+                        : 0;
     return step;
   }
 
@@ -228,6 +249,11 @@ class CudaBackend final : public Backend {
     if (m == 0 || n == 0) return;
     if (k == 0) {  // an empty sum: y = 0, or y unchanged when accumulating
       if (!accumulate) zero(y);
+      return;
+    }
+    if (cuda::gemv_supported(x, w, y, w_transposed)) {
+      cuda::launch_gemv(x, w, y, accumulate, stream_);
+      ++counters_.gemv;
       return;
     }
     cuda::gemm(cublas_, x, w, y, w_transposed, accumulate);
@@ -318,6 +344,34 @@ class CudaBackend final : public Backend {
           << q.rows << ", context_len " << seq.context_len << " needs more than its "
           << host_block_table_lengths_[s] << " blocks of " << cache.block_size;
     }
+    if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {
+      const cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
+          step.num_sequences, q_heads, cache.kv_heads, max_context_, num_sms_);
+      float* partial = nullptr;
+      if (plan.splits > 1) {
+        ensure(decode_partial_,
+               static_cast<size_t>(step.num_sequences * q_heads * plan.splits * (cache.v_dim + 2)) *
+                   sizeof(float));
+        partial = decode_partial_.as<float>();
+      }
+      cuda::launch_decode_attention(q, out, step.sequences, step.num_sequences, q_heads, cache,
+                                    dtype_, scale, plan, partial, stream_);
+      ++counters_.decode_attention;
+      return;
+    }
+    if (capturing_) {
+      // The kernels below upload a tile list from the host: not replayable. The capture is
+      // discarded (end_capture returns false) and the step runs eagerly.
+      capture_unusable_ = true;
+      return;
+    }
+    if (cuda::prefill_attention_supported(q, cache, dtype_)) {
+      const TileList& tiles = attention_tiles(cuda::prefill_attention_rows_per_cta());
+      cuda::launch_prefill_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads,
+                                     cache, scale, stream_);
+      ++counters_.prefill_attention;
+      return;
+    }
     const cuda::AttentionShape shape = cuda::attention_shape(q_heads, cache.kv_heads, cache.v_dim);
     const TileList& tiles = attention_tiles(shape.tokens_per_cta);
     cuda::launch_paged_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads, cache,
@@ -341,9 +395,52 @@ class CudaBackend final : public Backend {
     cuda::launch_argmax(logits, ids, stream_);
   }
 
+  // ---- captured steps
+
+  uint64_t step_graph_key() const override { return graph_key_; }
+
+  bool launch_graph(uint64_t key) override {
+    const auto it = graphs_.find(key);
+    if (it == graphs_.end()) return false;
+    DSHPC_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    ++counters_.graph_launches;
+    return true;
+  }
+
+  bool begin_capture() override {
+    if (capturing_) return false;
+    DSHPC_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+    capture_unusable_ = false;
+    capture_generation_ = memory_generation_;
+    return true;
+  }
+
+  bool end_capture(uint64_t key) override {
+    DSHPC_CHECK(capturing_) << "end_capture without begin_capture";
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    capturing_ = false;
+    bool usable = ended == cudaSuccess && graph != nullptr && !capture_unusable_ &&
+                  capture_generation_ == memory_generation_;
+    if (ended != cudaSuccess) cudaGetLastError();  // an invalidated capture: clear and run eagerly
+    cudaGraphExec_t exec = nullptr;
+    if (usable) {
+      usable = cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess;
+      if (!usable) cudaGetLastError();
+    }
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (!usable) return false;
+    graphs_[key] = exec;
+    ++counters_.graph_captures;
+    return true;
+  }
+
   // ---- beyond Backend
 
   CudaBackendHandles handles() { return {device_, stream_, watch_}; }
+
+  CudaPathCounters path_counters() const { return counters_; }
 
   CudaMemoryStats memory_stats() {
     const cuda::PoolStats pool = pool_.stats();
@@ -369,7 +466,21 @@ class CudaBackend final : public Backend {
     return device;
   }
 
-  void wait(const char* what) { cuda::wait_stream(stream_, watch_.get(), timeout_s_, what); }
+  // Graphs hold raw pointers: any allocation or release may invalidate them.
+  void memory_changed() {
+    ++memory_generation_;
+    if (!graphs_.empty()) drop_graphs();
+  }
+
+  void drop_graphs() {
+    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);  // freed once idle
+    graphs_.clear();
+  }
+
+  void wait(const char* what) {
+    DSHPC_CHECK(!capturing_) << "a host wait (" << what << ") during a graph capture";
+    cuda::wait_stream(stream_, watch_.get(), timeout_s_, what);
+  }
 
   // Grows `buffer` to at least `bytes` (by half again, so a slowly growing step reallocates
   // rarely); contents are not kept.
@@ -428,6 +539,18 @@ class CudaBackend final : public Backend {
   std::vector<int32_t> host_block_table_lengths_;
   uint64_t step_generation_ = 0;
   std::vector<TileList> tile_lists_;
+  int num_sms_ = 1;
+  bool decode_step_ = false;  // every sequence of the step has one new token
+  int64_t max_context_ = 0;
+  DeviceBuffer decode_partial_;  // split-key partial results of decode attention
+
+  // Captured decode steps, by key (step_graph_key and the caller's part).
+  uint64_t graph_key_ = 0;
+  CudaPathCounters counters_;
+  std::unordered_map<uint64_t, cudaGraphExec_t> graphs_;
+  bool capturing_ = false;
+  bool capture_unusable_ = false;
+  uint64_t memory_generation_ = 0, capture_generation_ = 0;
 
   // MoE scratch, grown to the largest step seen.
   DeviceBuffer moe_index_, moe_rows_, moe_gate_up_, moe_act_, moe_out_;
@@ -447,6 +570,10 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
       << out.cols << "]";
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   if (tokens == 0 || num_local == 0 || top_k == 0) return;
+  if (capturing_) {  // the expert counts come to the host: not replayable
+    capture_unusable_ = true;
+    return;
+  }
   DSHPC_CHECK(pairs <= 0x7fffffff) << "moe_experts: " << pairs << " (token, expert) pairs";
 
   auto* ids = static_cast<int32_t*>(moe_ids_staging_.acquire(
@@ -556,6 +683,10 @@ StatusOr<std::unique_ptr<Backend>> make_cuda_backend(int device, DType dtype) {
 
 CudaBackendHandles cuda_backend_handles(Backend& backend) {
   return as_cuda(backend).handles();
+}
+
+CudaPathCounters cuda_path_counters(Backend& backend) {
+  return as_cuda(backend).path_counters();
 }
 
 CudaMemoryStats cuda_memory_stats(Backend& backend) {

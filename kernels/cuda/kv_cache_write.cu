@@ -1,6 +1,8 @@
 // KV cache write (CPU reference: kv_cache_write_cpu in kernels/attention_cpu.cpp): row t of the
 // new keys (and values) goes to slot slots[t] of the paged cache; a negative slot skips a padding
 // row. One CTA per token. The cache holds the backend's activation type.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
@@ -10,21 +12,20 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// One thread per element (grid: tokens × chunks of kThreads elements), so that a decode step's
+// few rows cost one memory latency rather than one per element a thread would loop over.
 template <typename T>
-__global__ void kv_cache_write_kernel(const T* k, int64_t k_row_stride, int64_t k_width, const T* v,
+__global__ void kv_cache_write_kernel(const T* __restrict__ k, int64_t k_row_stride,
+                                      int64_t k_width, const T* __restrict__ v,
                                       int64_t v_row_stride, int64_t v_width, const int64_t* slots,
-                                      T* cache_k, int64_t k_token_stride, T* cache_v,
-                                      int64_t v_token_stride) {
+                                      T* __restrict__ cache_k, int64_t k_token_stride,
+                                      T* __restrict__ cache_v, int64_t v_token_stride) {
   const int64_t t = blockIdx.x;
   const int64_t slot = slots[t];
   if (slot < 0) return;
-  const T* k_row = k + t * k_row_stride;
-  T* k_dst = cache_k + slot * k_token_stride;
-  for (int64_t c = threadIdx.x; c < k_width; c += blockDim.x) k_dst[c] = k_row[c];
-  if (v == nullptr) return;
-  const T* v_row = v + t * v_row_stride;
-  T* v_dst = cache_v + slot * v_token_stride;
-  for (int64_t c = threadIdx.x; c < v_width; c += blockDim.x) v_dst[c] = v_row[c];
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c < k_width) cache_k[slot * k_token_stride + c] = k[t * k_row_stride + c];
+  if (v != nullptr && c < v_width) cache_v[slot * v_token_stride + c] = v[t * v_row_stride + c];
 }
 
 }  // namespace
@@ -38,7 +39,11 @@ void launch_kv_cache_write(const Mat& k, const Mat* v, const int64_t* slots,
       << dtype_name(cache_dtype);
   dispatch_float(cache_dtype, "kv_cache_write", [&](auto tag) {
     using T = decltype(tag);
-    kv_cache_write_kernel<T><<<static_cast<unsigned int>(k.rows), kThreads, 0, stream>>>(
+    const int64_t width = std::max(cache.kv_heads * cache.head_dim,
+                                   v != nullptr ? cache.kv_heads * cache.v_dim : int64_t{0});
+    const dim3 grid(static_cast<unsigned int>(k.rows),
+                    static_cast<unsigned int>((width + kThreads - 1) / kThreads));
+    kv_cache_write_kernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(k.data), k.stride, cache.kv_heads * cache.head_dim,
         v ? static_cast<const T*>(v->data) : nullptr, v ? v->stride : 0,
         cache.kv_heads * cache.v_dim, slots, reinterpret_cast<T*>(cache.k), cache.k_token_stride,

@@ -64,6 +64,42 @@ void launch_paged_attention(const Mat& q, const Mat& out, const PagedSequence* s
                             const PagedKvView& cache, DType cache_dtype, float scale,
                             const AttentionShape& shape, cudaStream_t stream);
 
+// attention_decode.cu: decode steps (one new token per sequence), split along the keys
+// (flash-decoding) so that a batch of one still fills the GPU; head_dim = v_dim ∈ {32, 64, 128,
+// 256}, separate K and V caches (not the MLA latent cache, which attention.cu handles).
+struct DecodeAttentionPlan {
+  int heads_per_cta = 1;  // query heads of a group per CTA (power of two ≤ 8)
+  int head_chunks = 1;    // CTAs per kv head along the group
+  int splits = 1;         // key ranges per (sequence, head); > 1 needs the partial workspace
+};
+bool decode_attention_supported(const PagedKvView& cache, DType dtype);
+// The most key splits a step whose longest context is max_context may use (a power of two ≤ 64,
+// at least 32 keys per split); the plan depends on the context only through it.
+int decode_split_cap(int64_t max_context);
+DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
+                                          int64_t max_context, int num_sms);
+// Workspace floats for a plan with splits > 1: num_seqs · q_heads · splits · (v_dim + 2).
+void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+                             int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
+                             DType dtype, float scale, const DecodeAttentionPlan& plan,
+                             float* partial, cudaStream_t stream);
+
+// attention_prefill.cu: prefill and mixed steps on the tensor cores (FlashAttention-2 schedule,
+// mma.sync), bf16, head_dim = v_dim ∈ {64, 128}, separate K and V caches; a CTA takes
+// prefill_attention_rows_per_cta() query rows of one sequence (attention_tiles) and one head.
+int prefill_attention_rows_per_cta();
+bool prefill_attention_supported(const Mat& q, const PagedKvView& cache, DType dtype);
+void launch_prefill_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+                              const AttentionTile* tiles, int64_t num_tiles, int64_t q_heads,
+                              const PagedKvView& cache, float scale, cudaStream_t stream);
+
+// gemv.cu: y = x · wᵀ for a few rows of x (decode), bf16 inputs, float32 accumulation, y bf16 or
+// float32; reads each weight once with 16-byte loads. gemv_supported says whether the shapes
+// and alignment allow it (else use gemm).
+constexpr int64_t kGemvMaxRows = 8;
+bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed);
+void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream);
+
 // moe_routing.cu: expert ids and weights per token (semantics of kernels/moe_routing.h).
 void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingParams& params,
                       int32_t* expert_ids, float* weights, cudaStream_t stream);

@@ -33,8 +33,17 @@ struct AttentionRun {
 
 class GpuAttention : public BackendPair {
  protected:
-  void run_case(const AttentionCase& c, const std::vector<SequenceShape>& shapes) {
+  // kGeneral: odd cache row pitches and a padding row (the general kernel, attention.cu).
+  // kDecode: decode rows only (one new token per sequence, no padding row), cache rows padded to
+  // 8 elements: the split-key decode kernel. kAligned: any step with cache rows padded to 8
+  // elements and a padding row: the tensor-core prefill kernel in bf16 (head_dim 64, 128).
+  enum Mode { kGeneral, kDecode, kAligned };
+  void run_case(const AttentionCase& c, const std::vector<SequenceShape>& shapes,
+                Mode mode = kGeneral) {
     SCOPED_TRACE(c.name);
+    const bool decode_only = mode == kDecode;
+    const bool aligned = mode != kGeneral;
+    const CudaPathCounters before = cuda_path_counters(*gpu_);
     const int64_t bs = c.block_size;
     // Block tables: every sequence gets its blocks from one shuffled pool.
     std::vector<std::vector<int32_t>> tables;
@@ -69,8 +78,10 @@ class GpuAttention : public BackendPair {
         positions.push_back(p);
       }
     }
-    step_slots.push_back(-1);  // padding: not written, attends to nothing
-    positions.push_back(0);
+    if (!decode_only) {
+      step_slots.push_back(-1);  // padding: not written, attends to nothing
+      positions.push_back(0);
+    }
     const int64_t tokens = static_cast<int64_t>(step_slots.size());
     const int64_t history = static_cast<int64_t>(history_slots.size());
     const int64_t k_width = c.kv_heads * c.head_dim, v_width = c.kv_heads * c.v_dim;
@@ -97,8 +108,8 @@ class GpuAttention : public BackendPair {
     auto run = [&](Backend& b, DType dtype) {
       AttentionRun r;
       const int64_t pool_slots = num_blocks * bs;
-      const int64_t k_stride = c.mla ? c.head_dim : k_width + 2;  // padded token rows (GQA)
-      const int64_t v_stride = c.mla ? c.head_dim : v_width + 1;
+      const int64_t k_stride = c.mla ? c.head_dim : k_width + (aligned ? 8 : 2);  // padded
+      const int64_t v_stride = c.mla ? c.head_dim : v_width + (aligned ? 8 : 1);
       r.k_pool = b.allocate(pool_slots * k_stride * dtype_size(dtype));
       if (!c.mla) r.v_pool = b.allocate(pool_slots * v_stride * dtype_size(dtype));
       r.view.k = static_cast<float*>(r.k_pool.data());
@@ -144,8 +155,25 @@ class GpuAttention : public BackendPair {
                       gpu.view.v_token_stride};
       EXPECT_EQ(download_tensor(*gpu_, gpu_v), download_tensor(*cpu_, cpu_v)) << "v cache";
     }
-    // One rounding: the output (inputs are the same stored values on both sides).
-    EXPECT_CLOSE(download_tensor(*gpu_, gpu.out.mat), download_tensor(*cpu_, cpu.out.mat), tol(1));
+    // One rounding: the output (inputs are the same stored values on both sides). The
+    // tensor-core kernel (kAligned, bf16) also rounds the probabilities P to bf16 before P·V, as
+    // FlashAttention-2 and PyTorch's bf16 SDPA kernels do: each weight is off by up to 2^-9
+    // relative, independently, so an output element is off by about 2^-9/√3 of its own scale
+    // (the same √(Σ p²v²) that sets the output's size for random v): ~1e-3 rms, and over the
+    // ~10^6 outputs of a case ≥ 5 standard deviations at worst; with the output rounding that is
+    // three to four bf16 ulps (measured worst 0.0117 = 3.0 ulps on TensorCorePrefillLong).
+    const int roundings = mode == kAligned ? 4 : 1;
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu.out.mat), download_tensor(*cpu_, cpu.out.mat),
+                 tol(roundings));
+    const CudaPathCounters after = cuda_path_counters(*gpu_);
+    if (decode_only) {
+      EXPECT_EQ(after.decode_attention, before.decode_attention + 1)
+          << "the step did not take the split-key decode kernel";
+    }
+    if (mode == kAligned && dtype() == DType::kBF16) {
+      EXPECT_EQ(after.prefill_attention, before.prefill_attention + 1)
+          << "the step did not take the tensor-core prefill kernel";
+    }
   }
 };
 
@@ -184,6 +212,50 @@ TEST_P(GpuAttention, MlaV3ShapeSixteenHeads) {
 
 TEST_P(GpuAttention, MlaV3ShapeAllHeads) {
   run_case({"mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{1, 1}, {90, 1}, {33, 33}, {80, 6}});
+}
+
+// Decode steps: the split-key kernel (attention_decode.cu). Long contexts make it split the keys
+// (up to 64 ranges) and merge them; short ones and large batches run unsplit.
+const std::vector<SequenceShape> kDecodeBatch = {{1, 1}, {37, 1}, {300, 1}, {129, 1}, {2100, 1}};
+
+TEST_P(GpuAttention, DecodeMultiHead128) {
+  run_case({"decode_mha128", 32, 32, 128, 128, false, 16, 1.0f}, kDecodeBatch, kDecode);
+}
+
+TEST_P(GpuAttention, DecodeBatchOfOneLongContextSplits) {
+  run_case({"decode_one", 32, 32, 128, 128, false, 16, 1.0f}, {{3001, 1}}, kDecode);
+  run_case({"decode_one_sharp", 8, 8, 128, 128, false, 16, 8.0f}, {{777, 1}}, kDecode);
+}
+
+TEST_P(GpuAttention, DecodeGroupedQueryGroupsOf4And8And16) {
+  run_case({"decode_gqa4", 32, 8, 128, 128, false, 16, 1.0f}, kDecodeBatch, kDecode);
+  run_case({"decode_gqa8", 64, 8, 128, 128, false, 16, 1.0f}, kDecodeBatch, kDecode);
+  run_case({"decode_gqa16", 32, 2, 128, 128, false, 16, 1.0f}, kDecodeBatch, kDecode);
+}
+
+TEST_P(GpuAttention, DecodeOddGroupsHeadDimsAndBlockSizes) {
+  run_case({"decode_group3_d64", 12, 4, 64, 64, false, 7, 1.0f}, kDecodeBatch, kDecode);
+  run_case({"decode_group6_d32", 12, 2, 32, 32, false, 16, 1.0f}, kDecodeBatch, kDecode);
+  run_case({"decode_d256", 8, 4, 256, 256, false, 32, 1.0f}, kDecodeBatch, kDecode);
+}
+
+TEST_P(GpuAttention, DecodeLargeBatch) {
+  std::vector<SequenceShape> batch;
+  for (int i = 0; i < 64; ++i) batch.push_back({100 + 7 * i, 1});
+  run_case({"decode_batch64", 32, 32, 128, 128, false, 16, 1.0f}, batch, kDecode);
+}
+
+// Prefill and mixed steps on the tensor cores (bf16; float32 runs the general kernel).
+TEST_P(GpuAttention, TensorCorePrefillMixedStep) {
+  run_case({"tc_mha64", 8, 8, 64, 64, false, 16, 1.0f}, kMixedStep, kAligned);
+  run_case({"tc_gqa4_128", 32, 8, 128, 128, false, 16, 1.0f}, kMixedStep, kAligned);
+  run_case({"tc_sharp", 4, 4, 128, 128, false, 7, 8.0f}, kMixedStep, kAligned);
+}
+
+TEST_P(GpuAttention, TensorCorePrefillLongPromptsAndChunks) {
+  // Several 64-row tiles and 64-key tiles, a chunk after a long history, odd lengths.
+  run_case({"tc_long", 8, 2, 128, 128, false, 16, 1.0f},
+           {{300, 300}, {1000, 129}, {65, 65}, {64, 64}, {200, 1}}, kAligned);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, GpuAttention, ::testing::Values(DType::kF32, DType::kBF16),

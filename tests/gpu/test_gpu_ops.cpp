@@ -37,48 +37,55 @@ TEST_P(GpuOps, EmbeddingVocabularySlice) {
 }
 
 TEST_P(GpuOps, RmsNormStridedAndInPlace) {
-  for (int64_t dim : {128, 4096, 7168}) {
-    const int64_t rows = 33;
-    const std::vector<float> x = values(rows * dim, 10 + dim, 2.0f);
-    const std::vector<float> w = values(dim, 11 + dim);
-    Tensor cpu_x = upload_tensor(*cpu_, x, rows, dim, DType::kF32);
-    Tensor gpu_x = upload_tensor(*gpu_, x, rows, dim, dtype(), dim + 3);
-    Tensor cpu_w = upload_tensor(*cpu_, w, dim, 1, DType::kF32);
-    Tensor gpu_w = upload_tensor(*gpu_, w, dim, 1, dtype());
-    Tensor cpu_out = upload_tensor(*cpu_, std::vector<float>(rows * dim), rows, dim, DType::kF32);
-    Tensor gpu_out =
-        upload_tensor(*gpu_, std::vector<float>(rows * dim), rows, dim, dtype(), dim + 7);
-    cpu_->rmsnorm(cpu_x.mat, cpu_w.buffer.data(), 1e-6f, cpu_out.mat);
-    gpu_->rmsnorm(gpu_x.mat, gpu_w.buffer.data(), 1e-6f, gpu_out.mat);
-    EXPECT_CLOSE(download_tensor(*gpu_, gpu_out.mat), download_tensor(*cpu_, cpu_out.mat), tol(1))
-        << "dim " << dim;
-    EXPECT_TRUE(padding_intact(*gpu_, gpu_out.mat));
-    // In place (the MLA q_a / kv_a norms run so).
-    cpu_->rmsnorm(cpu_x.mat, cpu_w.buffer.data(), 1e-6f, cpu_x.mat);
-    gpu_->rmsnorm(gpu_x.mat, gpu_w.buffer.data(), 1e-6f, gpu_x.mat);
-    EXPECT_CLOSE(download_tensor(*gpu_, gpu_x.mat), download_tensor(*cpu_, cpu_x.mat), tol(1))
-        << "in place, dim " << dim;
-  }
+  // Pitch pad 3: the scalar kernel; pad 8 keeps rows 16-byte aligned: the vectorised kernel
+  // (up to 8192 bf16 / 4096 float32 columns).
+  for (int64_t pad : {3, 8})
+    for (int64_t dim : {128, 4096, 7168}) {
+      SCOPED_TRACE(testing::Message() << "pad " << pad);
+      const int64_t rows = 33;
+      const std::vector<float> x = values(rows * dim, 10 + dim, 2.0f);
+      const std::vector<float> w = values(dim, 11 + dim);
+      Tensor cpu_x = upload_tensor(*cpu_, x, rows, dim, DType::kF32);
+      Tensor gpu_x = upload_tensor(*gpu_, x, rows, dim, dtype(), dim + pad);
+      Tensor cpu_w = upload_tensor(*cpu_, w, dim, 1, DType::kF32);
+      Tensor gpu_w = upload_tensor(*gpu_, w, dim, 1, dtype());
+      Tensor cpu_out = upload_tensor(*cpu_, std::vector<float>(rows * dim), rows, dim, DType::kF32);
+      Tensor gpu_out =
+          upload_tensor(*gpu_, std::vector<float>(rows * dim), rows, dim, dtype(), dim + 2 * pad);
+      cpu_->rmsnorm(cpu_x.mat, cpu_w.buffer.data(), 1e-6f, cpu_out.mat);
+      gpu_->rmsnorm(gpu_x.mat, gpu_w.buffer.data(), 1e-6f, gpu_out.mat);
+      EXPECT_CLOSE(download_tensor(*gpu_, gpu_out.mat), download_tensor(*cpu_, cpu_out.mat), tol(1))
+          << "dim " << dim;
+      EXPECT_TRUE(padding_intact(*gpu_, gpu_out.mat));
+      // In place (the MLA q_a / kv_a norms run so).
+      cpu_->rmsnorm(cpu_x.mat, cpu_w.buffer.data(), 1e-6f, cpu_x.mat);
+      gpu_->rmsnorm(gpu_x.mat, gpu_w.buffer.data(), 1e-6f, gpu_x.mat);
+      EXPECT_CLOSE(download_tensor(*gpu_, gpu_x.mat), download_tensor(*cpu_, cpu_x.mat), tol(1))
+          << "in place, dim " << dim;
+    }
 }
 
 TEST_P(GpuOps, AddRmsNorm) {
-  const int64_t rows = 17, dim = 2048;
-  const std::vector<float> residual = values(rows * dim, 20, 3.0f);
-  const std::vector<float> delta = values(rows * dim, 21);
-  const std::vector<float> w = values(dim, 22);
-  Tensor cpu_r = upload_tensor(*cpu_, residual, rows, dim, DType::kF32);
-  Tensor gpu_r = upload_tensor(*gpu_, residual, rows, dim, dtype());
-  Tensor cpu_d = upload_tensor(*cpu_, delta, rows, dim, DType::kF32);
-  Tensor gpu_d = upload_tensor(*gpu_, delta, rows, dim, dtype());
-  Tensor cpu_w = upload_tensor(*cpu_, w, dim, 1, DType::kF32);
-  Tensor gpu_w = upload_tensor(*gpu_, w, dim, 1, dtype());
-  Tensor cpu_out = upload_tensor(*cpu_, std::vector<float>(rows * dim), rows, dim, DType::kF32);
-  Tensor gpu_out = upload_tensor(*gpu_, std::vector<float>(rows * dim), rows, dim, dtype());
-  cpu_->add_rmsnorm(cpu_r.mat, cpu_d.mat, cpu_w.buffer.data(), 1e-5f, cpu_out.mat);
-  gpu_->add_rmsnorm(gpu_r.mat, gpu_d.mat, gpu_w.buffer.data(), 1e-5f, gpu_out.mat);
-  // The residual: one rounding; the norm of the rounded residual: two.
-  EXPECT_CLOSE(download_tensor(*gpu_, gpu_r.mat), download_tensor(*cpu_, cpu_r.mat), tol(1));
-  EXPECT_CLOSE(download_tensor(*gpu_, gpu_out.mat), download_tensor(*cpu_, cpu_out.mat), tol(2));
+  for (int64_t dim : {2048, 4096, 7168, 100}) {  // 100: not whole 16-byte chunks (scalar kernel)
+    SCOPED_TRACE(testing::Message() << "dim " << dim);
+    const int64_t rows = 17;
+    const std::vector<float> residual = values(rows * dim, 20, 3.0f);
+    const std::vector<float> delta = values(rows * dim, 21);
+    const std::vector<float> w = values(dim, 22);
+    Tensor cpu_r = upload_tensor(*cpu_, residual, rows, dim, DType::kF32);
+    Tensor gpu_r = upload_tensor(*gpu_, residual, rows, dim, dtype());
+    Tensor cpu_d = upload_tensor(*cpu_, delta, rows, dim, DType::kF32);
+    Tensor gpu_d = upload_tensor(*gpu_, delta, rows, dim, dtype());
+    Tensor cpu_w = upload_tensor(*cpu_, w, dim, 1, DType::kF32);
+    Tensor gpu_w = upload_tensor(*gpu_, w, dim, 1, dtype());
+    Tensor cpu_out = upload_tensor(*cpu_, std::vector<float>(rows * dim), rows, dim, DType::kF32);
+    Tensor gpu_out = upload_tensor(*gpu_, std::vector<float>(rows * dim), rows, dim, dtype());
+    cpu_->add_rmsnorm(cpu_r.mat, cpu_d.mat, cpu_w.buffer.data(), 1e-5f, cpu_out.mat);
+    gpu_->add_rmsnorm(gpu_r.mat, gpu_d.mat, gpu_w.buffer.data(), 1e-5f, gpu_out.mat);
+    // The residual: one rounding; the norm of the rounded residual: two.
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu_r.mat), download_tensor(*cpu_, cpu_r.mat), tol(1));
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu_out.mat), download_tensor(*cpu_, cpu_out.mat), tol(2));
+  }
 }
 
 TEST_P(GpuOps, CopyAddZeroStrided) {
@@ -206,6 +213,49 @@ TEST_P(GpuOps, MatmulTransposedUntransposedStridedAccumulate) {
     EXPECT_CLOSE(download_tensor(*gpu_, gpu_y.mat), download_tensor(*cpu_, cpu_y.mat),
                  tol(c.accumulate ? 2 : 1));
     EXPECT_TRUE(padding_intact(*gpu_, gpu_y.mat));
+  }
+}
+
+TEST_P(GpuOps, FewRowProductsDecodeShapes) {
+  // 1 … 8 rows of x: bf16 takes the gemv kernel (gemv.cu), float32 cuBLAS; the same contract.
+  struct Case {
+    int64_t m, k, n;
+    bool accumulate, strided, f32_out;
+  };
+  const std::vector<Case> cases = {
+      {1, 4096, 4099, false, false, false}, {2, 11008, 512, true, false, false},
+      {3, 520, 1000, false, true, false},   {4, 4096, 777, true, true, false},
+      {5, 128, 64, false, false, true},     {6, 1024, 300, false, true, false},
+      {7, 2048, 96, true, false, false},    {8, 4096, 1025, false, true, true},
+      {1, 4096, 32000, false, false, true},
+  };
+  uint32_t seed = 90;
+  const int64_t gemv_before = dtype() == DType::kBF16 ? cuda_path_counters(*gpu_).gemv : 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message() << "m " << c.m << " k " << c.k << " n " << c.n
+                                    << (c.accumulate ? " accumulate" : "")
+                                    << (c.strided ? " strided" : "") << (c.f32_out ? " f32" : ""));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.k));
+    const std::vector<float> x = values(c.m * c.k, seed++), w = values(c.n * c.k, seed++, scale);
+    const std::vector<float> y0 = values(c.m * c.n, seed++);
+    const int64_t pad = c.strided ? 8 : 0;  // keeps rows 16-byte aligned
+    const DType y_type = c.f32_out ? DType::kF32 : dtype();
+    Tensor cpu_x = upload_tensor(*cpu_, x, c.m, c.k, DType::kF32);
+    Tensor gpu_x = upload_tensor(*gpu_, x, c.m, c.k, dtype(), c.k + pad);
+    Tensor cpu_w = upload_tensor(*cpu_, w, c.n, c.k, DType::kF32);
+    Tensor gpu_w = upload_tensor(*gpu_, w, c.n, c.k, dtype());
+    Tensor cpu_y = upload_tensor(*cpu_, y0, c.m, c.n, DType::kF32);
+    Tensor gpu_y = upload_tensor(*gpu_, y0, c.m, c.n, y_type, c.n + pad);
+    cpu_->matmul(cpu_x.mat, cpu_w.mat, cpu_y.mat, true, c.accumulate);
+    gpu_->matmul(gpu_x.mat, gpu_w.mat, gpu_y.mat, true, c.accumulate);
+    const double limit =
+        c.f32_out ? (c.accumulate ? 2 : 1) * 10 * kF32Tol : tol(c.accumulate ? 2 : 1);
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu_y.mat), download_tensor(*cpu_, cpu_y.mat), limit);
+    EXPECT_TRUE(padding_intact(*gpu_, gpu_y.mat));
+  }
+  if (dtype() == DType::kBF16) {
+    EXPECT_EQ(cuda_path_counters(*gpu_).gemv, gemv_before + static_cast<int64_t>(cases.size()))
+        << "bf16 products of ≤ 8 rows should all take the gemv kernel";
   }
 }
 

@@ -1,0 +1,364 @@
+// Decode attention over the paged KV cache, split along the keys (flash-decoding), for steps in
+// which every sequence has exactly one new token (CPU reference: paged_attention_cpu in
+// kernels/attention_cpu.cpp; the general kernel for prefill and mixed steps is attention.cu).
+//
+// Why a second kernel: in decode the work per (sequence, kv head) is one pass over the cached
+// keys and values, so the step is bound by memory bandwidth, and with a batch of one the general
+// kernel's grid (one CTA per kv head) leaves most of the GPU idle. Here:
+//   grid (sequence, kv head × head chunk, split): each CTA reads the keys [begin, end) of its
+//   split once for up to G query heads of the group (GQA shares every key load);
+//   block = kWarps warps; warp w takes keys begin + w, begin + w + kWarps, … kUnroll at a time,
+//   all loads of an iteration issued before any arithmetic (memory-level parallelism); each lane
+//   holds D / 32 consecutive dims of q and of the accumulator, loaded as one vector per key.
+//   Scores and the online softmax are in the log2 domain (q pre-scaled by scale · log2 e).
+// With one split the CTA writes the normalised output; with several it writes (m, l, unnormalised
+// accumulator) per split and attention_decode_combine merges them.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace dshpc::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kUnroll = 4;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// N consecutive elements of T as float32, with the widest load that N · sizeof(T) allows.
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
+  constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  static_assert(kBytes % 2 == 0 && kBytes <= 64, "vector width");
+  if constexpr (kBytes >= 16) {
+    const uint4* v = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < kBytes / 16; ++i) {
+      const uint4 raw = __ldg(v + i);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 16 / static_cast<int>(sizeof(T)); ++j) {
+        out[i * (16 / sizeof(T)) + j] = to_float(e[j]);
+      }
+    }
+  } else if constexpr (kBytes == 8) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = to_float(e[j]);
+  } else if constexpr (kBytes == 4) {
+    const unsigned int raw = __ldg(reinterpret_cast<const unsigned int*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < N; ++j) out[j] = to_float(e[j]);
+  } else {
+    const unsigned short raw = __ldg(reinterpret_cast<const unsigned short*>(p));
+    const T* e = reinterpret_cast<const T*>(&raw);
+    out[0] = to_float(e[0]);
+  }
+}
+
+struct DecodeArgs {
+  const void* q;
+  void* out;
+  const void* k;
+  const void* v;
+  const PagedSequence* sequences;
+  float* partial;  // [seqs, q_heads, splits, v_dim + 2]: accumulator, m, l (splits > 1)
+  int64_t k_token_stride;
+  int64_t v_token_stride;
+  int q_heads;
+  int group;
+  int head_chunks;
+  int block_size;
+  int splits;
+  float scale_log2;  // scale · log2 e
+};
+
+// D = head_dim = v_dim = 32 · DPL; G query heads per CTA (of the group).
+template <typename T, int DPL, int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a) {
+  constexpr int D = 32 * DPL;
+  __shared__ float red_m[kWarps][G];
+  __shared__ float red_l[kWarps][G];
+  __shared__ float red_acc[kWarps][G][D];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int s = blockIdx.x;
+  const int kv_head = blockIdx.y / a.head_chunks;
+  const int first = (blockIdx.y % a.head_chunks) * G;  // first head of the chunk, in the group
+  const int heads = min(G, a.group - first);
+  const int split = blockIdx.z;
+  const PagedSequence seq = a.sequences[s];
+  const int context = seq.context_len;
+  const int per_split = (context + a.splits - 1) / a.splits;
+  const int begin = split * per_split;
+  const int end = min(context, begin + per_split);
+  const int token = seq.query_begin;  // the sequence's one query row
+
+  const T* q = static_cast<const T*>(a.q);
+  const T* cache_k = static_cast<const T*>(a.k);
+  const T* cache_v = static_cast<const T*>(a.v);
+  float qr[G][DPL];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int head = kv_head * a.group + first + min(g, heads - 1);
+    load_vec<T, DPL>(q + (static_cast<int64_t>(token) * a.q_heads + head) * D + lane * DPL, qr[g]);
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) qr[g][d] *= a.scale_log2;
+  }
+  float m[G], l[G], acc[G][DPL];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) acc[g][d] = 0.0f;
+  }
+
+  const int64_t k_head_offset = static_cast<int64_t>(kv_head) * D + lane * DPL;
+  for (int key0 = begin + warp; key0 < end; key0 += kWarps * kUnroll) {
+    float kr[kUnroll][DPL], vr[kUnroll][DPL];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int position = key0 + u * kWarps;
+      if (position < end) {
+        const int64_t slot =
+            static_cast<int64_t>(seq.block_table[position / a.block_size]) * a.block_size +
+            position % a.block_size;
+        load_vec<T, DPL>(cache_k + slot * a.k_token_stride + k_head_offset, kr[u]);
+        load_vec<T, DPL>(cache_v + slot * a.v_token_stride + k_head_offset, vr[u]);
+      } else {
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) kr[u][d] = vr[u][d] = 0.0f;  // finite: p = 0 multiplies it
+      }
+    }
+    // The kUnroll keys' scores are reduced together (independent shuffles overlap) and enter
+    // the online softmax as one group: one max, one rescale.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float score[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) dot = fmaf(qr[g][d], kr[u][d], dot);
+        score[u] = dot;
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          score[u] += __shfl_xor_sync(0xffffffffu, score[u], offset);
+        }
+      }
+      float m_new = m[g];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (key0 + u * kWarps >= end) score[u] = -INFINITY;  // uniform across the warp
+        m_new = fmaxf(m_new, score[u]);
+      }
+      const float corr = exp2f(m[g] - m_new);  // 0 on the first keys (m = −inf)
+      float sum = 0.0f;
+#pragma unroll
+      for (int d = 0; d < DPL; ++d) acc[g][d] *= corr;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const float p = exp2f(score[u] - m_new);  // 0 for keys past the end
+        sum += p;
+#pragma unroll
+        for (int d = 0; d < DPL; ++d) acc[g][d] = fmaf(p, vr[u][d], acc[g][d]);
+      }
+      l[g] = l[g] * corr + sum;
+      m[g] = m_new;
+    }
+  }
+
+  // Merge the warps' partial softmaxes.
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      red_m[warp][g] = m[g];
+      red_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int d = 0; d < DPL; ++d) red_acc[warp][g][lane * DPL + d] = acc[g][d];
+  }
+  __syncthreads();
+  T* out = static_cast<T*>(a.out);
+  for (int i = threadIdx.x; i < heads * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, red_m[w][g]);
+    float l_all = 0.0f, o = 0.0f;
+    if (m_all != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(red_m[w][g] - m_all);
+        l_all = fmaf(red_l[w][g], f, l_all);
+        o = fmaf(red_acc[w][g][d], f, o);
+      }
+    }
+    const int head = kv_head * a.group + first + g;
+    if (a.splits == 1) {
+      out[(static_cast<int64_t>(token) * a.q_heads + head) * D + d] = from_float<T>(o / l_all);
+    } else {
+      float* part =
+          a.partial + ((static_cast<int64_t>(s) * a.q_heads + head) * a.splits + split) * (D + 2);
+      part[d] = o;
+      if (d == 0) {
+        part[D] = m_all;
+        part[D + 1] = l_all;
+      }
+    }
+  }
+}
+
+// out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
+template <typename T>
+__global__ void decode_attention_combine(const float* partial, const PagedSequence* sequences,
+                                         T* out, int q_heads, int splits, int d_model) {
+  const int s = blockIdx.x, head = blockIdx.y;
+  const float* part = partial + (static_cast<int64_t>(s) * q_heads + head) * splits * (d_model + 2);
+  float m_all = -INFINITY;
+  for (int i = 0; i < splits; ++i) m_all = fmaxf(m_all, part[i * (d_model + 2) + d_model]);
+  const int token = sequences[s].query_begin;
+  for (int d = threadIdx.x; d < d_model; d += blockDim.x) {
+    float l_all = 0.0f, o = 0.0f;
+    for (int i = 0; i < splits; ++i) {
+      const float* p = part + i * (d_model + 2);
+      const float f = p[d_model] == -INFINITY ? 0.0f : exp2f(p[d_model] - m_all);
+      l_all = fmaf(p[d_model + 1], f, l_all);
+      o = fmaf(p[d], f, o);
+    }
+    out[(static_cast<int64_t>(token) * q_heads + head) * d_model + d] = from_float<T>(o / l_all);
+  }
+}
+
+template <typename T, int DPL, int G>
+void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned int>(num_seqs),
+                  static_cast<unsigned int>(kv_heads * args.head_chunks),
+                  static_cast<unsigned int>(args.splits));
+  decode_attention_kernel<T, DPL, G><<<grid, kThreads, 0, stream>>>(args);
+  DSHPC_CUDA_LAUNCH_CHECK("decode_attention_kernel");
+  if (args.splits > 1) {
+    const dim3 combine_grid(static_cast<unsigned int>(num_seqs),
+                            static_cast<unsigned int>(args.q_heads));
+    decode_attention_combine<T><<<combine_grid, 32 * DPL, 0, stream>>>(
+        args.partial, args.sequences, static_cast<T*>(args.out), args.q_heads, args.splits,
+        32 * DPL);
+    DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
+  }
+}
+
+template <typename T, int DPL>
+void dispatch_group(const DecodeArgs& args, int heads_per_cta, int num_seqs, int kv_heads,
+                    cudaStream_t stream) {
+  switch (heads_per_cta) {
+    case 1:
+      return launch_decode<T, DPL, 1>(args, num_seqs, kv_heads, stream);
+    case 2:
+      return launch_decode<T, DPL, 2>(args, num_seqs, kv_heads, stream);
+    case 4:
+      return launch_decode<T, DPL, 4>(args, num_seqs, kv_heads, stream);
+    default:
+      return launch_decode<T, DPL, 8>(args, num_seqs, kv_heads, stream);
+  }
+}
+
+// Heads per CTA: the group rounded up to a power of two, at most 8 (larger groups take several
+// CTAs per kv head).
+int heads_per_cta(int64_t group) {
+  int g = 1;
+  while (g < group && g < 8) g *= 2;
+  return g;
+}
+
+}  // namespace
+
+bool decode_attention_supported(const PagedKvView& cache, DType dtype) {
+  const int64_t d = cache.head_dim;
+  const size_t element = dtype_size(dtype);
+  const int64_t dpl = d / 32;
+  const size_t vector_bytes = static_cast<size_t>(dpl) * element;
+  const auto aligned = [&](const void* p, int64_t stride) {
+    return reinterpret_cast<uintptr_t>(p) % vector_bytes == 0 &&
+           (static_cast<size_t>(stride) * element) % vector_bytes == 0;
+  };
+  return (dtype == DType::kBF16 || dtype == DType::kF32) && cache.v_dim == d && d % 32 == 0 &&
+         (dpl == 1 || dpl == 2 || dpl == 4 || dpl == 8) && cache.v != cache.k &&
+         aligned(cache.k, cache.k_token_stride) && aligned(cache.v, cache.v_token_stride);
+}
+
+int decode_split_cap(int64_t max_context) {
+  int cap = 1;
+  while (cap < 64 && int64_t{32} * cap * 2 <= max_context) cap *= 2;
+  return cap;
+}
+
+DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
+                                          int64_t max_context, int num_sms) {
+  DecodeAttentionPlan plan;
+  const int64_t group = q_heads / kv_heads;
+  plan.heads_per_cta = heads_per_cta(group);
+  plan.head_chunks = static_cast<int>((group + plan.heads_per_cta - 1) / plan.heads_per_cta);
+  // Enough CTAs for two waves over the SMs, but at least 32 keys per split (8 per warp, two
+  // unrolled groups) so that the combine's extra pass stays small beside the keys read.
+  const int64_t ctas = num_seqs * kv_heads * plan.head_chunks;
+  const int cap = decode_split_cap(max_context);
+  plan.splits = 1;
+  while (plan.splits < cap && ctas * plan.splits < 2 * static_cast<int64_t>(num_sms)) {
+    plan.splits *= 2;
+  }
+  return plan;
+}
+
+void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+                             int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
+                             DType dtype, float scale, const DecodeAttentionPlan& plan,
+                             float* partial, cudaStream_t stream) {
+  if (num_seqs == 0) return;
+  DSHPC_CHECK(decode_attention_supported(cache, dtype)) << "decode attention: unsupported shape";
+  DSHPC_CHECK(num_seqs <= 0x7fffffff && cache.kv_heads * plan.head_chunks <= 65535 &&
+              plan.splits <= 65535 && (plan.splits == 1 || partial != nullptr))
+      << "decode attention: grid " << num_seqs << " x " << cache.kv_heads * plan.head_chunks
+      << " x " << plan.splits;
+  DecodeArgs args{};
+  args.q = q.data;
+  args.out = out.data;
+  args.k = cache.k;
+  args.v = cache.v;
+  args.sequences = sequences;
+  args.partial = partial;
+  args.k_token_stride = cache.k_token_stride;
+  args.v_token_stride = cache.v_token_stride;
+  args.q_heads = static_cast<int>(q_heads);
+  args.group = static_cast<int>(q_heads / cache.kv_heads);
+  args.head_chunks = plan.head_chunks;
+  args.block_size = static_cast<int>(cache.block_size);
+  args.splits = plan.splits;
+  args.scale_log2 = scale * kLog2e;
+  const int n = static_cast<int>(num_seqs), kv = static_cast<int>(cache.kv_heads);
+  const int dpl = static_cast<int>(cache.head_dim / 32);
+  dispatch_float(dtype, "decode_attention", [&](auto tag) {
+    using T = decltype(tag);
+    switch (dpl) {
+      case 1:
+        return dispatch_group<T, 1>(args, plan.heads_per_cta, n, kv, stream);
+      case 2:
+        return dispatch_group<T, 2>(args, plan.heads_per_cta, n, kv, stream);
+      case 4:
+        return dispatch_group<T, 4>(args, plan.heads_per_cta, n, kv, stream);
+      default:
+        return dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, stream);
+    }
+  });
+}
+
+}  // namespace dshpc::cuda

@@ -1,0 +1,132 @@
+// Matrix products with a few rows of x (decode steps), y[m, n] = Σ_k x[m, k] · w[n, k] (CPU
+// reference: cblas_sgemm in kernels/cpu_backend.cpp; larger products go through cuBLAS,
+// matmul.cu).
+//
+// A decode step of a batch of one reads every weight once and does two FLOPs per weight, so it
+// runs at the memory's speed or not at all: one warp per output row streams the row with 16-byte
+// loads (eight bf16), kUnroll loads in flight per lane before any arithmetic, and keeps the M
+// rows of x (a few KB, from L1/L2) beside it. Accumulation is float32, one rounding on store.
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace dshpc::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kUnroll = 8;  // 128 bytes in flight per lane: the loads of a short row in one go
+
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&out)[8]) {
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(pairs[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+template <int M, typename TY>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const bf16* __restrict__ x, int64_t x_stride, const bf16* __restrict__ w,
+                int64_t w_stride, TY* __restrict__ y, int64_t y_stride, int n, int k,
+                bool accumulate) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * kWarps + warp;
+  if (row >= n) return;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * w_stride);
+  const int chunks = k / 8;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = c0 + u * 32;
+      if (c < chunks) wv[u] = __ldcs(wr + c);  // streamed once: keep it out of the caches
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = c0 + u * 32;
+      if (c >= chunks) break;
+      float wf[8];
+      unpack8(wv[u], wf);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float xf[8];
+        unpack8(__ldg(reinterpret_cast<const uint4*>(x + m * x_stride) + c), xf);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[m] = fmaf(wf[j], xf[j], acc[m]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      TY* out = y + m * y_stride + row;
+      const float prior = accumulate ? to_float(*out) : 0.0f;
+      *out = from_float<TY>(acc[m] + prior);
+    }
+  }
+}
+
+template <typename TY>
+void launch_rows(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream) {
+  const int n = static_cast<int>(w.rows), k = static_cast<int>(w.cols);
+  const unsigned int blocks = static_cast<unsigned int>((n + kWarps - 1) / kWarps);
+  const auto* xp = static_cast<const bf16*>(x.data);
+  const auto* wp = static_cast<const bf16*>(w.data);
+  auto* yp = static_cast<TY*>(y.data);
+#define DSHPC_GEMV_CASE(M)                                                                 \
+  case M:                                                                                  \
+    gemv_kernel<M, TY><<<blocks, kWarps * 32, 0, stream>>>(xp, x.stride, wp, w.stride, yp, \
+                                                           y.stride, n, k, accumulate);    \
+    break;
+  switch (x.rows) {
+    DSHPC_GEMV_CASE(1)
+    DSHPC_GEMV_CASE(2)
+    DSHPC_GEMV_CASE(3)
+    DSHPC_GEMV_CASE(4)
+    DSHPC_GEMV_CASE(5)
+    DSHPC_GEMV_CASE(6)
+    DSHPC_GEMV_CASE(7)
+    DSHPC_GEMV_CASE(8)
+    default:
+      DSHPC_FATAL() << "gemv: " << x.rows << " rows (at most " << kGemvMaxRows << ")";
+  }
+#undef DSHPC_GEMV_CASE
+  DSHPC_CUDA_LAUNCH_CHECK("gemv_kernel");
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace
+
+bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed) {
+  return w_transposed && x.rows >= 1 && x.rows <= kGemvMaxRows && x.dtype == DType::kBF16 &&
+         w.dtype == DType::kBF16 && (y.dtype == DType::kBF16 || y.dtype == DType::kF32) &&
+         w.cols % 8 == 0 && w.stride % 8 == 0 && x.stride % 8 == 0 && aligned16(x.data) &&
+         aligned16(w.data) && w.rows <= 0x7fffffff && w.cols <= 0x7fffffff;
+}
+
+void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream) {
+  DSHPC_CHECK(gemv_supported(x, w, y, true) && x.cols == w.cols && y.rows == x.rows &&
+              y.cols == w.rows)
+      << "gemv: x [" << x.rows << ", " << x.cols << "], w [" << w.rows << ", " << w.cols << "], y ["
+      << y.rows << ", " << y.cols << "]";
+  if (y.dtype == DType::kF32) {
+    launch_rows<float>(x, w, y, accumulate, stream);
+  } else {
+    launch_rows<bf16>(x, w, y, accumulate, stream);
+  }
+}
+
+}  // namespace dshpc::cuda
