@@ -240,7 +240,7 @@ TEST_F(GpuSampling, EmpiricalDistributionMatchesSoftmaxOverTheCandidates) {
   base.seed = 77;
   std::vector<SamplingRow> settings(3, base);
   settings[1].top_k = 3;
-  settings[2].top_p = 0.8f;
+  settings[2].top_p = 0.9f;  // four candidates (top-k 3 keeps three)
   for (const SamplingRow& setting : settings) {
     SCOPED_TRACE(testing::Message() << "top_k " << setting.top_k << " top_p " << setting.top_p);
     const std::vector<double> p = candidate_distribution(small, setting);
@@ -258,8 +258,9 @@ TEST_F(GpuSampling, EmpiricalDistributionMatchesSoftmaxOverTheCandidates) {
   // A vocabulary past the sort capacity (the search path): tokens grouped by rank into eight
   // groups of about equal probability, each group's frequency within 5σ.
   const int64_t vocab = 16384, draws = 4096;
-  std::mt19937 rng(91);
-  const std::vector<float> big = random_row(vocab, 0, rng);
+  // Unit-variance logits at T = 1.3: no token holds more than ~0.1 % of the mass, so the groups
+  // are eight of 1/8 each (the last one the remainder).
+  const std::vector<float> big = random_values(static_cast<size_t>(vocab), 91);
   SamplingRow wide;
   wide.temperature = 1.3f;
   wide.seed = 5;
@@ -283,7 +284,7 @@ TEST_F(GpuSampling, EmpiricalDistributionMatchesSoftmaxOverTheCandidates) {
       group_count = 0;
     }
   }
-  EXPECT_GE(groups, 8);
+  EXPECT_GE(groups, 7);
 }
 
 TEST_F(GpuSampling, ParameterUploadsAllocateNothingOnceWarm) {
