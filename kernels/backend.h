@@ -15,6 +15,7 @@
 #include "kernels/attention.h"
 #include "kernels/moe_routing.h"
 #include "kernels/rope.h"
+#include "kernels/sampling.h"
 
 namespace dshpc {
 
@@ -127,6 +128,10 @@ class Backend {
 
   // Makes the step's host metadata available to ops; valid until the next call.
   virtual StepTensors upload_step(const StepHostData& host) = 0;
+  // Copies `count` rows of sampling parameters (host memory) into backend memory for sample();
+  // the returned pointer is valid until the next call. Temperatures must be finite and top_p not
+  // NaN (the gateway validates requests; anything else is a broken invariant).
+  virtual const SamplingRow* upload_sampling(const SamplingRow* rows, int64_t count) = 0;
 
   // ---- ops (shapes in comments; T = tokens of the step)
   // out[T, dim] = table rows of ids (vocabulary slice [vocab_begin, vocab_begin + table.rows)).
@@ -164,6 +169,10 @@ class Backend {
                            int64_t num_local, Mat out) = 0;
   // ids[r] = argmax of logits row r (ties to the lowest index).
   virtual void argmax(const Mat& logits, int32_t* ids) = 0;
+  // ids[r] = the token sample_token_cpu draws from float32 logits row r with rows[r] (from
+  // upload_sampling): greedy rows take the argmax, the others temperature → top-k → top-p and
+  // Philox draw philox_uniform(seed, counter) (kernels/sampling.h).
+  virtual void sample(const Mat& logits, const SamplingRow* rows, int32_t* ids) = 0;
 
   // ---- captured steps (CUDA graphs): a step whose launches depend only on shapes is captured
   // once and replayed, so that its hundreds of small launches cost one. The caller keys a graph

@@ -70,6 +70,12 @@ class CpuBackend final : public Backend {
     return step;
   }
 
+  const SamplingRow* upload_sampling(const SamplingRow* rows, int64_t count) override {
+    check_sampling_rows(rows, count);
+    sampling_rows_.assign(rows, rows + count);
+    return sampling_rows_.data();
+  }
+
   void embedding(const Mat& table, int64_t vocab_begin, const int32_t* ids, Mat out) override {
     DSHPC_CHECK(out.contiguous() && table.contiguous() && out.cols == table.cols);
     embedding_cpu(f32(table), vocab_begin, table.rows, table.cols, ids, out.rows, f32(out));
@@ -204,8 +210,13 @@ class CpuBackend final : public Backend {
     argmax_rows_cpu(f32(logits), logits.rows, logits.cols, ids);
   }
 
+  void sample(const Mat& logits, const SamplingRow* rows, int32_t* ids) override {
+    sample_rows_cpu(f32(logits), logits.rows, logits.cols, logits.stride, rows, ids);
+  }
+
  private:
   std::vector<PagedSequence> sequences_;
+  std::vector<SamplingRow> sampling_rows_;
   std::vector<float> gathered_, gate_up_, act_, expert_out_;  // MoE scratch, reused across steps
 };
 

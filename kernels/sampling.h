@@ -45,4 +45,24 @@ void sampling_keep_mask(const float* logits, int64_t vocab, const SamplingParams
 int32_t sample_token_cpu(const float* logits, int64_t vocab, const SamplingParams& params,
                          uint64_t counter);
 
+// One logits row's sampling parameters as the backend's sample op reads them: plain data, copied
+// to backend memory once per step (Backend::upload_sampling). The same semantics as
+// SamplingParams plus the draw's counter; temperature ≤ 0 makes the row greedy (argmax).
+struct SamplingRow {
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  uint64_t counter = 0;
+};
+
+// Stops the job (DSHPC_CHECK) when a row is outside the contract: a temperature that is not
+// finite or a NaN top_p. Both backends check what upload_sampling receives.
+void check_sampling_rows(const SamplingRow* rows, int64_t count);
+
+// ids[r] = sample_token_cpu(logits row r, rows[r], rows[r].counter) for r < num_rows; row r starts
+// at logits + r · stride.
+void sample_rows_cpu(const float* logits, int64_t num_rows, int64_t vocab, int64_t stride,
+                     const SamplingRow* rows, int32_t* ids);
+
 }  // namespace dshpc

@@ -113,4 +113,24 @@ int32_t sample_token_cpu(const float* logits, int64_t vocab, const SamplingParam
   return candidates.back();
 }
 
+void check_sampling_rows(const SamplingRow* rows, int64_t count) {
+  for (int64_t r = 0; r < count; ++r) {
+    DSHPC_CHECK(std::isfinite(rows[r].temperature) && !std::isnan(rows[r].top_p))
+        << "sampling row " << r << ": temperature " << rows[r].temperature << ", top_p "
+        << rows[r].top_p;
+  }
+}
+
+void sample_rows_cpu(const float* logits, int64_t num_rows, int64_t vocab, int64_t stride,
+                     const SamplingRow* rows, int32_t* ids) {
+  for (int64_t r = 0; r < num_rows; ++r) {
+    SamplingParams params;
+    params.temperature = rows[r].temperature;
+    params.top_k = rows[r].top_k;
+    params.top_p = rows[r].top_p;
+    params.seed = rows[r].seed;
+    ids[r] = sample_token_cpu(logits + r * stride, vocab, params, rows[r].counter);
+  }
+}
+
 }  // namespace dshpc

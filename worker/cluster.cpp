@@ -38,6 +38,19 @@ bool greedy_only(const StepPlan& plan) {
   return true;
 }
 
+// True when every sequence that samples can be sampled on the device: no logprobs and no
+// penalties (greedy rows and seeded temperature / top-k / top-p alike).
+bool device_sampling_only(const StepPlan& plan) {
+  for (const SequenceStep& s : plan.sequences) {
+    if (!s.sample) continue;
+    if (s.top_logprobs >= 0 || s.presence_penalty != 0.0f || s.frequency_penalty != 0.0f ||
+        s.repetition_penalty != 1.0f) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 std::vector<StepPlan> split_micro_batches(const StepPlan& plan, int count) {
@@ -176,6 +189,18 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
       // Greedy decoding without logprobs or penalties: argmax where the logits are.
       std::vector<int32_t> ids = engine.compute_argmax(part, hidden);
       if (groups_.coords.tp != 0) continue;
+      StepOutput out;
+      out.samples.resize(ids.size());
+      for (size_t i = 0; i < ids.size(); ++i) out.samples[i].token = ids[i];
+      pending.push_back(std::move(out));
+      continue;
+    }
+    if (!plan.return_logits && device_sampling_only(part)) {
+      // Seeded sampling without logprobs or penalties: drawn where the logits are, the same
+      // tokens as the host sampler (Backend::sample mirrors sample_token_cpu).
+      std::vector<int32_t> ids = engine.compute_samples(part, hidden);
+      if (groups_.coords.tp != 0) continue;
+      sampler_.observe(part);  // forgets released sequences' penalty history
       StepOutput out;
       out.samples.resize(ids.size());
       for (size_t i = 0; i < ids.size(); ++i) out.samples[i].token = ids[i];

@@ -167,6 +167,35 @@ std::vector<int32_t> Engine::compute_argmax(const StepPlan& plan, Mat hidden) {
   return ids;
 }
 
+std::vector<int32_t> Engine::compute_samples(const StepPlan& plan, Mat hidden) {
+  StepOutput layout;
+  Mat logits = logits_on_device(plan, hidden, layout);
+  // One parameter row per logits row: a sequence's last row carries its sampling parameters,
+  // every other row (all_logits rows, sequences that do not sample) is greedy and ignored.
+  sampling_rows_.assign(static_cast<size_t>(logits.rows), SamplingRow{});
+  for (size_t i = 0; i < plan.sequences.size(); ++i) {
+    const SequenceStep& s = plan.sequences[i];
+    if (!s.sample) continue;
+    SamplingRow& row = sampling_rows_[layout.first_row[i] + layout.num_rows[i] - 1];
+    row.temperature = s.sampling.temperature;
+    row.top_p = s.sampling.top_p;
+    row.top_k = s.sampling.top_k;
+    row.seed = s.sampling.seed;
+    row.counter = s.sample_counter;
+  }
+  const SamplingRow* rows = backend_.upload_sampling(sampling_rows_.data(), logits.rows);
+  const size_t bytes = static_cast<size_t>(logits.rows) * sizeof(int32_t);
+  if (argmax_.bytes() < bytes) argmax_ = backend_.allocate(bytes);
+  backend_.sample(logits, rows, argmax_.as<int32_t>());
+  std::vector<int32_t> row_ids(static_cast<size_t>(logits.rows));
+  backend_.download(row_ids.data(), argmax_.data(), bytes);
+  std::vector<int32_t> ids(plan.sequences.size(), 0);
+  for (size_t i = 0; i < plan.sequences.size(); ++i) {
+    if (plan.sequences[i].sample) ids[i] = row_ids[layout.first_row[i] + layout.num_rows[i] - 1];
+  }
+  return ids;
+}
+
 StepOutput Engine::run(const StepPlan& plan) {
   StepTensors step = prepare(plan);
   Mat hidden = hidden_buffer(step.num_tokens);

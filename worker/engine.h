@@ -89,6 +89,11 @@ class Engine {
   // Last stage, greedy decoding: the argmax of each sequence's last logits row, computed where
   // the logits are (only token ids leave the device).
   std::vector<int32_t> compute_argmax(const StepPlan& plan, Mat hidden);
+  // Last stage, seeded sampling without penalties or logprobs: per sequence the token
+  // sample_token_cpu draws from its last logits row with its SamplingParams and sample_counter,
+  // drawn where the logits are (Backend::sample; only token ids leave the device). Sequences
+  // with sample = false get a greedy row and token 0.
+  std::vector<int32_t> compute_samples(const StepPlan& plan, Mat hidden);
 
   Model& model() { return model_; }
   KvCache& cache() { return cache_; }
@@ -107,6 +112,7 @@ class Engine {
   std::vector<PagedSequence> sequences_;
   std::vector<const int32_t*> block_tables_;
   std::vector<int32_t> block_table_lengths_;
+  std::vector<SamplingRow> sampling_rows_;
   DeviceBuffer hidden_, selected_, logits_, argmax_;
 
   // Decode steps replayed as CUDA graphs (Backend::launch_graph); DSHPC_CUDA_GRAPHS=0 turns

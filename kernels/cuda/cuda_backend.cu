@@ -231,6 +231,21 @@ class CudaBackend final : public Backend {
     return step;
   }
 
+  const SamplingRow* upload_sampling(const SamplingRow* rows, int64_t count) override {
+    check_sampling_rows(rows, count);
+    if (count <= 0) return nullptr;
+    // As upload_step: one pinned staging buffer and one device buffer, both reused across steps.
+    const size_t bytes = static_cast<size_t>(count) * sizeof(SamplingRow);
+    ensure(sampling_device_, bytes);
+    void* staging = sampling_staging_.acquire(bytes, watch_.get(), timeout_s_,
+                                              "the previous sampling parameters' upload");
+    std::memcpy(staging, rows, bytes);
+    DSHPC_CUDA_CHECK(
+        cudaMemcpyAsync(sampling_device_.data(), staging, bytes, cudaMemcpyHostToDevice, stream_));
+    sampling_staging_.copied(stream_);
+    return sampling_device_.as<SamplingRow>();
+  }
+
   // ---- ops
 
   void embedding(const Mat& table, int64_t vocab_begin, const int32_t* ids, Mat out) override {
@@ -436,6 +451,10 @@ class CudaBackend final : public Backend {
     return true;
   }
 
+  void sample(const Mat& logits, const SamplingRow* rows, int32_t* ids) override {
+    cuda::launch_sample(logits, rows, ids, stream_);
+  }
+
   // ---- beyond Backend
 
   CudaBackendHandles handles() { return {device_, stream_, watch_}; }
@@ -551,6 +570,8 @@ class CudaBackend final : public Backend {
   bool capturing_ = false;
   bool capture_unusable_ = false;
   uint64_t memory_generation_ = 0, capture_generation_ = 0;
+  cuda::HostStaging sampling_staging_;
+  DeviceBuffer sampling_device_;
 
   // MoE scratch, grown to the largest step seen.
   DeviceBuffer moe_index_, moe_rows_, moe_gate_up_, moe_act_, moe_out_;

@@ -114,6 +114,8 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
 
 // sampling.cu: ids[r] = argmax of row r (ties to the lowest index, NaN never wins).
 void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream);
+// ids[r] = the token sample_token_cpu draws from float32 row r with rows[r] (device memory).
+void launch_sample(const Mat& logits, const SamplingRow* rows, int32_t* ids, cudaStream_t stream);
 
 // matmul.cu: y = x · wᵀ (w [n, k]) or x · w (w [k, n]), y += … with accumulate; cuBLAS with
 // float32 accumulation. x and w share a type; y is that type or float32.

@@ -1,9 +1,13 @@
-// Greedy argmax, the Philox generator, the top-k / top-p candidate masks and the seeded sampler.
+// Greedy argmax, the Philox generator, the top-k / top-p candidate masks, the seeded sampler and
+// the backend's sample op on the CPU backend.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
+#include <random>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/sampling.h"
 
 namespace dshpc {
@@ -145,6 +149,66 @@ TEST(KernelSampling, SamplerStaysInsideMaskAndGreedyAtZeroTemperature) {
 
   p.temperature = 0.0f;
   for (int i = 0; i < 10; ++i) EXPECT_EQ(sample_token_cpu(logits.data(), 6, p, i), 1);
+}
+
+}  // namespace
+}  // namespace dshpc
+
+namespace dshpc {
+namespace {
+
+// The backend op (Backend::upload_sampling + sample) on the CPU backend: every row drawn with its
+// own parameters and counter from its own (strided) logits row, as sample_token_cpu draws it.
+TEST(KernelSampling, CpuBackendSampleOpDrawsEachRowWithItsParameters) {
+  const int64_t rows = 24, vocab = 300, stride = 307;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(static_cast<size_t>(rows * stride), 1e6f);  // padding would win
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < vocab; ++i) logits[r * stride + i] = normal(rng);
+  }
+  std::vector<SamplingRow> params(rows);
+  const float temperatures[] = {0.0f, 0.5f, 1.0f, 1.7f};
+  const int64_t top_ks[] = {0, 1, 40, vocab};
+  const float top_ps[] = {0.1f, 0.9f, 1.0f};
+  for (int64_t r = 0; r < rows; ++r) {
+    params[r].temperature = temperatures[r % 4];
+    params[r].top_k = top_ks[(r / 4) % 4];
+    params[r].top_p = top_ps[r % 3];
+    params[r].seed = 1000 + static_cast<uint64_t>(r) * 7;
+    params[r].counter = static_cast<uint64_t>(r) * 13;
+  }
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  DeviceBuffer device_logits = backend->allocate(logits.size() * sizeof(float));
+  backend->upload(device_logits.data(), logits.data(), logits.size() * sizeof(float));
+  const Mat view{device_logits.data(), DType::kF32, rows, vocab, stride};
+  DeviceBuffer ids_buffer = backend->allocate(rows * sizeof(int32_t));
+
+  int differing_from_argmax = 0;
+  for (uint64_t step = 0; step < 8; ++step) {
+    for (SamplingRow& p : params) p.counter += step;
+    const SamplingRow* device_params = backend->upload_sampling(params.data(), rows);
+    backend->sample(view, device_params, ids_buffer.as<int32_t>());
+    std::vector<int32_t> ids(rows);
+    backend->download(ids.data(), ids_buffer.data(), rows * sizeof(int32_t));
+    for (int64_t r = 0; r < rows; ++r) {
+      SamplingParams sp;
+      sp.temperature = params[r].temperature;
+      sp.top_k = params[r].top_k;
+      sp.top_p = params[r].top_p;
+      sp.seed = params[r].seed;
+      const float* row = logits.data() + r * stride;
+      EXPECT_EQ(ids[r], sample_token_cpu(row, vocab, sp, params[r].counter))
+          << "row " << r << " step " << step;
+      int32_t greedy = 0;
+      argmax_rows_cpu(row, 1, vocab, &greedy);
+      if (params[r].temperature <= 0.0f) EXPECT_EQ(ids[r], greedy) << "greedy row " << r;
+      differing_from_argmax += ids[r] != greedy;
+    }
+  }
+  // The sampled rows really sample (a broken op that always took the argmax would pass above
+  // only if sample_token_cpu did too).
+  EXPECT_GT(differing_from_argmax, 20);
 }
 
 }  // namespace
