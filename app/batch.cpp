@@ -29,6 +29,7 @@
 #include "app/frontend.h"
 #include "app/job.h"
 #include "common/json_fields.h"
+#include "common/log.h"
 #include "common/options.h"
 #include "coordinator/scheduler_config.h"
 
@@ -54,7 +55,7 @@ std::vector<OptionSpec> options_table() {
 }
 
 int fail(const Status& status, int code = 1) {
-  std::fprintf(stderr, "dshpc batch: %s\n", status.message().c_str());
+  report_error("dshpc batch", status);
   return code;
 }
 
@@ -165,7 +166,7 @@ int run_batch(int argc, char** argv, int first) {
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
     if (groups.rank != 0) return ok_status();
-    return front.start(opts.get("tokenizer"), gateway_config);
+    return front.start(opts.get("tokenizer"), gateway_config, groups.layout.world_size());
   };
   auto started = start_job("dshpc batch", opts, &argc, &argv, before_load);
   if (!started.ok()) return 1;
@@ -220,8 +221,11 @@ int run_batch(int argc, char** argv, int first) {
   }
   FILE* output = std::fopen(opts.get("output").c_str(), "a");
   if (output == nullptr) return fail(invalid_argument(opts.get("output") + ": cannot write"));
-  std::fprintf(stderr, "dshpc batch: %zu requests to run, %zu already in %s\n", items.size(),
-               skipped, opts.get("output").c_str());
+  process_logger().info("dshpc batch: " + std::to_string(items.size()) + " requests to run, " +
+                            std::to_string(skipped) + " already in " + opts.get("output"),
+                        {{"event.action", "batch.start"},
+                         {"dshpc.batch.requests", static_cast<int64_t>(items.size())},
+                         {"dshpc.batch.skipped", static_cast<int64_t>(skipped)}});
 
   std::mutex output_mutex;
   std::atomic<size_t> next{0}, finished{0}, failed{0};
@@ -306,10 +310,19 @@ int run_batch(int argc, char** argv, int first) {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const size_t n = finished;
       const double rate = n / std::max(seconds, 1e-9);
-      std::fprintf(stderr,
-                   "dshpc batch: %zu/%zu done, %zu failed, %.1f generated tok/s, %.0f s left\n", n,
-                   items.size(), failed.load(), generated_tokens / std::max(seconds, 1e-9),
-                   rate > 0 ? (items.size() - n) / rate : 0.0);
+      const double seconds_left = rate > 0 ? (items.size() - n) / rate : 0.0;
+      const double tokens_per_second = generated_tokens / std::max(seconds, 1e-9);
+      char message[160];
+      std::snprintf(message, sizeof(message),
+                    "dshpc batch: %zu/%zu done, %zu failed, %.1f generated tok/s, %.0f s left", n,
+                    items.size(), failed.load(), tokens_per_second, seconds_left);
+      process_logger().log(LogLevel::kInfo, message,
+                           {{"event.action", "batch.progress"},
+                            {"dshpc.batch.done", static_cast<int64_t>(n)},
+                            {"dshpc.batch.requests", static_cast<int64_t>(items.size())},
+                            {"dshpc.batch.failed", static_cast<int64_t>(failed.load())},
+                            {"dshpc.batch.tokens_per_second", tokens_per_second},
+                            {"dshpc.batch.seconds_left", seconds_left}});
     }
   });
   for (auto& t : workers) t.join();
@@ -320,8 +333,11 @@ int run_batch(int argc, char** argv, int first) {
   front.gateway->stop();
   cluster.stop();
   std::fclose(output);
-  std::fprintf(stderr, "dshpc batch: finished %zu requests (%zu failed) into %s\n", items.size(),
-               failed.load(), opts.get("output").c_str());
+  process_logger().info("dshpc batch: finished " + std::to_string(items.size()) + " requests (" +
+                            std::to_string(failed.load()) + " failed) into " + opts.get("output"),
+                        {{"event.action", "batch.done"},
+                         {"dshpc.batch.requests", static_cast<int64_t>(items.size())},
+                         {"dshpc.batch.failed", static_cast<int64_t>(failed.load())}});
   return 0;
 }
 

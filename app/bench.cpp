@@ -41,7 +41,7 @@ std::vector<OptionSpec> options_table() {
 }
 
 int fail(const Status& status, int code = 1) {
-  std::fprintf(stderr, "dshpc bench: %s\n", status.message().c_str());
+  report_error("dshpc bench", status);
   return code;
 }
 
@@ -121,7 +121,7 @@ int run_bench(int argc, char** argv, int first) {
   Cluster& cluster = *job.cluster;
   const ModelConfig& config = cluster.config();
   Backend& backend = job.runtime->backend();
-  print_rank_report(job, stderr);
+  print_rank_report(job);
   const RankLayout& layout = job.groups->layout;
   const int gpus_per_replica = layout.tp() * layout.pp();
   const bool on_gpu = backend.name() != "cpu";

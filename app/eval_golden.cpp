@@ -138,7 +138,7 @@ struct PromptResult {
 };
 
 int fail(const Status& status) {
-  std::fprintf(stderr, "dshpc eval-golden: %s\n", status.message().c_str());
+  report_error("dshpc eval-golden", status);
   return 1;
 }
 
@@ -176,7 +176,7 @@ int run_eval_golden(int argc, char** argv, int first) {
     return 0;
   }
   Cluster& cluster = *job.cluster;
-  print_rank_report(job, stderr);
+  print_rank_report(job);
   const int64_t vocab = cluster.config().vocab_size;
   auto golden = load_golden(opts.get("golden"), vocab);
   if (!golden.ok()) return fail(golden.status());

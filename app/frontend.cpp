@@ -11,13 +11,18 @@ std::string served_model_name(const Options& options) {
   return name.empty() ? "deepseek" : name;
 }
 
-Status Frontend::start(const std::string& tokenizer_dir, const GatewayConfig& config) {
+Status Frontend::start(const std::string& tokenizer_dir, const GatewayConfig& config,
+                       int world_size) {
   ASSIGN_OR_RETURN(tokenizer, Tokenizer::load(tokenizer_dir));
   EngineServiceOptions loading;  // replaced by open() once the KV cache is known
   loading.scheduler.kv_blocks = 1;
   loading.scheduler.max_model_len = 2;
   service = std::make_unique<EngineService>(loading);
-  gateway = std::make_unique<Gateway>(config, *service, *tokenizer);
+  metrics = std::make_shared<Metrics>(
+      MetricsConfig{.model = config.served_model_name, .world_size = world_size});
+  step_metrics = std::make_unique<MetricsStepObserver>(*metrics);
+  service->set_observer(step_metrics.get());
+  gateway = std::make_unique<Gateway>(config, *service, *tokenizer, metrics);
   return gateway->start();
 }
 
@@ -33,8 +38,21 @@ StatusOr<SchedulerConfig> Frontend::open(const Options& options, Cluster& cluste
   service_options.eos_token_ids = config.eos_token_ids;
   service_options.vocab_size = config.vocab_size;
   service->reconfigure(service_options);
-  service->set_ready([&cluster](const std::vector<StepPlan>& plans) { return cluster.step(plans); },
-                     [&cluster] { cluster.keepalive(); });
+  cluster.enable_rank_figures(kRankFiguresInterval);
+  Metrics* m = metrics.get();
+  auto collect = [&cluster, m] {
+    for (const RankFigures& figures : cluster.take_rank_figures()) m->set_rank_figures(figures);
+  };
+  service->set_ready(
+      [&cluster, collect](const std::vector<StepPlan>& plans) {
+        std::vector<StepOutput> outputs = cluster.step(plans);
+        collect();
+        return outputs;
+      },
+      [&cluster, collect] {
+        cluster.keepalive();
+        collect();
+      });
   return scheduler;
 }
 

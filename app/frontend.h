@@ -3,6 +3,7 @@
 // once the cluster has agreed on its KV cache.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -10,6 +11,7 @@
 #include "common/status.h"
 #include "coordinator/engine_service.h"
 #include "coordinator/gateway.h"
+#include "coordinator/metrics.h"
 #include "coordinator/scheduler_config.h"
 #include "coordinator/server_config.h"
 #include "coordinator/tokenizer.h"
@@ -20,15 +22,23 @@ namespace dshpc {
 // --served-model-name, or the model path's last component without ".json".
 std::string served_model_name(const Options& options);
 
+// How often rank 0 asks the other ranks for their figures (Cluster::enable_rank_figures): often
+// enough for a 10 s scrape interval, rare enough to cost nothing (one small message per rank).
+inline constexpr std::chrono::milliseconds kRankFiguresInterval{1000};
+
 struct Frontend {
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<EngineService> service;
+  std::shared_ptr<Metrics> metrics;  // the one registry behind GET /metrics
+  std::unique_ptr<MetricsStepObserver> step_metrics;
   std::unique_ptr<Gateway> gateway;
 
   // Loads the tokenizer and binds the gateway's port with a service that is still loading.
-  Status start(const std::string& tokenizer_dir, const GatewayConfig& config);
+  // `world_size` sizes the per-rank series.
+  Status start(const std::string& tokenizer_dir, const GatewayConfig& config, int world_size);
   // Configures the service from the batching options and the cluster's KV cache, and opens it:
-  // steps run on `cluster` from the thread that calls service->run().
+  // steps run on `cluster` from the thread that calls service->run(), and the ranks' figures
+  // collected with each step and keepalive go to `metrics`.
   StatusOr<SchedulerConfig> open(const Options& options, Cluster& cluster);
 };
 

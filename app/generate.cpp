@@ -7,6 +7,7 @@
 
 #include "app/commands.h"
 #include "app/job.h"
+#include "common/log.h"
 #include "common/options.h"
 #include "kernels/backend.h"
 #include "worker/model_runtime.h"
@@ -25,7 +26,7 @@ std::vector<OptionSpec> options_table() {
 }
 
 int fail(const Status& status, int code = 1) {
-  std::fprintf(stderr, "dshpc generate: %s\n", status.message().c_str());
+  report_error("dshpc generate", status);
   return code;
 }
 
@@ -62,7 +63,7 @@ int run_generate(int argc, char** argv, int first) {
   }
   Cluster& cluster = *job.cluster;
   const ModelConfig& config = cluster.config();
-  print_rank_report(job, stderr);
+  print_rank_report(job);
 
   std::vector<int32_t> tokens;
   for (int64_t id : *prompt_ids) {
@@ -113,8 +114,12 @@ int run_generate(int argc, char** argv, int first) {
   result["generated_ids"] = boost::json::value_from(generated);
   std::printf("%s\n", boost::json::serialize(result).c_str());
   std::fflush(stdout);
-  std::fprintf(stderr, "dshpc generate: %zu tokens in %.3f s (%.1f tok/s)\n", generated.size(),
-               seconds, generated.size() / std::max(seconds, 1e-9));
+  char message[120];
+  std::snprintf(message, sizeof(message), "dshpc generate: %zu tokens in %.3f s (%.1f tok/s)",
+                generated.size(), seconds, generated.size() / std::max(seconds, 1e-9));
+  process_logger().info(message,
+                        {{"dshpc.generated_tokens", static_cast<int64_t>(generated.size())},
+                         {"dshpc.seconds", seconds}});
   return 0;
 }
 

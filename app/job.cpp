@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "common/check.h"
+#include "common/log.h"
 #include "kernels/cuda_backend.h"
 #include "parallel/mpi_collectives.h"
 #include "parallel/nccl_collectives.h"
@@ -14,7 +15,7 @@
 namespace dshpc {
 
 std::vector<OptionSpec> model_job_options() {
-  return {
+  std::vector<OptionSpec> table = {
       {"model", "DIR|CONFIG.json",
        "Hugging Face model directory, or a config.json with "
        "--random-weights",
@@ -40,6 +41,22 @@ std::vector<OptionSpec> model_job_options() {
        "mode) or bf16 (GPU serving); default: f32 on cpu, bf16 on cuda",
        ""},
   };
+  for (OptionSpec& spec : logging_option_specs()) table.push_back(spec);
+  return table;
+}
+
+Status init_logging(const Options& options, int rank) {
+  ASSIGN_OR_RETURN(LoggerConfig config, logger_config_from_options(options, rank));
+  init_process_logger(std::move(config));
+  return ok_status();
+}
+
+void report_error(const std::string& command, const Status& status) {
+  if (process_logger_installed()) {
+    process_logger().error(command + ": " + status.message());
+  } else {
+    std::fprintf(stderr, "%s: %s\n", command.c_str(), status.message().c_str());
+  }
 }
 
 namespace {
@@ -90,13 +107,97 @@ Status use_nccl_groups(Backend& backend, ProcessGroups& groups) {
   return ok_status();
 }
 
+// Rank 0's weight-loading log: a line when loading starts, then at most one every few seconds
+// with bytes, throughput and the time left at that rate, and one when done.
+class LoadProgressLog {
+ public:
+  explicit LoadProgressLog(Model::LoadProgress forward) : forward_(std::move(forward)) {}
+
+  void operator()(int64_t done, int64_t total) {
+    using Clock = std::chrono::steady_clock;
+    const auto now = Clock::now();
+    if (!started_) {
+      started_ = true;
+      start_ = now;
+      last_log_ = now;
+      process_logger().info("loading weights", {{"event.action", "weights.load_start"},
+                                                {"dshpc.load.bytes_total", total}});
+    }
+    if (forward_) forward_(done, total);
+    const double elapsed = std::chrono::duration<double>(now - start_).count();
+    const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+    const double percent = total > 0 ? 100.0 * static_cast<double>(done) / total : 100.0;
+    if (done >= total && total > 0) {
+      if (finished_) return;
+      finished_ = true;
+      process_logger().info("weights loaded", {{"event.action", "weights.load_done"},
+                                               {"dshpc.load.bytes_done", done},
+                                               {"dshpc.load.bytes_total", total},
+                                               {"dshpc.load.seconds", elapsed},
+                                               {"dshpc.load.bytes_per_second", rate}});
+      return;
+    }
+    if (now - last_log_ < std::chrono::seconds(5)) return;
+    last_log_ = now;
+    LogFields fields = {{"event.action", "weights.load_progress"},
+                        {"dshpc.load.bytes_done", done},
+                        {"dshpc.load.bytes_total", total},
+                        {"dshpc.load.percent", percent},
+                        {"dshpc.load.bytes_per_second", rate}};
+    if (rate > 0) fields.emplace_back("dshpc.load.seconds_left", (total - done) / rate);
+    char message[160];
+    std::snprintf(message, sizeof(message),
+                  "loading weights: %.1f%% (%.2f of %.2f GiB, %.1f MiB/s, %.0f s left)", percent,
+                  done / 1073741824.0, total / 1073741824.0, rate / 1048576.0,
+                  rate > 0 ? (total - done) / rate : 0.0);
+    process_logger().log(LogLevel::kInfo, message, fields);
+  }
+
+ private:
+  Model::LoadProgress forward_;
+  bool started_ = false;
+  bool finished_ = false;
+  std::chrono::steady_clock::time_point start_, last_log_;
+};
+
+// On --device cuda, the cluster's reports carry this rank's GPU figures from NVML (loaded at run
+// time; without it the figures are absent and the gauges stay 0).
+void attach_gpu_monitor(Job& job, const Options& options) {
+  if (options.get("device") != "cuda") return;
+  StatusOr<int> gpu = pick_local_gpu(job.groups->local_rank, job.groups->local_size);
+  if (!gpu.ok()) return;
+  auto monitor = std::make_shared<GpuMonitor>();
+  if (!monitor->available()) {
+    process_logger().info("no GPU figures for /metrics: " + monitor->unavailable_reason());
+    return;
+  }
+  const std::vector<GpuSample> visible = monitor->sample_visible();
+  if (*gpu >= static_cast<int>(visible.size())) {
+    process_logger().warn("no GPU figures for /metrics: NVML does not list this rank's GPU",
+                          {{"dshpc.gpu", *gpu}});
+    return;
+  }
+  const unsigned nvml_index = visible[*gpu].nvml_index;
+  job.gpu_monitor = monitor;
+  job.cluster->set_gpu_sampler([monitor, nvml_index] {
+    GpuFigures figures;
+    if (std::optional<GpuSample> sample = monitor->sample_nvml_index(nvml_index)) {
+      figures.present = true;
+      figures.memory_used_bytes = sample->memory_used_bytes;
+      figures.memory_total_bytes = sample->memory_total_bytes;
+      figures.utilization_ratio = sample->utilization_ratio;
+    }
+    return figures;
+  });
+}
+
 }  // namespace
 
 namespace {
 
 Status start_job_impl(const std::string& command, const Options& options, Job* job,
                       const std::function<Status(const ProcessGroups&)>& before_load,
-                      bool& reported) {
+                      const Model::LoadProgress& on_load_progress, bool& reported) {
   ParallelConfig parallel;
   for (auto [name, field] : {std::pair{"tp", &parallel.tp}, std::pair{"pp", &parallel.pp},
                              std::pair{"dp", &parallel.dp}}) {
@@ -128,6 +229,7 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   }
   ASSIGN_OR_RETURN(int64_t micro_batches, options.get_int("micro-batches"));
   if (micro_batches < 0) return invalid_argument(command + ": --micro-batches must be >= 0");
+  if (g.rank == 0) ro.on_load_progress = LoadProgressLog(on_load_progress);
 
   // Layout against the model before any weight is read (the config is small; every rank reads it).
   ASSIGN_OR_RETURN(ModelConfig config, load_config_for(ro));
@@ -156,8 +258,8 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   if (any_rank_failed(g.world.get(), !backend.ok(), g.timeout_s)) {
     reported = true;
     if (!backend.ok()) {
-      std::fprintf(stderr, "%s: rank %d: %s\n", command.c_str(), g.rank,
-                   backend.status().message().c_str());
+      process_logger().error(command + ": rank " + std::to_string(g.rank) + ": " +
+                             backend.status().message());
       return backend.status();
     }
     return unavailable("another rank failed to set up its device (see its message)");
@@ -177,18 +279,28 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
     // Each failing rank reports its own error; rank 0 says why it stops when it did not fail.
     reported = true;
     if (failed) {
-      std::fprintf(stderr, "%s: rank %d: %s\n", command.c_str(), g.rank,
-                   runtime.status().message().c_str());
+      process_logger().error(command + ": rank " + std::to_string(g.rank) + ": " +
+                             runtime.status().message());
       return runtime.status();
     }
     Status other = unavailable("another rank failed to start (see its message)");
-    if (g.rank == 0) std::fprintf(stderr, "%s: %s\n", command.c_str(), other.message().c_str());
+    if (g.rank == 0) process_logger().error(command + ": " + other.message());
     return other;
   }
   job->runtime = std::move(*runtime);
   job->cluster = std::make_unique<Cluster>(
       *job->groups, *job->runtime,
       micro_batches > 0 ? static_cast<int>(micro_batches) : g.layout.pp());
+  attach_gpu_monitor(*job, options);
+  const Model& model = job->runtime->model();
+  process_logger().info("rank ready", {{"event.action", "job.rank_ready"},
+                                       {"dshpc.dp", g.coords.dp},
+                                       {"dshpc.pp", g.coords.pp},
+                                       {"dshpc.tp", g.coords.tp},
+                                       {"dshpc.layer_begin", model.shard().layer_begin},
+                                       {"dshpc.layer_end", model.shard().layer_end},
+                                       {"dshpc.weight_bytes", model.weight_bytes()},
+                                       {"dshpc.kv_blocks", job->cluster->kv_blocks()}});
   return ok_status();
 }
 
@@ -196,17 +308,20 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
 
 StatusOr<std::unique_ptr<Job>> start_job(
     const std::string& command, const Options& options, int* argc, char*** argv,
-    const std::function<Status(const ProcessGroups&)>& before_load) {
+    const std::function<Status(const ProcessGroups&)>& before_load,
+    const Model::LoadProgress& on_load_progress) {
   auto job = std::make_unique<Job>();
   job->mpi = std::make_unique<MpiRuntime>(argc, argv);
   const int rank = job->mpi->world_rank();
   bool reported = false;
-  Status result = start_job_impl(command, options, job.get(), before_load, reported);
+  // A bad --log-format or --log-level fails like any other option, on every rank alike.
+  Status result = init_logging(options, rank);
+  if (result.ok()) {
+    result = start_job_impl(command, options, job.get(), before_load, on_load_progress, reported);
+  }
   if (!result.ok()) {
     // Errors every rank shares (options, layout, config) are printed once, by rank 0.
-    if (!reported && rank == 0) {
-      std::fprintf(stderr, "%s: %s\n", command.c_str(), result.message().c_str());
-    }
+    if (!reported && rank == 0) report_error(command, result);
     // Every rank fails at the same point; wait for each other before exiting so that mpirun does
     // not kill rank 0 (on another rank's early non-zero exit) before its message is out.
     std::fflush(stderr);
@@ -224,19 +339,28 @@ StatusOr<std::unique_ptr<Job>> start_job(
   return job;
 }
 
-void print_rank_report(const Job& job, FILE* out) {
-  const auto& reports = job.cluster->reports();
-  std::fprintf(out, "dshpc: %s, model %s (%s)\n", job.groups->layout.to_string().c_str(),
-               job.runtime->source_description().c_str(),
-               model_family_name(job.runtime->config().family));
-  for (const RankReport& r : reports) {
-    std::fprintf(out,
-                 "dshpc: rank %d (dp %d, pp %d, tp %d): layers [%lld, %lld), weights %.2f MiB, "
-                 "KV cache %.2f MiB (%lld blocks)\n",
-                 r.rank, r.coords.dp, r.coords.pp, r.coords.tp,
-                 static_cast<long long>(r.layer_begin), static_cast<long long>(r.layer_end),
-                 r.weight_bytes / 1048576.0, r.kv_cache_bytes / 1048576.0,
-                 static_cast<long long>(r.kv_blocks));
+void print_rank_report(const Job& job) {
+  Logger& log = process_logger();
+  log.info("dshpc: " + job.groups->layout.to_string() + ", model " +
+               job.runtime->source_description() + " (" +
+               model_family_name(job.runtime->config().family) + ")",
+           {{"event.action", "job.layout"}});
+  for (const RankReport& r : job.cluster->reports()) {
+    char message[200];
+    std::snprintf(message, sizeof(message),
+                  "dshpc: rank %d (dp %d, pp %d, tp %d): layers [%lld, %lld), weights %.2f MiB, "
+                  "KV cache %.2f MiB (%lld blocks)",
+                  r.rank, r.coords.dp, r.coords.pp, r.coords.tp,
+                  static_cast<long long>(r.layer_begin), static_cast<long long>(r.layer_end),
+                  r.weight_bytes / 1048576.0, r.kv_cache_bytes / 1048576.0,
+                  static_cast<long long>(r.kv_blocks));
+    log.info(message, {{"event.action", "job.rank_report"},
+                       {"dshpc.rank", r.rank},
+                       {"dshpc.layer_begin", r.layer_begin},
+                       {"dshpc.layer_end", r.layer_end},
+                       {"dshpc.weight_bytes", r.weight_bytes},
+                       {"dshpc.kv_cache_bytes", r.kv_cache_bytes},
+                       {"dshpc.kv_blocks", r.kv_blocks}});
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "common/options.h"
 #include "common/status.h"
+#include "coordinator/gpu_monitor.h"
 #include "parallel/mpi_runtime.h"
 #include "parallel/process_groups.h"
 #include "worker/cluster.h"
@@ -16,14 +17,23 @@
 
 namespace dshpc {
 
-// The options every model-running command shares (--model, --tp, --pp, --dp, …).
+// The options every model-running command shares (--model, --tp, --pp, --dp, …, and the
+// logging options --log-format, --log-level).
 std::vector<OptionSpec> model_job_options();
+
+// Installs the process logger (common/log.h) from --log-format and --log-level, with the MPI
+// world rank (-1 for commands outside an MPI job), the host name and SLURM_JOB_ID.
+Status init_logging(const Options& options, int rank);
+// A command's error: through the process logger once it is installed, else as a plain line on
+// stderr ("dshpc serve: --model is required").
+void report_error(const std::string& command, const Status& status);
 
 struct Job {
   std::unique_ptr<MpiRuntime> mpi;
   std::unique_ptr<ProcessGroups> groups;
   std::unique_ptr<ModelRuntime> runtime;
   std::unique_ptr<Cluster> cluster;
+  std::shared_ptr<GpuMonitor> gpu_monitor;  // on --device cuda: feeds the cluster's GPU figures
 
   bool coordinator() const { return groups->rank == 0; }
 };
@@ -34,12 +44,15 @@ struct Job {
 // rank shares it, by the failing rank otherwise. `command` labels messages.
 // `before_load`, when given, runs on every rank once the process groups exist and before any
 // weight is read (serve binds its HTTP port there, so /health answers while the model loads).
+// Rank 0 logs its loading progress (bytes, throughput, time left) and passes it to
+// `on_load_progress` when given. The process logger is installed first (init_logging).
 StatusOr<std::unique_ptr<Job>> start_job(
     const std::string& command, const Options& options, int* argc, char*** argv,
-    const std::function<Status(const ProcessGroups&)>& before_load = {});
+    const std::function<Status(const ProcessGroups&)>& before_load = {},
+    const Model::LoadProgress& on_load_progress = {});
 
-// Prints the per-rank weight and KV-cache table (rank 0).
-void print_rank_report(const Job& job, FILE* out);
+// Logs the per-rank weight and KV-cache table (rank 0).
+void print_rank_report(const Job& job);
 // The same as a JSON array text.
 std::string rank_report_json(const Job& job);
 

@@ -19,6 +19,7 @@
 #include "app/config_file.h"
 #include "app/frontend.h"
 #include "app/job.h"
+#include "common/log.h"
 #include "common/options.h"
 #include "coordinator/scheduler_config.h"
 
@@ -49,7 +50,7 @@ std::vector<OptionSpec> options_table() {
 }
 
 int fail(const Status& status, int code = 1) {
-  std::fprintf(stderr, "dshpc serve: %s\n", status.message().c_str());
+  report_error("dshpc serve", status);
   return code;
 }
 
@@ -117,12 +118,20 @@ int run_serve(int argc, char** argv, int first) {
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
     if (groups.rank != 0) return ok_status();
-    RETURN_IF_ERROR(front.start(opts.get("tokenizer"), *gateway_cfg));
-    std::fprintf(stderr, "dshpc serve: listening on http://%s:%u (loading the model)\n",
-                 gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()));
+    RETURN_IF_ERROR(front.start(opts.get("tokenizer"), *gateway_cfg, groups.layout.world_size()));
+    const std::string url =
+        "http://" + gateway_cfg->host + ":" + std::to_string(front.gateway->port());
+    process_logger().info("dshpc serve: listening on " + url + " (loading the model)",
+                          {{"event.action", "server.listening"},
+                           {"url.full", url},
+                           {"server.port", static_cast<int64_t>(front.gateway->port())}});
     return ok_status();
   };
-  auto started = start_job("dshpc serve", opts, &argc, &argv, before_load);
+  // Rank 0's loading progress on /health (503 with bytes and percent until ready).
+  auto on_load_progress = [&front](int64_t done, int64_t total) {
+    if (front.service) front.service->set_load_progress(done, total);
+  };
+  auto started = start_job("dshpc serve", opts, &argc, &argv, before_load, on_load_progress);
   if (!started.ok()) return 1;
   Job& job = **started;
   if (!job.coordinator()) {
@@ -131,7 +140,7 @@ int run_serve(int argc, char** argv, int first) {
   }
   Cluster& cluster = *job.cluster;
   const ModelConfig& config = cluster.config();
-  print_rank_report(job, stderr);
+  print_rank_report(job);
 
   auto scheduler_cfg = front.open(opts, cluster);
   if (!scheduler_cfg.ok()) {
@@ -139,10 +148,12 @@ int run_serve(int argc, char** argv, int first) {
     front.gateway->stop();
     return 2;
   }
-  std::fprintf(stderr, "dshpc serve: ready on http://%s:%u, model %s (%s), %s\n",
-               gateway_cfg->host.c_str(), static_cast<unsigned>(front.gateway->port()),
-               gateway_cfg->served_model_name.c_str(), model_family_name(config.family),
-               describe_scheduler_config(*scheduler_cfg).c_str());
+  process_logger().info("dshpc serve: ready on http://" + gateway_cfg->host + ":" +
+                            std::to_string(front.gateway->port()) + ", model " +
+                            gateway_cfg->served_model_name + " (" +
+                            model_family_name(config.family) + "), " +
+                            describe_scheduler_config(*scheduler_cfg),
+                        {{"event.action", "server.ready"}});
 
   // Signals: the first drains (bounded by --drain-timeout-s), the second stops at once.
   std::mutex shutdown_mutex;
@@ -157,8 +168,9 @@ int run_serve(int argc, char** argv, int first) {
         if (done) return;
       }
       if (++received == 1) {
-        std::fprintf(stderr, "dshpc serve: signal %d: draining (up to %lld s)\n", signal_number,
-                     static_cast<long long>(*drain_timeout));
+        process_logger().info("dshpc serve: signal " + std::to_string(signal_number) +
+                                  ": draining (up to " + std::to_string(*drain_timeout) + " s)",
+                              {{"event.action", "server.drain"}, {"dshpc.signal", signal_number}});
         front.gateway->begin_drain();
         front.service->begin_drain();
       } else {
@@ -192,7 +204,7 @@ int run_serve(int argc, char** argv, int first) {
   signal_thread.join();
   front.gateway->stop(std::chrono::milliseconds(2000));
   cluster.stop();
-  std::fprintf(stderr, "dshpc serve: stopped\n");
+  process_logger().info("dshpc serve: stopped", {{"event.action", "server.stopped"}});
   return 0;
 }
 

@@ -393,6 +393,10 @@ void init_process_logger(LoggerConfig config) {
   logger.release();  // lives until exit: other threads may log during shutdown
 }
 
+bool process_logger_installed() {
+  return g_process_logger.load(std::memory_order_acquire) != nullptr;
+}
+
 Logger& process_logger() {
   Logger* logger = g_process_logger.load(std::memory_order_acquire);
   return logger != nullptr ? *logger : bootstrap_logger();

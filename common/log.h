@@ -150,5 +150,7 @@ class Logger {
 // a second call is a fatal error.
 void init_process_logger(LoggerConfig config);
 Logger& process_logger();
+// Whether init_process_logger() has run (before it, process_logger() is the bootstrap logger).
+bool process_logger_installed();
 
 }  // namespace dshpc

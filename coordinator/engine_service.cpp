@@ -1,5 +1,7 @@
 #include "coordinator/engine_service.h"
 
+#include <algorithm>
+
 #include "common/check.h"
 
 namespace dshpc {
@@ -23,14 +25,15 @@ void EngineService::set_ready(StepRunner runner, Keepalive keepalive) {
   std::lock_guard<std::mutex> lock(mutex_);
   runner_ = std::move(runner);
   keepalive_ = std::move(keepalive);
-  load_progress_ = 1.0;
+  loaded_ = true;
   if (state_ == ServiceState::kLoading) state_ = ServiceState::kReady;
   wake_.notify_all();
 }
 
-void EngineService::set_load_progress(double fraction) {
+void EngineService::set_load_progress(int64_t bytes_done, int64_t bytes_total) {
   std::lock_guard<std::mutex> lock(mutex_);
-  load_progress_ = fraction;
+  load_bytes_done_ = std::max<int64_t>(0, bytes_done);
+  load_bytes_total_ = std::max<int64_t>(0, bytes_total);
 }
 
 void EngineService::begin_drain() {
@@ -86,12 +89,27 @@ ServiceStatus EngineService::status() const {
   std::lock_guard<std::mutex> lock(mutex_);
   ServiceStatus s;
   s.state = state_;
-  s.load_progress = load_progress_;
+  s.load_bytes_done = load_bytes_done_;
+  s.load_bytes_total = load_bytes_total_;
+  if (loaded_) {
+    s.load_progress = 1.0;
+  } else if (load_bytes_total_ > 0) {
+    s.load_progress = std::min(
+        1.0, static_cast<double>(load_bytes_done_) / static_cast<double>(load_bytes_total_));
+  }
   SchedulerStats stats = scheduler_->stats();
   s.running = stats.running;
   s.waiting = stats.waiting;
   s.kv_blocks_total = stats.kv_blocks_total;
   s.kv_blocks_used = stats.kv_blocks_used;
+  // Fragmentation over all replicas: each replica's share weighted by its used blocks (all
+  // blocks hold the same number of slots).
+  double unused = 0.0;
+  for (const ReplicaStats& r : stats.replicas) {
+    unused += r.kv_fragmentation * static_cast<double>(r.kv_blocks_used);
+  }
+  s.kv_fragmentation =
+      stats.kv_blocks_used > 0 ? unused / static_cast<double>(stats.kv_blocks_used) : 0.0;
   s.max_context = options_.scheduler.max_model_len;
   s.vocab_size = options_.vocab_size;
   return s;
@@ -125,6 +143,7 @@ void EngineService::run() {
     }
     const auto now = std::chrono::steady_clock::now();
     ScheduledStep step = scheduler_->schedule(now);
+    const auto scheduled = std::chrono::steady_clock::now();
     deliver(step.events);
     if (!step.has_work()) {
       // Sleep until a submit/cancel, the scheduler's own wake time, or the keepalive.
@@ -150,8 +169,14 @@ void EngineService::run() {
     const auto finished = std::chrono::steady_clock::now();
     last_contact = finished;
     if (observer_ != nullptr) {
-      observer_->on_step(sequences, tokens,
-                         std::chrono::duration<double>(finished - started).count());
+      StepReport report;
+      report.sequences = sequences;
+      report.tokens = tokens;
+      report.schedule_seconds = std::chrono::duration<double>(scheduled - now).count();
+      report.step_seconds = std::chrono::duration<double>(finished - started).count();
+      report.queue_seconds = std::move(step.queue_seconds);
+      report.preemptions = static_cast<int64_t>(step.preempted.size());
+      observer_->on_step(report);
     }
     lock.lock();
     std::vector<RequestEvent> events = scheduler_->on_step_result(step.step_id, outputs, finished);

@@ -37,10 +37,21 @@ struct EngineServiceOptions {
 using StepRunner = std::function<std::vector<StepOutput>(const std::vector<StepPlan>&)>;
 using Keepalive = std::function<void()>;
 
-// Per-step observations for metrics and logs (called on the loop thread).
+// What one step of the loop did, for metrics.
+struct StepReport {
+  int64_t sequences = 0;  // the batch size, over every replica
+  int64_t tokens = 0;
+  double schedule_seconds = 0.0;      // Scheduler::schedule
+  double step_seconds = 0.0;          // the StepRunner: plans out → sampled tokens back
+  std::vector<double> queue_seconds;  // requests that ran for the first time (ScheduledStep)
+  int64_t preemptions = 0;
+};
+
+// Per-step observations for metrics and logs, called on the loop thread (on_events with the
+// service's mutex held: it must only record and return).
 struct StepObserver {
   virtual ~StepObserver() = default;
-  virtual void on_step(int64_t sequences, int64_t tokens, double seconds) {}
+  virtual void on_step(const StepReport& report) {}
   virtual void on_events(const std::vector<RequestEvent>& events) {}
 };
 
@@ -53,7 +64,8 @@ class EngineService final : public InferenceService {
   void reconfigure(EngineServiceOptions options);
   // The model finished loading: from now on requests are accepted.
   void set_ready(StepRunner runner, Keepalive keepalive);
-  void set_load_progress(double fraction);
+  // Rank 0 has read `bytes_done` of its `bytes_total` weight bytes (/health reports it).
+  void set_load_progress(int64_t bytes_done, int64_t bytes_total);
   void set_observer(StepObserver* observer) { observer_ = observer; }
 
   // The loop, on the calling thread, until stop(); returns when every request has ended.
@@ -80,7 +92,9 @@ class EngineService final : public InferenceService {
   StepRunner runner_;
   Keepalive keepalive_;
   ServiceState state_ = ServiceState::kLoading;
-  double load_progress_ = 0.0;
+  int64_t load_bytes_done_ = 0;
+  int64_t load_bytes_total_ = 0;
+  bool loaded_ = false;
   bool stop_requested_ = false;
   Status stop_error_;
   StepObserver* observer_ = nullptr;

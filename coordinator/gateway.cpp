@@ -2,6 +2,7 @@
 #include "coordinator/gateway.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <random>
 
@@ -47,6 +48,9 @@ void handle_health(Gateway::Context& context, HttpExchange& exchange) {
   } else if (status.state == ServiceState::kLoading) {
     body["status"] = "loading";
     body["progress"] = status.load_progress;
+    body["percent"] = std::round(status.load_progress * 1000.0) / 10.0;
+    body["loaded_bytes"] = status.load_bytes_done;
+    body["total_bytes"] = status.load_bytes_total;
   } else if (status.state == ServiceState::kStopped) {
     body["status"] = "stopped";
   } else {
@@ -100,11 +104,16 @@ void handle_model(Gateway::Context& context, HttpExchange& exchange, std::string
 // ---- GET /metrics ----
 
 void handle_metrics(Gateway::Context& context, HttpExchange& exchange) {
+  // Gauges come from the service's and the server's own counts at scrape time.
+  context.metrics->set_service_state(context.service.status());
+  if (context.server) context.metrics->set_http_server(context.server->stats());
+  // Counted before rendering, so that a scrape sees itself (as every other response does once
+  // it is out).
+  context.metrics->on_http_response("/metrics", 200);
   HttpResponse response(beast_http::status::ok, 11);
-  response.set(beast_http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
-  response.body() = context.metrics.render(
-      context.service.status(), context.server ? context.server->stats() : HttpServerStats{});
-  context.reply(exchange, "/metrics", std::move(response));
+  response.set(beast_http::field::content_type, Metrics::kContentType);
+  response.body() = context.metrics->render();
+  exchange.respond(std::move(response));
 }
 
 // ---- POST /tokenize, POST /detokenize ----
@@ -247,11 +256,13 @@ void route(Gateway::Context& context, const std::shared_ptr<HttpExchange>& excha
 // ---- Context ----
 
 Gateway::Context::Context(GatewayConfig config_in, InferenceService& service_in,
-                          const Tokenizer& tokenizer_in)
+                          const Tokenizer& tokenizer_in, std::shared_ptr<Metrics> metrics_in)
     : config(std::move(config_in)),
       service(service_in),
       tokenizer(tokenizer_in),
-      metrics(config.served_model_name) {
+      metrics(metrics_in
+                  ? std::move(metrics_in)
+                  : std::make_shared<Metrics>(MetricsConfig{.model = config.served_model_name})) {
   limits.served_model = config.served_model_name;
   limits.max_n = config.max_n;
   limits.max_stop_strings = config.max_stop_strings;
@@ -316,7 +327,7 @@ HttpResponse Gateway::Context::error_response(const ApiError& error) const {
 
 void Gateway::Context::reply(HttpExchange& exchange, std::string_view endpoint,
                              HttpResponse response) {
-  metrics.count_request(endpoint, response.result_int());
+  metrics->on_http_response(endpoint, response.result_int());
   exchange.respond(std::move(response));
 }
 
@@ -327,8 +338,10 @@ void Gateway::Context::reply_error(HttpExchange& exchange, std::string_view endp
 
 // ---- Gateway ----
 
-Gateway::Gateway(GatewayConfig config, InferenceService& service, const Tokenizer& tokenizer)
-    : context_(std::make_unique<Context>(std::move(config), service, tokenizer)) {}
+Gateway::Gateway(GatewayConfig config, InferenceService& service, const Tokenizer& tokenizer,
+                 std::shared_ptr<Metrics> metrics)
+    : context_(
+          std::make_unique<Context>(std::move(config), service, tokenizer, std::move(metrics))) {}
 
 Gateway::~Gateway() {
   stop();
@@ -414,8 +427,8 @@ void Gateway::stop(std::chrono::milliseconds grace) {
   server_.reset();
 }
 
-const GatewayMetrics& Gateway::metrics() const {
-  return context_->metrics;
+Metrics& Gateway::metrics() const {
+  return *context_->metrics;
 }
 
 HttpServerStats Gateway::http_stats() const {

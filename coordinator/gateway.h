@@ -4,9 +4,11 @@
 // Routes (the DESIGN.md contract):
 //   POST /v1/completions, POST /v1/chat/completions   JSON, or SSE with "stream": true
 //   GET  /v1/models, GET /v1/models/{id}
-//   GET  /health     200 {"status":"ok"}; 503 {"status":"loading","progress":p} while the model
-//                    loads, {"status":"draining"} while draining, {"status":"stopped"}
-//   GET  /metrics    Prometheus text (gateway_metrics.h)
+//   GET  /health     200 {"status":"ok"}; 503 while the model loads, with rank 0's loading
+//                    progress: {"status":"loading","progress":0..1,"percent":0..100,
+//                    "loaded_bytes":n,"total_bytes":n}; 503 {"status":"draining"} while
+//                    draining, {"status":"stopped"}
+//   GET  /metrics    Prometheus text from the Metrics registry (metrics.h)
 //   POST /tokenize   {"prompt": "..."} or {"messages": [...]} → {"tokens", "count",
 //   "max_model_len"} POST /detokenize {"tokens": [...]} → {"prompt": "..."}
 // An unknown path is 404, a known path with the wrong method 405 (with Allow).
@@ -17,6 +19,10 @@
 // choices[i]. Stop strings are matched here, on the decoded text: when one matches, the choice
 // ends with "stop" and its service request is cancelled. A client that disconnects cancels every
 // service request of its HTTP request.
+//
+// Logs (common/log.h, the process logger): one line per request event with request.id (the
+// response id the client sees): request.accepted, request.first_token, request.finished (with
+// the finish reason), request.error (refused or failed, with the HTTP status).
 #pragma once
 
 #include <chrono>
@@ -24,9 +30,9 @@
 #include <memory>
 
 #include "common/status.h"
-#include "coordinator/gateway_metrics.h"
 #include "coordinator/http_server.h"
 #include "coordinator/inference_service.h"
+#include "coordinator/metrics.h"
 #include "coordinator/server_config.h"
 
 namespace dshpc {
@@ -35,8 +41,11 @@ class Tokenizer;
 
 class Gateway {
  public:
-  // `service` and `tokenizer` must outlive the gateway.
-  Gateway(GatewayConfig config, InferenceService& service, const Tokenizer& tokenizer);
+  // `service` and `tokenizer` must outlive the gateway. Request and HTTP figures go to `metrics`
+  // (shared with the engine's loop, which feeds the scheduler's and the ranks' figures); without
+  // one the gateway keeps its own, labelled with the served model's name.
+  Gateway(GatewayConfig config, InferenceService& service, const Tokenizer& tokenizer,
+          std::shared_ptr<Metrics> metrics = nullptr);
   ~Gateway();  // stop()
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;
@@ -57,7 +66,7 @@ class Gateway {
   // and cancels in the service whatever is left. Not from an I/O thread.
   void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(0));
 
-  const GatewayMetrics& metrics() const;
+  Metrics& metrics() const;
   HttpServerStats http_stats() const;
 
   struct Context;  // shared with the request handlers (gateway_internal.h)

@@ -4,6 +4,7 @@
 #include <boost/asio/post.hpp>
 #include <chrono>
 
+#include "common/log.h"
 #include "coordinator/gateway_internal.h"
 
 namespace dshpc {
@@ -21,6 +22,15 @@ int64_t unix_seconds() {
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// How a finished choice counts (its OpenAI finish reason → the service's).
+FinishReason finish_reason_of(std::string_view openai_reason) {
+  if (openai_reason == "stop") return FinishReason::kStop;
+  if (openai_reason == "length") return FinishReason::kLength;
+  if (openai_reason == "timeout") return FinishReason::kTimeout;
+  if (openai_reason == "error") return FinishReason::kError;
+  return FinishReason::kCancelled;  // "abort": the client went away
 }
 
 ApiError not_serving(const Gateway::Context& context, const ServiceStatus& status) {
@@ -68,9 +78,28 @@ class ChoiceSink : public GenerationSink {
 
 }  // namespace
 
+void record_request_error(Gateway::Context& context, std::string_view request_id,
+                          std::string_view endpoint, const ApiError& error) {
+  // A client's mistake is not the server's warning; refusals under load and our own errors are.
+  const LogLevel level = error.http_status >= 500   ? LogLevel::kError
+                         : error.http_status == 429 ? LogLevel::kWarn
+                                                    : LogLevel::kInfo;
+  process_logger().request_event(level, log_action::kRequestError, request_id, "request failed",
+                                 {{"url.path", endpoint},
+                                  {"http.response.status_code", error.http_status},
+                                  {"error.code", error.code},
+                                  {"error.message", error.message}});
+}
+
 void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view endpoint,
                        const std::shared_ptr<HttpExchange>& exchange, Clock::time_point arrival) {
-  auto fail = [&](const ApiError& error) { context.reply_error(*exchange, endpoint, error); };
+  // The response id, given before validation so that a refused request's log line has one too.
+  std::string id = context.new_response_id(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-");
+  auto fail = [&](const ApiError& error) {
+    context.metrics->on_request_failed(failure_reason_for_http(error.http_status));
+    record_request_error(context, id, endpoint, error);
+    context.reply_error(*exchange, endpoint, error);
+  };
 
   ApiResult<json::object> body = parse_request_body(exchange->request().body());
   if (!body.ok()) return fail(body.error());
@@ -144,16 +173,16 @@ void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view
     }
   }
 
-  auto call =
-      std::make_shared<GenerationCall>(context, exchange, std::string(endpoint), std::move(params),
-                                       std::move(prompt_ids), max_tokens, arrival);
+  auto call = std::make_shared<GenerationCall>(context, exchange, std::move(id),
+                                               std::string(endpoint), std::move(params),
+                                               std::move(prompt_ids), max_tokens, arrival);
   call->start();
 }
 
 // ---- GenerationCall ----
 
 GenerationCall::GenerationCall(Gateway::Context& context, std::shared_ptr<HttpExchange> exchange,
-                               std::string endpoint, GenerationParams params,
+                               std::string id, std::string endpoint, GenerationParams params,
                                std::vector<int32_t> prompt_ids, int64_t max_tokens,
                                Clock::time_point arrival)
     : context_(context),
@@ -163,7 +192,7 @@ GenerationCall::GenerationCall(Gateway::Context& context, std::shared_ptr<HttpEx
       prompt_ids_(std::move(prompt_ids)),
       max_tokens_(max_tokens),
       arrival_(arrival) {
-  meta_.id = context_.new_response_id(params_.kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-");
+  meta_.id = std::move(id);
   meta_.created = unix_seconds();
   meta_.model = params_.model;
   choices_.reserve(params_.n);
@@ -192,7 +221,16 @@ void GenerationCall::start() {
     }
     choices_[i].submitted = true;
   }
-  context_.metrics.add_prompt_tokens(static_cast<int64_t>(prompt_ids_.size()));
+  accepted_ = true;
+  context_.metrics->on_request_accepted(timing_, static_cast<int64_t>(prompt_ids_.size()),
+                                        arrival_);
+  process_logger().request_event(
+      LogLevel::kInfo, log_action::kRequestAccepted, meta_.id, "request accepted",
+      {{"url.path", endpoint_},
+       {"request.prompt_tokens", static_cast<int64_t>(prompt_ids_.size())},
+       {"request.max_tokens", max_tokens_},
+       {"request.n", params_.n},
+       {"request.stream", params_.stream}});
 
   std::weak_ptr<GenerationCall> weak = weak_from_this();
   exchange_->on_client_gone([weak] {
@@ -206,7 +244,7 @@ void GenerationCall::start() {
   header.set("X-Accel-Buffering", "no");  // tell reverse proxies not to buffer the stream
   exchange_->begin_stream(std::move(header));
   streaming_ = true;
-  context_.metrics.count_request(endpoint_, 200);
+  context_.metrics->on_http_response(endpoint_, 200);
   if (params_.kind == ApiKind::kChat) {
     for (int i = 0; i < params_.n; ++i) {
       json::object delta;
@@ -228,9 +266,14 @@ void GenerationCall::on_event(int index, GenerationEvent event) {
   if (done_ || index < 0 || index >= static_cast<int>(choices_.size())) return;
   Choice& choice = choices_[index];
   if (choice.finished) return;  // e.g. the cancelled event after a stop string
-  if (!first_token_seen_ && !event.tokens.empty()) {
-    first_token_seen_ = true;
-    context_.metrics.observe_time_to_first_token(seconds_since(arrival_));
+  if (!event.tokens.empty()) {
+    const bool first = !timing_.first_token.has_value();
+    context_.metrics->on_token(timing_, Clock::now(), static_cast<int64_t>(event.tokens.size()));
+    if (first) {
+      process_logger().request_event(
+          LogLevel::kInfo, log_action::kRequestFirstToken, meta_.id, "first token",
+          {{"request.time_to_first_token_seconds", seconds_since(arrival_)}});
+    }
   }
 
   for (const GeneratedToken& token : event.tokens) {
@@ -358,9 +401,14 @@ void GenerationCall::on_client_gone() {
   if (done_) return;
   done_ = true;
   cancel_unfinished();
-  context_.metrics.count_failure("client_disconnected");
-  context_.metrics.add_generation_tokens(completion_tokens());
-  if (!streaming_) context_.metrics.count_request(endpoint_, 499);  // nginx's "client closed"
+  // The client's choice, not a failure of ours: success{finished_reason="cancelled"}.
+  context_.metrics->on_request_finished(timing_, FinishReason::kCancelled);
+  process_logger().request_event(LogLevel::kInfo, log_action::kRequestFinished, meta_.id,
+                                 "request finished: the client went away",
+                                 {{"request.finish_reason", "cancelled"},
+                                  {"request.completion_tokens", completion_tokens()},
+                                  {"request.duration_seconds", seconds_since(arrival_)}});
+  if (!streaming_) context_.metrics->on_http_response(endpoint_, 499);  // nginx's "client closed"
   release();
 }
 
@@ -368,11 +416,13 @@ void GenerationCall::fail(const ApiError& error) {
   if (done_) return;
   done_ = true;
   cancel_unfinished();
-  context_.metrics.count_failure(error.http_status == 429   ? "queue_full"
-                                 : error.http_status == 503 ? "unavailable"
-                                 : error.http_status == 400 ? "invalid_request"
-                                                            : "error");
-  context_.metrics.add_generation_tokens(completion_tokens());
+  const FailureReason reason = failure_reason_for_http(error.http_status);
+  if (accepted_) {
+    context_.metrics->on_request_failed(timing_, reason);
+  } else {
+    context_.metrics->on_request_failed(reason);
+  }
+  record_request_error(context_, meta_.id, endpoint_, error);
   if (streaming_) {
     // The status line is out: report the error in the stream, then end it as usual.
     exchange_->write(sse_event(error_body(error)));
@@ -388,9 +438,15 @@ void GenerationCall::complete() {
   if (done_) return;
   done_ = true;
   const Usage usage{static_cast<int64_t>(prompt_ids_.size()), completion_tokens()};
-  context_.metrics.observe_e2e_latency(seconds_since(arrival_));
-  context_.metrics.add_generation_tokens(usage.completion_tokens);
-  for (const Choice& choice : choices_) context_.metrics.count_success(choice.finish_reason);
+  const std::string& reason = choices_.front().finish_reason;
+  context_.metrics->on_request_finished(timing_, finish_reason_of(reason));
+  process_logger().request_event(LogLevel::kInfo, log_action::kRequestFinished, meta_.id,
+                                 "request finished",
+                                 {{"request.finish_reason", reason},
+                                  {"request.prompt_tokens", usage.prompt_tokens},
+                                  {"request.completion_tokens", usage.completion_tokens},
+                                  {"request.duration_seconds", seconds_since(arrival_)},
+                                  {"http.response.status_code", 200}});
 
   if (streaming_) {
     if (params_.include_usage) stream_write(usage_chunk(meta_, params_.kind, usage));

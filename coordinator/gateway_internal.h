@@ -15,6 +15,7 @@
 
 #include "coordinator/chat_template.h"
 #include "coordinator/gateway.h"
+#include "coordinator/metrics.h"
 #include "coordinator/openai_api.h"
 #include "coordinator/stop_strings.h"
 #include "coordinator/tokenizer.h"
@@ -31,14 +32,15 @@ struct SinkGate {
 };
 
 struct Gateway::Context {
-  Context(GatewayConfig config, InferenceService& service, const Tokenizer& tokenizer);
+  Context(GatewayConfig config, InferenceService& service, const Tokenizer& tokenizer,
+          std::shared_ptr<Metrics> metrics);
 
   GatewayConfig config;
   ApiLimits limits;
   InferenceService& service;
   const Tokenizer& tokenizer;
   std::optional<ChatRenderer> renderer;
-  GatewayMetrics metrics;
+  std::shared_ptr<Metrics> metrics;
   std::shared_ptr<SinkGate> gate = std::make_shared<SinkGate>();
   std::atomic<bool> draining{false};
   HttpServer* server = nullptr;
@@ -72,12 +74,16 @@ void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view
                        const std::shared_ptr<HttpExchange>& exchange,
                        std::chrono::steady_clock::time_point arrival);
 
+// Logs a request the gateway refused or failed (request.error) and counts it as a failure.
+void record_request_error(Gateway::Context& context, std::string_view request_id,
+                          std::string_view endpoint, const ApiError& error);
+
 // One HTTP generation request: n service requests, their text assembly and the response.
 // Lives in the context's registry until answered; everything but post_event() and
 // cancel_for_shutdown() runs on the connection's strand.
 class GenerationCall : public std::enable_shared_from_this<GenerationCall> {
  public:
-  GenerationCall(Gateway::Context& context, std::shared_ptr<HttpExchange> exchange,
+  GenerationCall(Gateway::Context& context, std::shared_ptr<HttpExchange> exchange, std::string id,
                  std::string endpoint, GenerationParams params, std::vector<int32_t> prompt_ids,
                  int64_t max_tokens, std::chrono::steady_clock::time_point arrival);
 
@@ -130,7 +136,8 @@ class GenerationCall : public std::enable_shared_from_this<GenerationCall> {
   std::vector<Choice> choices_;
   uint64_t registry_key_ = 0;
   bool streaming_ = false;  // the SSE header is out
-  bool first_token_seen_ = false;
+  bool accepted_ = false;   // every choice was submitted: latency is observed from here on
+  RequestTiming timing_;
   bool done_ = false;  // answered, failed or abandoned: later events are ignored
 };
 

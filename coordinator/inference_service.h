@@ -80,12 +80,15 @@ enum class ServiceState { kLoading, kReady, kDraining, kStopped };
 
 struct ServiceStatus {
   ServiceState state = ServiceState::kLoading;
-  double load_progress = 0.0;  // 0..1 while loading
+  double load_progress = 0.0;    // 0..1 while loading (rank 0's weight bytes)
+  int64_t load_bytes_done = 0;   // rank 0's weight bytes read so far
+  int64_t load_bytes_total = 0;  // … of its shard (0: not known yet)
   int64_t running = 0;
   int64_t waiting = 0;
   int64_t kv_blocks_total = 0;
   int64_t kv_blocks_used = 0;
-  int64_t max_context = 0;  // prompt + completion tokens a request may use
+  double kv_fragmentation = 0.0;  // unused token slots in used blocks / slots of used blocks
+  int64_t max_context = 0;        // prompt + completion tokens a request may use
   int64_t vocab_size = 0;
 };
 

@@ -29,6 +29,20 @@ const char* failure_reason_name(FailureReason reason) {
   return "internal";
 }
 
+FailureReason failure_reason_for_http(int http_status) {
+  switch (http_status) {
+    case 429:
+      return FailureReason::kOverloaded;
+    case 503:
+      return FailureReason::kUnavailable;
+    case 504:
+      return FailureReason::kTimeout;
+    default:
+      return http_status >= 400 && http_status < 500 ? FailureReason::kInvalidRequest
+                                                     : FailureReason::kInternal;
+  }
+}
+
 FailureReason failure_reason_for(const Status& status) {
   switch (status.code()) {
     case StatusCode::kInvalidArgument:
@@ -77,9 +91,8 @@ const std::vector<double>& Metrics::batch_size_buckets() {
                                         64, 96, 128, 192, 256, 384, 512};
   return b;
 }
-const std::vector<double>& Metrics::step_buckets() {
-  static const std::vector<double> b = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                        0.1,    0.25,  0.5,    1.0,   2.5,  5.0,   10.0};
+const std::vector<double>& Metrics::duration_buckets() {
+  static const std::vector<double> b(kDurationBucketBounds.begin(), kDurationBucketBounds.end());
   return b;
 }
 
@@ -109,25 +122,27 @@ Metrics::Metrics(MetricsConfig config)
   const prometheus::Labels model = {{"model", config_.model}};
   prometheus::Registry& r = *registry_;
 
-  auto& running = BuildGauge()
-                      .Name("dshpc_num_requests_running")
-                      .Help("Requests in the running batch (prefill or decode).")
-                      .Labels(model)
-                      .Register(r);
-  running_ = &running.Add({});
-  auto& waiting =
-      BuildGauge()
-          .Name("dshpc_num_requests_waiting")
-          .Help("Requests accepted and queued, not yet running (preempted ones included).")
-          .Labels(model)
-          .Register(r);
-  waiting_ = &waiting.Add({});
+  const auto gauge = [&](const char* name, const char* help) {
+    return &BuildGauge().Name(name).Help(help).Labels(model).Register(r).Add({});
+  };
+  const auto counter = [&](const char* name, const char* help) {
+    return &BuildCounter().Name(name).Help(help).Labels(model).Register(r).Add({});
+  };
+  const auto histogram = [&](const char* name, const char* help,
+                             const std::vector<double>& buckets) {
+    return &BuildHistogram().Name(name).Help(help).Labels(model).Register(r).Add({}, buckets);
+  };
+
+  running_ =
+      gauge("dshpc_num_requests_running", "Requests in the running batch (prefill or decode).");
+  waiting_ = gauge("dshpc_num_requests_waiting",
+                   "Requests accepted and queued, not yet running (preempted ones included).");
 
   auto& success = BuildCounter()
                       .Name("dshpc_request_success_total")
                       .Help(
-                          "Requests that ended normally, by finish reason (stop, length, "
-                          "cancelled).")
+                          "Generation requests that ended normally, by finish reason (stop, "
+                          "length, cancelled).")
                       .Labels(model)
                       .Register(r);
   for (FinishReason reason :
@@ -137,18 +152,13 @@ Metrics::Metrics(MetricsConfig config)
   }
   auto& failure = BuildCounter()
                       .Name("dshpc_request_failure_total")
-                      .Help("Requests refused or ended by an error, by reason.")
+                      .Help("Generation requests refused or ended by an error, by reason.")
                       .Labels(model)
                       .Register(r);
   for (int i = 0; i < kNumFailureReasons; ++i) {
-    const auto reason = static_cast<FailureReason>(i);
-    failure_[i] = &failure.Add({{"reason", failure_reason_name(reason)}});
+    failure_[i] = &failure.Add({{"reason", failure_reason_name(static_cast<FailureReason>(i))}});
   }
 
-  const auto histogram = [&](const char* name, const char* help,
-                             const std::vector<double>& buckets) {
-    return &BuildHistogram().Name(name).Help(help).Labels(model).Register(r).Add({}, buckets);
-  };
   ttft_ =
       histogram("dshpc_time_to_first_token_seconds",
                 "Time from arrival to the first generated token.", time_to_first_token_buckets());
@@ -162,21 +172,18 @@ Metrics::Metrics(MetricsConfig config)
   batch_size_ =
       histogram("dshpc_batch_size", "Sequences in one scheduler step.", batch_size_buckets());
 
-  const auto counter = [&](const char* name, const char* help) {
-    return &BuildCounter().Name(name).Help(help).Labels(model).Register(r).Add({});
-  };
   prompt_tokens_ = counter("dshpc_prompt_tokens_total", "Prompt tokens processed (prefilled).");
   generation_tokens_ = counter("dshpc_generation_tokens_total", "Tokens generated.");
   preemptions_ = counter("dshpc_preemptions_total",
                          "Running requests sent back to the queue to free KV cache blocks.");
 
-  const auto gauge = [&](const char* name, const char* help) {
-    return &BuildGauge().Name(name).Help(help).Labels(model).Register(r).Add({});
-  };
   kv_usage_ = gauge("dshpc_kv_cache_usage_ratio", "Share of the KV cache blocks in use (0..1).");
   kv_fragmentation_ =
       gauge("dshpc_kv_cache_fragmentation_ratio",
             "Share of the token slots in used KV blocks that hold no token (0..1).");
+  model_ready_ = gauge("dshpc_model_ready", "1 when the model is loaded and serving, else 0.");
+  load_progress_ = gauge("dshpc_model_load_progress_ratio",
+                         "Share of rank 0's weight bytes loaded (1 once loaded).");
 
   gpu_memory_used_ = &BuildGauge()
                           .Name("dshpc_gpu_memory_used_bytes")
@@ -193,13 +200,11 @@ Metrics::Metrics(MetricsConfig config)
                           .Help("Share of time a kernel ran on the rank's device (NVML, 0..1).")
                           .Labels(model)
                           .Register(r);
-  // A counter of seconds: Prometheus naming puts _total on counters, so the issue's
-  // dshpc_collective_seconds{op} is exposed as dshpc_collective_seconds_total{op}.
-  collective_seconds_ = &BuildCounter()
-                             .Name("dshpc_collective_seconds_total")
+  collective_seconds_ = &BuildHistogram()
+                             .Name("dshpc_collective_seconds")
                              .Help(
-                                 "Seconds the rank spent in collectives and point-to-point "
-                                 "transfers, waiting included, by operation.")
+                                 "Duration of one collective or point-to-point call on a rank, "
+                                 "waiting for peers included, by operation.")
                              .Labels(model)
                              .Register(r);
   step_seconds_ = &BuildHistogram()
@@ -213,32 +218,44 @@ Metrics::Metrics(MetricsConfig config)
                         .Labels(model)
                         .Register(r);
 
-  // Per-rank gauges and counters exist from the start, so that dashboards and alerts see every
-  // rank before its first report (histograms appear with a rank's first step).
+  http_connections_open_ = gauge("dshpc_http_connections_open", "Open HTTP connections.");
+  http_connections_accepted_ =
+      counter("dshpc_http_connections_accepted_total", "Accepted TCP connections.");
+  http_connections_rejected_ = counter("dshpc_http_connections_rejected_total",
+                                       "Connections answered 503 because of the connection limit.");
+  auto& protocol = BuildCounter()
+                       .Name("dshpc_http_protocol_errors_total")
+                       .Help("Requests the HTTP layer refused before routing, by reason.")
+                       .Labels(model)
+                       .Register(r);
+  const char* protocol_reasons[] = {"malformed", "header_too_large", "body_too_large",
+                                    "read_timeout"};
+  for (size_t i = 0; i < http_protocol_errors_.size(); ++i) {
+    http_protocol_errors_[i] = &protocol.Add({{"reason", protocol_reasons[i]}});
+  }
+  http_clients_gone_ = counter("dshpc_http_clients_gone_total",
+                               "Clients that disconnected before their response ended.");
+
+  // Per-rank GPU gauges exist from the start, so that dashboards see every rank before its first
+  // report; the per-rank histograms appear with each rank's first report (within a keepalive
+  // interval of start-up), which keeps /metrics small when nothing ran.
   for (int rank = 0; rank < std::max(1, config_.world_size); ++rank) {
     const prometheus::Labels labels = {{"rank", std::to_string(rank)}};
     gpu_memory_used_->Add(labels);
     gpu_memory_total_->Add(labels);
     gpu_utilization_->Add(labels);
-    for (int op = 0; op < kNumCollectiveOps; ++op) {
-      collective_seconds_->Add({{"rank", std::to_string(rank)},
-                                {"op", collective_op_name(static_cast<CollectiveOp>(op))}});
-    }
   }
+  // Rank 0's own phases exist from the start (at zero), for the same reason.
+  step_histogram(config_.coordinator_rank, StepPhase::kSchedule);
+  step_histogram(config_.coordinator_rank, StepPhase::kStep);
 }
 
 Metrics::~Metrics() = default;
 
-void Metrics::on_request_accepted(RequestTiming& timing, int64_t prompt_tokens, TimePoint now) {
-  timing.arrival = now;
-  timing.last_token = now;
+void Metrics::on_request_accepted(RequestTiming& timing, int64_t prompt_tokens, TimePoint arrival) {
+  timing.arrival = arrival;
+  timing.last_token = arrival;
   timing.prompt_tokens = prompt_tokens;
-}
-
-void Metrics::on_request_scheduled(RequestTiming& timing, TimePoint now) {
-  if (timing.scheduled) return;  // a preempted request's second run is not queue time
-  timing.scheduled = now;
-  queue_time_->Observe(seconds_between(timing.arrival, now));
 }
 
 void Metrics::on_first_token(RequestTiming& timing, TimePoint now) {
@@ -246,7 +263,6 @@ void Metrics::on_first_token(RequestTiming& timing, TimePoint now) {
     on_token(timing, now, 1);
     return;
   }
-  if (!timing.scheduled) on_request_scheduled(timing, now);
   timing.first_token = now;
   timing.last_token = now;
   timing.generation_tokens += 1;
@@ -307,6 +323,21 @@ void Metrics::on_request_failed(RequestTiming& timing, FailureReason reason, Tim
   count_failure(reason);
 }
 
+void Metrics::observe_queue_time(double seconds) {
+  queue_time_->Observe(std::max(0.0, seconds));
+}
+
+void Metrics::on_step(int64_t batch_size, double schedule_seconds, double step_seconds) {
+  batch_size_->Observe(static_cast<double>(batch_size));
+  step_histogram(config_.coordinator_rank, StepPhase::kSchedule)
+      .Observe(std::max(0.0, schedule_seconds));
+  step_histogram(config_.coordinator_rank, StepPhase::kStep).Observe(std::max(0.0, step_seconds));
+}
+
+void Metrics::on_preemption(int64_t count) {
+  if (count > 0) preemptions_->Increment(static_cast<double>(count));
+}
+
 void Metrics::set_queue(int64_t running, int64_t waiting) {
   running_->Set(static_cast<double>(running));
   waiting_->Set(static_cast<double>(waiting));
@@ -317,49 +348,85 @@ void Metrics::set_kv_cache(double usage_ratio, double fragmentation_ratio) {
   kv_fragmentation_->Set(std::clamp(fragmentation_ratio, 0.0, 1.0));
 }
 
-prometheus::Histogram& Metrics::step_histogram(int rank, std::string_view phase) {
+void Metrics::set_service_state(const ServiceStatus& status) {
+  set_queue(status.running, status.waiting);
+  const double usage = status.kv_blocks_total > 0 ? static_cast<double>(status.kv_blocks_used) /
+                                                        static_cast<double>(status.kv_blocks_total)
+                                                  : 0.0;
+  set_kv_cache(usage, status.kv_fragmentation);
+  model_ready_->Set(status.state == ServiceState::kReady ? 1.0 : 0.0);
+  load_progress_->Set(
+      status.state == ServiceState::kLoading ? std::clamp(status.load_progress, 0.0, 1.0) : 1.0);
+}
+
+prometheus::Histogram& Metrics::step_histogram(int rank, StepPhase phase) {
   // Family::Add returns the existing child for known labels (it locks and hashes; a step is
   // milliseconds, so this is noise).
-  return step_seconds_->Add({{"rank", std::to_string(rank)}, {"phase", std::string(phase)}},
-                            step_buckets());
+  return step_seconds_->Add({{"rank", std::to_string(rank)}, {"phase", step_phase_name(phase)}},
+                            duration_buckets());
 }
 
-void Metrics::on_step(int64_t batch_size, const std::vector<PhaseSeconds>& phases) {
-  batch_size_->Observe(static_cast<double>(batch_size));
-  for (const PhaseSeconds& p : phases) {
-    step_histogram(config_.coordinator_rank, p.phase).Observe(std::max(0.0, p.seconds));
+prometheus::Histogram& Metrics::collective_histogram(int rank, CollectiveOp op) {
+  return collective_seconds_->Add({{"rank", std::to_string(rank)}, {"op", collective_op_name(op)}},
+                                  duration_buckets());
+}
+
+namespace {
+
+// The increase from `last` to `now` of a cumulative histogram; `now` itself when any figure went
+// down (the rank's counters restarted).
+DurationHistogram increase(const DurationHistogram& now, const DurationHistogram* last) {
+  if (last == nullptr) return now;
+  DurationHistogram delta;
+  for (size_t i = 0; i < kDurationBuckets; ++i) {
+    if (now.counts[i] < last->counts[i]) return now;
+    delta.counts[i] = now.counts[i] - last->counts[i];
   }
+  delta.sum = std::max(0.0, now.sum - last->sum);
+  return delta;
 }
 
-void Metrics::on_preemption(int64_t count) {
-  if (count > 0) preemptions_->Increment(static_cast<double>(count));
+void add_to(prometheus::Histogram& histogram, const DurationHistogram& delta) {
+  if (delta.count() == 0) return;
+  std::vector<double> increments(delta.counts.begin(), delta.counts.end());
+  histogram.ObserveMultiple(increments, delta.sum);
 }
+
+}  // namespace
 
 void Metrics::set_rank_figures(const RankFigures& figures) {
-  const std::string rank = std::to_string(figures.rank);
-  gpu_memory_used_->Add({{"rank", rank}}).Set(static_cast<double>(figures.gpu_memory_used_bytes));
-  gpu_memory_total_->Add({{"rank", rank}}).Set(static_cast<double>(figures.gpu_memory_total_bytes));
-  gpu_utilization_->Add({{"rank", rank}}).Set(std::clamp(figures.gpu_utilization_ratio, 0.0, 1.0));
+  const prometheus::Labels rank = {{"rank", std::to_string(figures.rank)}};
+  gpu_memory_used_->Add(rank).Set(static_cast<double>(figures.gpu.memory_used_bytes));
+  gpu_memory_total_->Add(rank).Set(static_cast<double>(figures.gpu.memory_total_bytes));
+  gpu_utilization_->Add(rank).Set(std::clamp(figures.gpu.utilization_ratio, 0.0, 1.0));
 
-  std::array<double, kNumCollectiveOps> increments{};
+  std::array<DurationHistogram, kNumCollectiveOps> collectives;
+  std::array<DurationHistogram, kNumStepPhases> phases;
   {
     std::lock_guard<std::mutex> lock(rank_mutex_);
-    auto [it, inserted] = last_collective_seconds_.try_emplace(figures.rank);
-    std::array<double, kNumCollectiveOps>& last = it->second;
+    auto it = last_figures_.find(figures.rank);
+    const RankFigures* last = it == last_figures_.end() ? nullptr : &it->second;
     for (int op = 0; op < kNumCollectiveOps; ++op) {
-      const double now = figures.collectives.ops[op].seconds;
-      // A smaller total than before means the rank's counters restarted: count from zero.
-      increments[op] = now >= last[op] ? now - last[op] : now;
-      last[op] = now;
+      collectives[op] = increase(figures.collectives.ops[op].durations,
+                                 last ? &last->collectives.ops[op].durations : nullptr);
     }
+    for (int p = 0; p < kNumStepPhases; ++p) {
+      phases[p] = increase(figures.phases[p], last ? &last->phases[p] : nullptr);
+    }
+    last_figures_[figures.rank] = figures;
   }
+  // Every op's series exists once a rank has reported, at zero if it never made that call.
   for (int op = 0; op < kNumCollectiveOps; ++op) {
-    auto& counter = collective_seconds_->Add(
-        {{"rank", rank}, {"op", collective_op_name(static_cast<CollectiveOp>(op))}});
-    if (increments[op] > 0) counter.Increment(increments[op]);
+    add_to(collective_histogram(figures.rank, static_cast<CollectiveOp>(op)), collectives[op]);
   }
-  for (const PhaseSeconds& p : figures.step_phase_seconds) {
-    step_histogram(figures.rank, p.phase).Observe(std::max(0.0, p.seconds));
+  for (int p = 0; p < kNumStepPhases; ++p) {
+    const auto phase = static_cast<StepPhase>(p);
+    // Phases a rank never runs (schedule on a worker) stay absent rather than at zero.
+    if (phases[p].count() == 0 && !step_seconds_->Has({{"rank", std::to_string(figures.rank)},
+                                                       {"phase", step_phase_name(phase)}})) {
+      continue;
+    }
+    add_to(step_histogram(figures.rank, phase), phases[p]);
   }
 }
 
@@ -371,6 +438,34 @@ void Metrics::on_http_response(std::string_view endpoint, int status_code) {
   if (status_code < 100 || status_code > 599) status_code = 0;
   http_requests_->Add({{"endpoint", std::string(known)}, {"code", std::to_string(status_code)}})
       .Increment();
+}
+
+namespace {
+
+// Moves a counter up to a cumulative total kept elsewhere.
+void advance_to(prometheus::Counter& counter, int64_t total) {
+  const double delta = static_cast<double>(total) - counter.Value();
+  if (delta > 0) counter.Increment(delta);
+}
+
+}  // namespace
+
+void Metrics::set_http_server(const HttpServerStats& stats) {
+  std::lock_guard<std::mutex> lock(http_mutex_);
+  http_connections_open_->Set(static_cast<double>(stats.connections_open));
+  advance_to(*http_connections_accepted_, stats.connections_accepted_total);
+  advance_to(*http_connections_rejected_, stats.connections_rejected_total);
+  advance_to(*http_protocol_errors_[0], stats.malformed_requests_total);
+  advance_to(*http_protocol_errors_[1], stats.header_too_large_total);
+  advance_to(*http_protocol_errors_[2], stats.body_too_large_total);
+  advance_to(*http_protocol_errors_[3], stats.read_timeouts_total);
+  advance_to(*http_clients_gone_, stats.clients_gone_total);
+}
+
+void MetricsStepObserver::on_step(const StepReport& report) {
+  metrics_.on_step(report.sequences, report.schedule_seconds, report.step_seconds);
+  for (double seconds : report.queue_seconds) metrics_.observe_queue_time(seconds);
+  metrics_.on_preemption(report.preemptions);
 }
 
 std::string Metrics::render() const {

@@ -183,6 +183,8 @@ ScheduledStep Scheduler::schedule(TimePoint now) {
       out.plans[r].released_sequences = std::move(replicas_[r].released);
       replicas_[r].released.clear();
       record[r] = std::move(builders[r].entries);
+      out.queue_seconds.insert(out.queue_seconds.end(), builders[r].queue_seconds.begin(),
+                               builders[r].queue_seconds.end());
     }
     in_flight_.emplace(out.step_id, std::move(record));
   }
@@ -268,6 +270,11 @@ void Scheduler::admit_waiting(int r, TimePoint now, PlanBuilder& b) {
     --waiting_count_;
     rep.running.insert(std::upper_bound(rep.running.begin(), rep.running.end(), seq.id), seq.id);
     add_to_plan(seq, n, b);
+    if (!seq.started) {
+      seq.started = true;
+      b.queue_seconds.push_back(
+          std::max(0.0, std::chrono::duration<double>(now - seq.arrival).count()));
+    }
     ++admitted;
   }
 }

@@ -61,6 +61,9 @@ struct ScheduledStep {
   std::vector<StepPlan> plans;         // one per replica, in replica order; some may be empty
   std::vector<RequestEvent> events;    // requests that ended before running (deadline)
   std::vector<std::string> preempted;  // requests preempted while making this step
+  // Per request that runs for the first time in this step: seconds since it arrived (its queue
+  // time; a preempted request's later runs are not counted).
+  std::vector<double> queue_seconds;
   // The earliest time at which schedule() could do more without a submit, result or cancel (an
   // idle replica's queue delay running out, a deadline); nullopt: only such an event helps.
   std::optional<TimePoint> wake_at;
@@ -157,6 +160,7 @@ class Scheduler {
     int64_t num_computed = 0;     // tokens whose KV is in the cache
     int64_t in_flight_step = -1;  // the step it is in, -1: none
     bool workers_know = false;    // scheduled since its last release
+    bool started = false;         // admitted at least once (queue time observed)
 
     int64_t num_output() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
     int64_t uncomputed() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
@@ -188,6 +192,7 @@ class Scheduler {
     int64_t tokens_left = 0;
     bool preempted = false;
     std::optional<TimePoint> gate_opens;  // the idle replica's queue delay runs out then
+    std::vector<double> queue_seconds;    // see ScheduledStep::queue_seconds
   };
 
   Status check_fits(const GenerationRequest& request) const;

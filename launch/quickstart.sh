@@ -16,9 +16,10 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 log=$(mktemp)
 
-echo "== mpirun -np 2 dshpc serve --model configs/models/demo.json --random-weights --tp 2 --port $port"
+# Readable log lines for a terminal; a deployment keeps the default, JSON lines for Filebeat.
+echo "== mpirun -np 2 dshpc serve --model configs/models/demo.json --random-weights --tp 2 --port $port --log-format text"
 mpirun --oversubscribe -np 2 "$build/bin/dshpc" serve --model "$root/configs/models/demo.json" \
-  --random-weights --tp 2 --host 127.0.0.1 --port "$port" > "$log" 2>&1 &
+  --random-weights --tp 2 --host 127.0.0.1 --port "$port" --log-format text > "$log" 2>&1 &
 server=$!
 trap 'kill -USR1 $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do

@@ -22,6 +22,34 @@ const char* collective_op_name(CollectiveOp op) {
   return "?";
 }
 
+CollectiveStats& CollectiveStats::operator+=(const CollectiveStats& other) {
+  for (int i = 0; i < kNumCollectiveOps; ++i) {
+    ops[i].calls += other.ops[i].calls;
+    ops[i].bytes += other.ops[i].bytes;
+    ops[i].seconds += other.ops[i].seconds;
+    ops[i].durations += other.ops[i].durations;
+  }
+  return *this;
+}
+
+void CollectiveCounters::record(CollectiveOp op, size_t bytes, Clock::time_point started) {
+  record_seconds(op, bytes, std::chrono::duration<double>(Clock::now() - started).count());
+}
+
+void CollectiveCounters::record_seconds(CollectiveOp op, size_t bytes, double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  CollectiveStats::Op& o = stats_[op];
+  o.calls += 1;
+  o.bytes += bytes;
+  o.durations.observe(seconds);
+  o.seconds = o.durations.sum;
+}
+
+CollectiveStats CollectiveCounters::snapshot() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
 void Collectives::all_reduce_sum_typed(void* data, size_t count, DType dtype) {
   if (dtype == DType::kF32) {
     all_reduce_sum(static_cast<float*>(data), count);

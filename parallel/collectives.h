@@ -5,11 +5,14 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "common/dtype.h"
+#include "common/duration_histogram.h"
 
 namespace dshpc {
 
@@ -21,14 +24,34 @@ const char* collective_op_name(CollectiveOp op);  // "all_reduce_sum", "send", .
 struct CollectiveStats {
   struct Op {
     uint64_t calls = 0;
-    uint64_t bytes = 0;    // this rank's block (all_gather), message (send/recv) or payload
-    double seconds = 0.0;  // wall time from the call to its completion, waiting included
+    uint64_t bytes = 0;           // this rank's block (all_gather), message (send/recv) or payload
+    double seconds = 0.0;         // wall time from the call to its completion, waiting included
+    DurationHistogram durations;  // one observation per call; durations.sum == seconds
   };
   std::array<Op, kNumCollectiveOps> ops{};
 
   const Op& operator[](CollectiveOp op) const { return ops[static_cast<int>(op)]; }
   Op& operator[](CollectiveOp op) { return ops[static_cast<int>(op)]; }
   double seconds(CollectiveOp op) const { return (*this)[op].seconds; }
+  // Sums another group's figures into these (a rank's total over its tp, pp, … groups).
+  CollectiveStats& operator+=(const CollectiveStats& other);
+};
+
+// The counters behind Collectives::stats(): record() from the thread that makes the calls,
+// snapshot() from any thread. A mutex, not atomics, so that a snapshot is consistent (calls,
+// seconds and the histogram of one op agree); uncontended it costs tens of nanoseconds, noise
+// beside any MPI or NCCL call.
+class CollectiveCounters {
+ public:
+  using Clock = std::chrono::steady_clock;
+  // One call of `op` that moved `bytes` and began at `started` (ends now).
+  void record(CollectiveOp op, size_t bytes, Clock::time_point started);
+  void record_seconds(CollectiveOp op, size_t bytes, double seconds);
+  CollectiveStats snapshot() const;
+
+ private:
+  mutable std::mutex mutex_;
+  CollectiveStats stats_;
 };
 
 class Collectives {

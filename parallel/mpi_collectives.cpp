@@ -122,21 +122,11 @@ MpiCollectives::MpiCollectives(MPI_Comm comm, std::string name, double timeout_s
 }
 
 void MpiCollectives::record(CollectiveOp op, size_t bytes, Clock::time_point started) {
-  Counters& c = counters_[static_cast<int>(op)];
-  c.calls.fetch_add(1, std::memory_order_relaxed);
-  c.bytes.fetch_add(bytes, std::memory_order_relaxed);
-  const auto elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started);
-  c.nanoseconds.fetch_add(static_cast<uint64_t>(elapsed.count()), std::memory_order_relaxed);
+  counters_.record(op, bytes, started);
 }
 
 CollectiveStats MpiCollectives::stats() const {
-  CollectiveStats out;
-  for (int i = 0; i < kNumCollectiveOps; ++i) {
-    out.ops[i].calls = counters_[i].calls.load(std::memory_order_relaxed);
-    out.ops[i].bytes = counters_[i].bytes.load(std::memory_order_relaxed);
-    out.ops[i].seconds = counters_[i].nanoseconds.load(std::memory_order_relaxed) * 1e-9;
-  }
-  return out;
+  return counters_.snapshot();
 }
 
 void MpiCollectives::check_peer(int peer, const char* op) const {

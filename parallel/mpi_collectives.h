@@ -75,18 +75,12 @@ class MpiCollectives final : public Collectives {
   void record(CollectiveOp op, size_t bytes, std::chrono::steady_clock::time_point started);
   void check_peer(int peer, const char* op) const;
 
-  struct Counters {
-    std::atomic<uint64_t> calls{0};
-    std::atomic<uint64_t> bytes{0};
-    std::atomic<uint64_t> nanoseconds{0};
-  };
-
   MPI_Comm comm_;
   std::string name_;
   double timeout_s_;
   int rank_ = 0;
   int size_ = 1;
-  std::array<Counters, kNumCollectiveOps> counters_;
+  CollectiveCounters counters_;
 };
 
 // The root's `buffer` reaches every rank of `comm`: first its size, then the bytes (MPI_Ibcast,

@@ -153,15 +153,7 @@ class NcclCollectives final : public Collectives {
   // Seconds are the host's time to queue each operation; completion is in stream order.
   bool stream_ordered() const override { return true; }
 
-  CollectiveStats stats() const override {
-    CollectiveStats out;
-    for (int i = 0; i < kNumCollectiveOps; ++i) {
-      out.ops[i].calls = counters_[i].calls.load();
-      out.ops[i].bytes = counters_[i].bytes.load();
-      out.ops[i].seconds = counters_[i].nanoseconds.load() * 1e-9;
-    }
-    return out;
-  }
+  CollectiveStats stats() const override { return counters_.snapshot(); }
 
  private:
   // ncclInProgress (a non-blocking communicator still working on the call) is settled by
@@ -216,18 +208,8 @@ class NcclCollectives final : public Collectives {
   }
 
   void record(CollectiveOp op, size_t bytes, Clock::time_point started) {
-    Counters& c = counters_[static_cast<int>(op)];
-    c.calls.fetch_add(1);
-    c.bytes.fetch_add(bytes);
-    c.nanoseconds.fetch_add(static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started).count()));
+    counters_.record(op, bytes, started);
   }
-
-  struct Counters {
-    std::atomic<uint64_t> calls{0};
-    std::atomic<uint64_t> bytes{0};
-    std::atomic<uint64_t> nanoseconds{0};
-  };
 
   std::string name_;
   double timeout_s_;
@@ -239,7 +221,7 @@ class NcclCollectives final : public Collectives {
   int size_ = 1;
   ncclComm_t comm_ = nullptr;
   std::atomic<bool> aborted_{false};
-  std::array<Counters, kNumCollectiveOps> counters_;
+  CollectiveCounters counters_;
 };
 
 }  // namespace

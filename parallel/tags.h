@@ -11,6 +11,7 @@ enum class MessageTag : int {
   kTokens,             // sampled token ids from the last stage back to rank 0
   kControl,            // small control messages: shutdown, drain, health
   kLogits,             // full-vocabulary logits when a request asks for logprobs
+  kRankFigures,        // a rank's metrics (worker/rank_figures.h) to rank 0, when asked for
 };
 
 constexpr int tag_value(MessageTag tag) {
@@ -30,6 +31,8 @@ inline const char* message_tag_name(int tag) {
       return "control";
     case MessageTag::kLogits:
       return "logits";
+    case MessageTag::kRankFigures:
+      return "rank figures";
   }
   return "other";
 }

@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
+#include <utility>
 
 #include "common/check.h"
+#include "common/log.h"
 #include "parallel/mpi_collectives.h"
+#include "parallel/mpi_runtime.h"
 #include "parallel/tags.h"
 
 namespace dshpc {
@@ -135,6 +139,13 @@ void Cluster::stop() {
   message.command = ControlCommand::kStop;
   message.step_id = ++step_id_;
   broadcast(message);
+  // Reports asked for before the stop are on their way: take them so that no send is left
+  // unmatched at MPI_Finalize. Bounded: they were sent right after the previous message.
+  poll_figures(/*wait_s=*/5.0);
+  if (figures_expected_ > 0) {
+    process_logger().warn("rank figures still missing at stop",
+                          {{"dshpc.reports_missing", figures_expected_}});
+  }
 }
 
 void Cluster::serve() {
@@ -142,10 +153,105 @@ void Cluster::serve() {
   for (;;) {
     ControlMessage message;
     broadcast(message);
-    if (message.command == ControlCommand::kStop) return;
-    if (message.command == ControlCommand::kKeepalive) continue;
-    execute(message);
+    if (message.command == ControlCommand::kStop) {
+      finish_posted_figures();
+      return;
+    }
+    if (message.command == ControlCommand::kStep) execute(message);
+    if (message.report_figures) post_figures();
   }
+}
+
+void Cluster::enable_rank_figures(std::chrono::milliseconds interval) {
+  DSHPC_CHECK(is_coordinator()) << "rank 0 asks for rank figures";
+  figures_interval_ = std::max(interval, std::chrono::milliseconds(1));
+  next_figures_ = std::chrono::steady_clock::now();
+}
+
+bool Cluster::request_figures() {
+  if (figures_interval_.count() == 0 || figures_expected_ > 0) return false;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_figures_) return false;
+  next_figures_ = now + figures_interval_;
+  figures_expected_ = world_->size() - 1;
+  return true;
+}
+
+void Cluster::poll_figures(double wait_s) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(std::max(0.0, wait_s));
+  MPI_Comm world = groups_.world.get();
+  const int tag = tag_value(MessageTag::kRankFigures);
+  while (figures_expected_ > 0) {
+    int found = 0;
+    MPI_Message handle;
+    MPI_Status status;
+    // Improbe + Mrecv: the probed message is the one received, and it has arrived, so the
+    // receive completes at once (no wait, no timeout needed).
+    DSHPC_MPI_CHECK(MPI_Improbe(MPI_ANY_SOURCE, tag, world, &found, &handle, &status));
+    if (!found) {
+      if (std::chrono::steady_clock::now() >= deadline) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    int bytes = 0;
+    DSHPC_MPI_CHECK(MPI_Get_count(&status, MPI_BYTE, &bytes));
+    std::vector<uint8_t> buffer(static_cast<size_t>(std::max(bytes, 0)));
+    DSHPC_MPI_CHECK(MPI_Mrecv(buffer.data(), bytes, MPI_BYTE, &handle, MPI_STATUS_IGNORE));
+    --figures_expected_;
+    StatusOr<RankFigures> figures = decode_rank_figures(buffer.data(), buffer.size());
+    if (!figures.ok()) {
+      process_logger().warn("ignoring a malformed rank figures message",
+                            {{"dshpc.source_rank", status.MPI_SOURCE},
+                             {"error.message", figures.status().message()}});
+      continue;
+    }
+    figures_.push_back(std::move(*figures));
+  }
+}
+
+std::vector<RankFigures> Cluster::take_rank_figures() {
+  DSHPC_CHECK(is_coordinator()) << "rank figures are collected on rank 0";
+  poll_figures();
+  // Reports are cumulative, so when nobody takes them only the newest per rank matter.
+  const size_t cap = static_cast<size_t>(std::max(1, world_->size())) * 4;
+  if (figures_.size() > cap) figures_.erase(figures_.begin(), figures_.end() - cap);
+  return std::exchange(figures_, {});
+}
+
+void Cluster::post_figures() {
+  finish_posted_figures();
+  posted_figures_ = encode_rank_figures(local_figures());
+  DSHPC_MPI_CHECK(MPI_Isend(posted_figures_.data(), static_cast<int>(posted_figures_.size()),
+                            MPI_BYTE, 0, tag_value(MessageTag::kRankFigures), groups_.world.get(),
+                            &posted_request_));
+}
+
+void Cluster::finish_posted_figures() {
+  if (posted_request_ == MPI_REQUEST_NULL) return;
+  // Rank 0 asks again only after it received this report, so this completes at once; at stop it
+  // takes every report still on its way.
+  wait_until(&posted_request_, MPI_STATUS_IGNORE, groups_.world.get(),
+             std::chrono::steady_clock::now(), groups_.timeout_s,
+             {.group = "world",
+              .op = CollectiveOp::kSend,
+              .bytes = posted_figures_.size(),
+              .peer = 0,
+              .tag = tag_value(MessageTag::kRankFigures)});
+  posted_request_ = MPI_REQUEST_NULL;
+}
+
+RankFigures Cluster::local_figures() const {
+  RankFigures figures;
+  figures.rank = groups_.rank;
+  for (const std::unique_ptr<Collectives>* group :
+       {&groups_.tp_coll, &groups_.pp_coll, &groups_.dp_coll}) {
+    if (*group) figures.collectives += (*group)->stats();
+  }
+  figures.collectives += world_->stats();  // tokens and logits to rank 0
+  figures.phases = phases_;
+  if (gpu_sampler_) figures.gpu = gpu_sampler_();
+  return figures;
 }
 
 std::vector<StepPlan> Cluster::micro_batches(const StepPlan& plan) const {
@@ -163,6 +269,15 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
       << "control message plans";
   const StepPlan& plan = message.replica_plans[replica];
   if (plan.sequences.empty()) return {};
+  const auto started = std::chrono::steady_clock::now();
+  double sampling_s = 0.0;  // inside `started` → now, but its own phase
+  bool sampled = false;
+  const auto record_phases = [&] {
+    const double total =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    phases_[static_cast<int>(StepPhase::kForward)].observe(total - sampling_s);
+    if (sampled) phases_[static_cast<int>(StepPhase::kSample)].observe(sampling_s);
+  };
   Engine& engine = runtime_.engine();
   Collectives& pp = *groups_.pp_coll;
   const int64_t hidden_size = runtime_.config().hidden_size;
@@ -210,12 +325,19 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
     StepOutput out = engine.compute_logits(part, hidden);
     if (groups_.coords.tp != 0) continue;
     if (!plan.return_logits) {
+      const auto sample_started = std::chrono::steady_clock::now();
       out.samples = sample(part, out);
+      sampling_s +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - sample_started).count();
+      sampled = true;
       out.logits.clear();
     }
     pending.push_back(std::move(out));
   }
-  if (is_coordinator()) return pending;
+  if (is_coordinator()) {
+    record_phases();
+    return pending;
+  }
   for (const StepOutput& out : pending) {
     if (plan.return_logits) {
       world_->send(out.logits.data(), out.logits.size() * sizeof(float), 0,
@@ -227,6 +349,7 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
       world_->send(bytes.data(), bytes.size(), 0, static_cast<int>(MessageTag::kTokens));
     }
   }
+  record_phases();
   return {};
 }
 
@@ -243,12 +366,21 @@ std::vector<SampledToken> Cluster::sample(const StepPlan& part, StepOutput& out)
 }
 
 void Cluster::keepalive() {
-  if (!is_coordinator() || stopped_ || world_->size() == 1) return;
-  ControlMessage message;
-  message.command = ControlCommand::kKeepalive;
-  message.step_id = ++step_id_;
-  message.replica_plans.resize(replicas());
-  broadcast(message);
+  if (!is_coordinator() || stopped_) return;
+  const bool report = request_figures();
+  if (world_->size() > 1) {
+    ControlMessage message;
+    message.command = ControlCommand::kKeepalive;
+    message.step_id = ++step_id_;
+    message.report_figures = report;
+    message.replica_plans.resize(replicas());
+    broadcast(message);
+  }
+  if (report) figures_.push_back(local_figures());
+  // Idle: the answers to this request come within milliseconds; a short bounded wait takes them
+  // now instead of one keepalive interval later (a request arriving meanwhile waits this long at
+  // most). What has not arrived is taken at the next contact.
+  poll_figures(report ? 0.005 : 0.0);
 }
 
 std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
@@ -258,6 +390,7 @@ std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
   ControlMessage message;
   message.command = ControlCommand::kStep;
   message.step_id = ++step_id_;
+  message.report_figures = request_figures();
   message.replica_plans = plans;
   if (world_->size() > 1) broadcast(message);
   std::vector<StepOutput> mine = execute(message);
@@ -298,6 +431,8 @@ std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
       out.logits.insert(out.logits.end(), piece.logits.begin(), piece.logits.end());
     }
   }
+  if (message.report_figures) figures_.push_back(local_figures());
+  poll_figures();
   return outputs;
 }
 

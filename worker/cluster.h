@@ -14,9 +14,26 @@
 // stage s+1 computes m−1: after a fill of pp−1 micro-batches all stages are busy at once
 // (forward-only GPipe schedule; there is no backward pass). Within a stage, tensor-parallel ranks
 // all-reduce after attention and after the MLP, and all-gather the vocabulary-parallel logits.
+//
+// Metrics of every rank (RankFigures: collective and step-phase histograms, GPU) reach rank 0
+// without stalling a step. Only the last stage's tp rank 0 sends anything to rank 0 in a step, so
+// piggy-backing on the token message would miss every other rank; instead rank 0 sets
+// `report_figures` on a control message it broadcasts anyway (a step or a keepalive) at most once
+// per interval, and only when every answer to the previous request has arrived. Each other rank,
+// after handling that message, posts its cumulative figures with MPI_Isend (tag kRankFigures) and
+// goes on; rank 0 picks them up with MPI_Improbe between steps and never waits for one. So a rank
+// has at most one report in flight, a slow rank delays only its own figures, and no step waits
+// for metrics. On stop, rank 0 receives what is still on its way (bounded wait) so that no send
+// is left unmatched when MPI finalizes. Commands that never enable reports (eval-golden, bench)
+// send none.
 #pragma once
 
+#include <mpi.h>
+
+#include <array>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,6 +41,7 @@
 #include "parallel/process_groups.h"
 #include "worker/engine.h"
 #include "worker/model_runtime.h"
+#include "worker/rank_figures.h"
 #include "worker/sampler.h"
 #include "worker/step_codec.h"
 
@@ -65,6 +83,17 @@ class Cluster {
   // Ranks other than 0: execute steps until rank 0 stops.
   void serve();
 
+  // --- Metrics (see the top of this file) ---
+  // Rank 0: ask every rank for its figures at most once per `interval`, on the control messages
+  // of steps and keepalives. Off (the default) until called.
+  void enable_rank_figures(std::chrono::milliseconds interval);
+  // Rank 0: the reports that have arrived (rank 0's own included), oldest first. Never waits.
+  std::vector<RankFigures> take_rank_figures();
+  // Every rank: how this rank samples its GPU for its reports (unset: no GPU figures).
+  void set_gpu_sampler(std::function<GpuFigures()> sampler) { gpu_sampler_ = std::move(sampler); }
+  // This rank's figures now.
+  RankFigures local_figures() const;
+
  private:
   // This rank's part of a step; on the coordinator also returns replica 0's outputs when rank 0
   // is its last stage.
@@ -74,6 +103,13 @@ class Cluster {
   std::vector<StepPlan> micro_batches(const StepPlan& plan) const;
   int last_stage_rank(int replica) const;
   void broadcast(ControlMessage& message);
+  // Rank 0: whether the next control message asks for reports (and then expects them).
+  bool request_figures();
+  // Rank 0: receives the reports that have arrived; with a timeout, waits for all expected.
+  void poll_figures(double wait_s = 0.0);
+  // Other ranks: posts this rank's figures to rank 0 (after the previous post completed).
+  void post_figures();
+  void finish_posted_figures();
 
   ProcessGroups& groups_;
   ModelRuntime& runtime_;
@@ -84,6 +120,16 @@ class Cluster {
   Sampler sampler_;  // last stage, tp rank 0: per-sequence penalty history
   uint64_t step_id_ = 0;
   bool stopped_ = false;
+
+  // Metrics.
+  std::array<DurationHistogram, kNumStepPhases> phases_{};  // this rank's, cumulative
+  std::function<GpuFigures()> gpu_sampler_;
+  std::chrono::milliseconds figures_interval_{0};  // rank 0; 0: reports off
+  std::chrono::steady_clock::time_point next_figures_{};
+  int figures_expected_ = 0;             // rank 0: reports asked for and not yet received
+  std::vector<RankFigures> figures_;     // rank 0: received, not yet taken
+  std::vector<uint8_t> posted_figures_;  // other ranks: the buffer of the send in flight
+  MPI_Request posted_request_ = MPI_REQUEST_NULL;
 };
 
 // Splits `plan` into at most `count` contiguous runs of sequences with about equal token counts.

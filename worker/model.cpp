@@ -3,6 +3,7 @@
 // and mla_attention.cpp.
 #include "worker/model.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/check.h"
@@ -22,12 +23,20 @@ Model::Model(const ModelConfig& config, ModelShard shard, Backend& backend, Coll
 
 StatusOr<std::unique_ptr<Model>> Model::load(const ModelConfig& config, ModelShard shard,
                                              const WeightSource& source, Backend& backend,
-                                             Collectives& tp) {
+                                             Collectives& tp, const LoadProgress& progress) {
   if (shard.layer_end < 0) shard.layer_end = config.num_layers;
   RETURN_IF_ERROR(check_shard(config, shard));
   DSHPC_CHECK_EQ(tp.size(), shard.tp_size) << "tensor-parallel group size";
+  int64_t planned_bytes = 0;
+  if (progress) {
+    Model plan(config, shard, backend, tp);
+    RETURN_IF_ERROR(plan.load_weights(source, /*plan_only=*/true));
+    planned_bytes = plan.weight_bytes_;
+    progress(0, planned_bytes);
+  }
   std::unique_ptr<Model> model(new Model(config, shard, backend, tp));
-  RETURN_IF_ERROR(model->load_weights(source));
+  RETURN_IF_ERROR(model->load_weights(source, /*plan_only=*/false, progress, planned_bytes));
+  if (progress) progress(model->weight_bytes_, std::max(planned_bytes, model->weight_bytes_));
 
   // Rotary tables for every position the model accepts.
   const int64_t positions = config.max_position_embeddings;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -100,11 +101,15 @@ class Model {
   static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
       const ModelConfig& config);
 
+  // Weight bytes loaded so far and the shard's total, after each weight (for progress reports).
+  using LoadProgress = std::function<void(int64_t bytes_done, int64_t bytes_total)>;
+
   // Loads this rank's slices. Missing tensors and shapes that do not fit the config are errors
-  // naming the tensor and the source.
+  // naming the tensor and the source. With `progress`, a first pass over the shapes alone (no
+  // read, no allocation) sizes the shard, then `progress` is called after each weight.
   static StatusOr<std::unique_ptr<Model>> load(const ModelConfig& config, ModelShard shard,
                                                const WeightSource& source, Backend& backend,
-                                               Collectives& tp);
+                                               Collectives& tp, const LoadProgress& progress = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelShard& shard() const { return shard_; }
@@ -132,7 +137,9 @@ class Model {
  private:
   Model(const ModelConfig& config, ModelShard shard, Backend& backend, Collectives& tp);
 
-  Status load_weights(const WeightSource& source);
+  // `plan_only`: checks every shape and adds up weight_bytes_ without reading or allocating.
+  Status load_weights(const WeightSource& source, bool plan_only = false,
+                      const LoadProgress& progress = {}, int64_t planned_bytes = 0);
   void attention_llama(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,
                        Mat normed, Mat out);
   void attention_mla(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,

@@ -1,5 +1,6 @@
 // The weight table of each family (checkpoint name → local slice) and per-rank loading: every
 // rank reads only its tensor-parallel slice of its pipeline stage's layers.
+#include <algorithm>
 #include <string>
 
 #include "worker/model.h"
@@ -28,9 +29,18 @@ void add_mlp(Shapes& out, const std::string& prefix, int64_t hidden, int64_t int
 // Reads slices of checkpoint tensors into backend memory after checking full shapes.
 class Loader {
  public:
+  // plan_only: shapes are checked and bytes_ counts what would be loaded; nothing is read or
+  // allocated (the weights returned are empty). Otherwise `progress` runs after each weight.
   Loader(const WeightSource& source, Backend& backend,
-         const std::map<std::string, std::vector<int64_t>>& expected, int64_t& bytes)
-      : source_(source), backend_(backend), expected_(expected), bytes_(bytes) {}
+         const std::map<std::string, std::vector<int64_t>>& expected, int64_t& bytes,
+         bool plan_only, const Model::LoadProgress& progress, int64_t planned_bytes)
+      : source_(source),
+        backend_(backend),
+        expected_(expected),
+        bytes_(bytes),
+        plan_only_(plan_only),
+        progress_(progress),
+        planned_bytes_(planned_bytes) {}
 
   struct Part {
     std::string name;
@@ -53,6 +63,10 @@ class Loader {
       two_d.push_back(full.size() > 1);
       total_rows += part_rows.back();
     }
+    if (plan_only_) {
+      bytes_ += total_rows * num_cols * static_cast<int64_t>(dtype_size(backend_.weight_dtype()));
+      return Weight{};
+    }
     host_.resize(static_cast<size_t>(total_rows * num_cols));
     int64_t row = 0;
     for (size_t i = 0; i < parts.size(); ++i) {
@@ -67,6 +81,7 @@ class Loader {
     backend_.upload_weights(w.buffer.data(), host_.data(), count);
     w.mat = Mat::of(w.buffer.data(), backend_.weight_dtype(), total_rows, num_cols);
     bytes_ += static_cast<int64_t>(w.buffer.bytes());
+    report();
     return w;
   }
 
@@ -80,6 +95,10 @@ class Loader {
     ASSIGN_OR_RETURN(std::vector<int64_t> full, checked_shape(name));
     int64_t count = 1;
     for (int64_t d : full) count *= d;
+    if (plan_only_) {
+      bytes_ += count * static_cast<int64_t>(sizeof(float));
+      return Weight{};
+    }
     host_.resize(static_cast<size_t>(count));
     RETURN_IF_ERROR(source_.read_f32(name, Range::all(), Range::all(), host_.data()));
     Weight w;
@@ -89,10 +108,16 @@ class Loader {
     w.mat = Mat::of(w.buffer.data(), DType::kF32, full.empty() ? 1 : full[0],
                     full.size() > 1 ? full[1] : 1);
     bytes_ += static_cast<int64_t>(w.buffer.bytes());
+    report();
     return w;
   }
 
  private:
+  void report() {
+    // Allocation may round up: the total never falls below what is done.
+    if (progress_) progress_(bytes_, std::max(planned_bytes_, bytes_));
+  }
+
   StatusOr<std::vector<int64_t>> checked_shape(const std::string& name) {
     auto shape = source_.shape(name);
     if (!shape.ok()) {
@@ -112,6 +137,9 @@ class Loader {
   Backend& backend_;
   const std::map<std::string, std::vector<int64_t>>& expected_;
   int64_t& bytes_;
+  const bool plan_only_;
+  const Model::LoadProgress& progress_;
+  const int64_t planned_bytes_;
   std::vector<float> host_;
 };
 
@@ -211,12 +239,13 @@ Status Model::check_shard(const ModelConfig& c, const ModelShard& shard) {
   return check_splits(layout, split_requirements(c));
 }
 
-Status Model::load_weights(const WeightSource& source) {
+Status Model::load_weights(const WeightSource& source, bool plan_only, const LoadProgress& progress,
+                           int64_t planned_bytes) {
   const ModelConfig& c = config_;
   const int r = shard_.tp_rank;
   std::map<std::string, std::vector<int64_t>> expected;
   for (auto& [name, shape] : expected_tensors(c)) expected[name] = shape;
-  Loader load(source, backend_, expected, weight_bytes_);
+  Loader load(source, backend_, expected, weight_bytes_, plan_only, progress, planned_bytes);
   const Range all = Range::all();
   auto split = [r](int64_t total, int tp) { return Range{r * (total / tp), total / tp}; };
   const int tp = shard_.tp_size;

@@ -51,7 +51,8 @@ StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::create(const ModelRuntimeO
     source = make_checkpoint_source(*rt->checkpoint_);
   }
   rt->source_description_ = source->describe();
-  ASSIGN_OR_RETURN(rt->model_, Model::load(rt->config_, shard, *source, *rt->backend_, tp));
+  ASSIGN_OR_RETURN(rt->model_, Model::load(rt->config_, shard, *source, *rt->backend_, tp,
+                                           options.on_load_progress));
 
   KvCacheSpec spec = rt->model_->kv_cache_spec(options.kv_block_size);
   int64_t blocks = options.kv_blocks;
@@ -62,9 +63,9 @@ StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::create(const ModelRuntimeO
     if (free_bytes > 0) {
       // A device: the given fraction of the memory left after the weights, less a reserve for
       // activations and workspace.
-      const int64_t usable = static_cast<int64_t>(options.kv_memory_fraction *
-                                                  static_cast<double>(free_bytes)) -
-                             options.workspace_reserve_bytes;
+      const int64_t usable =
+          static_cast<int64_t>(options.kv_memory_fraction * static_cast<double>(free_bytes)) -
+          options.workspace_reserve_bytes;
       blocks = std::max<int64_t>(1, usable / per_block);
     } else {
       // The CPU: enough for a few sequences of the full context, within the memory budget.

@@ -26,9 +26,11 @@ struct ModelRuntimeOptions {
   uint64_t seed = 0;
   int64_t kv_block_size = 16;
   int64_t kv_blocks = 0;  // 0: sized automatically (see kv_cache_budget_bytes)
-  int64_t kv_cache_budget_bytes = int64_t{2} << 30;  // CPU
+  int64_t kv_cache_budget_bytes = int64_t{2} << 30;    // CPU
   double kv_memory_fraction = 0.9;                     // devices: of the memory left after weights
   int64_t workspace_reserve_bytes = int64_t{4} << 30;  // devices: kept for activations
+  // Called during loading with this rank's weight bytes done and total (see Model::load).
+  Model::LoadProgress on_load_progress;
 };
 
 // Reads and validates the config only (for layout checks before any weight is read).

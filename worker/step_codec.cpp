@@ -60,6 +60,7 @@ std::vector<uint8_t> encode_control(const ControlMessage& message) {
   w.put<uint32_t>(kMagic);
   w.put<uint32_t>(static_cast<uint32_t>(message.command));
   w.put<uint64_t>(message.step_id);
+  w.put<uint8_t>(message.report_figures ? 1 : 0);
   w.put<uint32_t>(static_cast<uint32_t>(message.replica_plans.size()));
   for (const StepPlan& plan : message.replica_plans) {
     w.put<uint8_t>(plan.return_logits ? 1 : 0);
@@ -94,6 +95,7 @@ ControlMessage decode_control(const std::vector<uint8_t>& bytes) {
   DSHPC_CHECK(command >= 1 && command <= 3) << "unknown control command " << command;
   message.command = static_cast<ControlCommand>(command);
   message.step_id = r.get<uint64_t>();
+  message.report_figures = r.get<uint8_t>() != 0;
   const uint32_t replicas = r.get<uint32_t>();
   message.replica_plans.resize(replicas);
   for (StepPlan& plan : message.replica_plans) {

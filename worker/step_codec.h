@@ -19,6 +19,9 @@ enum class ControlCommand : uint32_t {
 struct ControlMessage {
   ControlCommand command = ControlCommand::kStep;
   uint64_t step_id = 0;
+  // Every rank other than 0 sends rank 0 its RankFigures once it has handled this message
+  // (see Cluster::enable_rank_figures).
+  bool report_figures = false;
   std::vector<StepPlan> replica_plans;  // index = dp index
 };
 

@@ -2,7 +2,7 @@
 # Checks dshpc's /metrics text: `promtool check metrics` finds no problem (no lint warning
 # either), and every family of tests/ops/dshpc_series.txt is there.
 #   tests/ops/check_metrics.sh --url http://127.0.0.1:8000/metrics     a running server
-#   tests/ops/check_metrics.sh --command build/bin/dshpc_ops_probe metrics
+#   tests/ops/check_metrics.sh --command cat saved_metrics.txt
 # promtool comes with Debian's prometheus package (launch/setup.sh); without it the check fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

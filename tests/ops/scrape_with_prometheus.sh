@@ -2,13 +2,24 @@
 # Starts a real Prometheus server (Debian package) on loopback that scrapes dshpc's /metrics at
 # HOST:PORT and evaluates configs/prometheus/alerts.yml, then asks its HTTP API for dshpc series:
 # the end-to-end path of the monitoring, without any network beyond 127.0.0.1.
-#   tests/ops/scrape_with_prometheus.sh 127.0.0.1:8000 [DASHBOARD.json]
+#   tests/ops/scrape_with_prometheus.sh 127.0.0.1:8000 [--dashboard DASHBOARD.json] [--expect QUERY]...
 # Passes when a query through /api/v1/query returns dshpc_num_requests_running and
 # up{job="dshpc"} == 1 for the target, and the alert rules loaded without error. With a Grafana
-# dashboard, each of its queries must also run ($model → .*, $__rate_interval → 1m).
+# dashboard, each of its queries must also run ($model → .*, $__rate_interval → 1m). Each
+# --expect QUERY must return at least one series whose value is above 0.
 set -euo pipefail
-target=${1:?usage: scrape_with_prometheus.sh HOST:PORT [DASHBOARD.json]}
-dashboard=${2:-}
+usage="usage: scrape_with_prometheus.sh HOST:PORT [--dashboard DASHBOARD.json] [--expect QUERY]..."
+target=${1:?$usage}
+shift
+dashboard=""
+expects=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dashboard) dashboard=${2:?$usage}; shift 2 ;;
+    --expect) expects+=("${2:?$usage}"); shift 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
+  esac
+done
 root=$(cd "$(dirname "$0")/../.." && pwd)
 fail() { echo "scrape_with_prometheus: FAIL: $*" >&2; [ -s "${work:-}/prometheus.log" ] && tail -n 20 "$work/prometheus.log" >&2; exit 1; }
 command -v prometheus >/dev/null 2>&1 ||
@@ -84,5 +95,19 @@ if [ -n "$dashboard" ]; then
   done < <(jq -r '.panels[].targets[]?.expr' "$dashboard")
 fi
 
+# Queries that must find a positive value (e.g. a worker rank's series: its figures reached rank 0
+# and, through it, Prometheus). Scrapes are 1 s apart: wait a few for counters that move late.
+for expr in "${expects[@]}"; do
+  found=""
+  deadline=$((SECONDS + 15))
+  while [ $SECONDS -lt $deadline ]; do
+    found=$(query "$expr" | jq -r '[.data.result[] | select((.value[1] | tonumber) > 0)] | length' 2>/dev/null || true)
+    [ "${found:-0}" -gt 0 ] 2>/dev/null && break
+    sleep 0.3
+  done
+  [ "${found:-0}" -gt 0 ] 2>/dev/null || fail "no positive value for '$expr': $(query "$expr")"
+  checked=$((checked + 1))
+done
+
 families=$(curl -fsS --max-time 2 "$api/label/__name__/values" | jq -r '[.data[] | select(startswith("dshpc_"))] | length')
-echo "scrape_with_prometheus: OK (Prometheus on 127.0.0.1:$port scraped $target: $families dshpc_ series names, $rules rules, $checked dashboard queries)"
+echo "scrape_with_prometheus: OK (Prometheus on 127.0.0.1:$port scraped $target: $families dshpc_ series names, $rules rules, $checked queries)"

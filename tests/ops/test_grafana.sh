@@ -33,6 +33,6 @@ expect "waiting requests" 'dshpc_num_requests_waiting'
 expect "KV cache usage" 'dshpc_kv_cache_usage_ratio'
 expect "GPU utilisation" 'dshpc_gpu_utilization_ratio'
 expect "GPU memory" 'dshpc_gpu_memory_used_bytes'
-expect "collective time per rank" 'dshpc_collective_seconds_total'
+expect "collective time per rank" 'dshpc_collective_seconds_sum'
 expect "step time per rank" 'dshpc_step_seconds'
 echo "test_grafana: OK ($(jq '.panels | length' "$dashboard") panels)"

@@ -112,7 +112,7 @@ srun_line=$(head -n 1 "$FAKE_SLURM/srun_calls")
 for option in --mpi=pmix --kill-on-bad-exit=1 --distribution=block --cpu-bind=cores --gpu-bind=none; do
   grep -qF -- "$option" <<<"$srun_line" || fail "case 1: srun lacks $option: $srun_line"
 done
-grep -qx "task 0: serve --host 0.0.0.0 --port 8000 --drain-timeout 150 --log-format json --model /models/v3 --tp 2" \
+grep -qx "task 0: serve --host 0.0.0.0 --port 8000 --drain-timeout-s 150 --log-format json --model /models/v3 --tp 2" \
   "$FAKE_SLURM/dshpc_args" || fail "case 1: dshpc command line: $(cat "$FAKE_SLURM/dshpc_args")"
 [ "$(count "$FAKE_SLURM/srun_calls")" = 1 ] || fail "case 1: the step was restarted after the drain"
 jq -e -s 'length == 3 and all(.[]; has("@timestamp") and has("log.level") and .["ecs.version"] == "8.11.0"
@@ -141,7 +141,7 @@ reset_fakes
 DSHPC_SUPERVISE=0 FAKE_DSHPC_MODE=quick SLURM_JOB_NAME=dshpc-batch \
   bash "$root/launch/slurm/batch.sbatch" --model /m --input in.jsonl --output out.jsonl >"$work/out3" 2>&1 ||
   fail "case 3: batch.sbatch exited $?"
-grep -qx "task 1: batch --drain-timeout 150 --log-format json --model /m --input in.jsonl --output out.jsonl" \
+grep -qx "task 1: batch --log-format json --model /m --input in.jsonl --output out.jsonl" \
   "$FAKE_SLURM/dshpc_args" || fail "case 3: dshpc command line: $(cat "$FAKE_SLURM/dshpc_args")"
 ! grep -q "requeue" "$FAKE_SLURM/calls" 2>/dev/null || fail "case 3: requeued a finished job"
 

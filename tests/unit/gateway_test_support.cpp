@@ -369,4 +369,23 @@ bool valid_utf8(std::string_view text) {
   return true;
 }
 
+double metric_value(const std::string& text, const std::string& series) {
+  const std::string prefix = series + " ";
+  for (size_t at = 0; at < text.size();) {
+    const size_t end = std::min(text.find('\n', at), text.size());
+    if (text.compare(at, prefix.size(), prefix) == 0) {
+      return std::stod(text.substr(at + prefix.size(), end - at - prefix.size()));
+    }
+    at = end + 1;
+  }
+  return -1.0;
+}
+
+double http_responses(const std::string& text, const std::string& model, std::string_view endpoint,
+                      int code) {
+  return metric_value(text, "dshpc_http_requests_total{model=\"" + model + "\",code=\"" +
+                                std::to_string(code) + "\",endpoint=\"" + std::string(endpoint) +
+                                "\"}");
+}
+
 }  // namespace dshpc::gateway_test

@@ -129,5 +129,12 @@ HttpResult http_call(uint16_t port, std::string_view method, std::string_view ta
 // The payloads of an SSE body's "data: " lines, in order ("[DONE]" included).
 std::vector<std::string> sse_payloads(const std::string& body);
 bool valid_utf8(std::string_view text);
+// The value of the sample `series` ("name{labels}" as rendered by prometheus-cpp: the family's
+// constant label model first, then the others sorted by name) in a Prometheus text, or -1 when
+// it is absent.
+double metric_value(const std::string& text, const std::string& series);
+// The HTTP responses counted for `endpoint` and `code` in a gateway's /metrics text.
+double http_responses(const std::string& text, const std::string& model, std::string_view endpoint,
+                      int code);
 
 }  // namespace dshpc::gateway_test

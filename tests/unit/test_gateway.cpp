@@ -234,7 +234,15 @@ TEST_F(GatewayApi, MalformedAndInvalidRequestsAre400) {
                                                 "stream": 1})"),
                400, "stream");
   EXPECT_TRUE(service_->submitted().empty());
-  EXPECT_GE(gateway_->metrics().requests("/v1/completions", 400), 11);
+  // Each refusal counts once as a failure (invalid_request) and as an HTTP 400.
+  const std::string text = gateway_->metrics().render();
+  const std::string& model = config_.served_model_name;
+  const double refused = http_responses(text, model, "/v1/completions", 400) +
+                         http_responses(text, model, "/v1/chat/completions", 400);
+  EXPECT_GE(http_responses(text, model, "/v1/completions", 400), 11);
+  EXPECT_EQ(metric_value(text, "dshpc_request_failure_total{model=\"" + model +
+                                   "\",reason=\"invalid_request\"}"),
+            refused);
 }
 
 TEST_F(GatewayApi, PromptsLongerThanTheContextAre400) {
@@ -346,13 +354,19 @@ TEST_F(GatewayApi, LoadingServiceGives503AndHealthShowsProgress) {
   ServiceStatus status;
   status.state = ServiceState::kLoading;
   status.load_progress = 0.25;
+  status.load_bytes_done = 1 << 20;
+  status.load_bytes_total = 4 << 20;
   service_->set_status(status);
   start();
   HttpResult health = get("/health");
   EXPECT_EQ(health.status, 503);
+  EXPECT_EQ(health.header("content-type"), "application/json");
   json::value body = json_of(health);
   EXPECT_EQ(body.at("status"), "loading");
   EXPECT_DOUBLE_EQ(body.at("progress").as_double(), 0.25);
+  EXPECT_DOUBLE_EQ(body.at("percent").to_number<double>(), 25.0);
+  EXPECT_EQ(body.at("loaded_bytes"), 1 << 20);
+  EXPECT_EQ(body.at("total_bytes"), 4 << 20);
   HttpResult completion = post("/v1/completions", R"({"prompt": "x"})");
   json::object error = expect_error(completion, 503, "", "service_unavailable");
   EXPECT_NE(std::string(error.at("message").as_string()).find("loading"), std::string::npos);
@@ -446,20 +460,28 @@ TEST_F(GatewayApi, MetricsTextParsesAndCountsRequests) {
     EXPECT_EQ(match[1].str().rfind("dshpc_", 0), 0u) << line;
     values[line.substr(0, line.rfind(' '))] = std::stod(line.substr(line.rfind(' ') + 1));
   }
-  EXPECT_EQ(values["dshpc_http_requests_total{endpoint=\"/v1/completions\",code=\"200\"}"], 2);
-  EXPECT_EQ(values["dshpc_http_requests_total{endpoint=\"/v1/completions\",code=\"400\"}"], 1);
-  EXPECT_EQ(values["dshpc_http_requests_total{endpoint=\"other\",code=\"404\"}"], 1);
+  // prometheus-cpp writes the family's constant label (model) first, then the others sorted.
+  const std::string model = "model=\"test-model\"";
+  EXPECT_EQ(
+      values["dshpc_http_requests_total{" + model + ",code=\"200\",endpoint=\"/v1/completions\"}"],
+      2);
+  EXPECT_EQ(
+      values["dshpc_http_requests_total{" + model + ",code=\"400\",endpoint=\"/v1/completions\"}"],
+      1);
+  EXPECT_EQ(values["dshpc_http_requests_total{" + model + ",code=\"404\",endpoint=\"other\"}"], 1);
   const double generated = static_cast<double>(encode(kScriptText).size());
-  EXPECT_EQ(values["dshpc_generation_tokens_total{model=\"test-model\"}"], 3 * generated);
-  EXPECT_EQ(values["dshpc_prompt_tokens_total{model=\"test-model\"}"],
+  EXPECT_EQ(values["dshpc_generation_tokens_total{" + model + "}"], 3 * generated);
+  EXPECT_EQ(values["dshpc_prompt_tokens_total{" + model + "}"],
             2.0 * static_cast<double>(encode("x", true).size()));
-  EXPECT_EQ(values["dshpc_e2e_request_latency_seconds_count{model=\"test-model\"}"], 2);
-  EXPECT_EQ(values["dshpc_time_to_first_token_seconds_count{model=\"test-model\"}"], 2);
-  EXPECT_EQ(values["dshpc_request_success_total{model=\"test-model\",finished_reason=\"stop\"}"],
-            3);
-  EXPECT_TRUE(values.count("dshpc_num_requests_running{model=\"test-model\"}"));
-  EXPECT_TRUE(values.count("dshpc_num_requests_waiting{model=\"test-model\"}"));
-  EXPECT_GE(values["dshpc_http_connections_accepted_total"], 5);
+  EXPECT_EQ(values["dshpc_e2e_request_latency_seconds_count{" + model + "}"], 2);
+  EXPECT_EQ(values["dshpc_time_to_first_token_seconds_count{" + model + "}"], 2);
+  // One per HTTP request (the n = 2 request counts once), and the 400 as a failure.
+  EXPECT_EQ(values["dshpc_request_success_total{" + model + ",finished_reason=\"stop\"}"], 2);
+  EXPECT_EQ(values["dshpc_request_failure_total{" + model + ",reason=\"invalid_request\"}"], 1);
+  EXPECT_TRUE(values.count("dshpc_num_requests_running{" + model + "}"));
+  EXPECT_TRUE(values.count("dshpc_num_requests_waiting{" + model + "}"));
+  EXPECT_EQ(values["dshpc_model_ready{" + model + "}"], 1);
+  EXPECT_GE(values["dshpc_http_connections_accepted_total{" + model + "}"], 5);
 }
 
 }  // namespace

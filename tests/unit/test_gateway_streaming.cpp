@@ -104,7 +104,9 @@ TEST_F(GatewayStreaming, CompletionStreamsChunksThenDone) {
     EXPECT_EQ(chunk.at("model"), kModel);
     EXPECT_FALSE(chunk.as_object().contains("usage"));  // only with include_usage
   }
-  EXPECT_EQ(gateway_->metrics().requests("/v1/completions", 200), 1);
+  EXPECT_EQ(http_responses(gateway_->metrics().render(), config_.served_model_name,
+                           "/v1/completions", 200),
+            1);
 }
 
 TEST_F(GatewayStreaming, ChatStreamsRoleFirstAndUsageLast) {

@@ -1,14 +1,12 @@
 // The OpenAI API layer without sockets: request validation (every error names its param), stop
-// string filtering, response and chunk shapes, error mapping, metrics text and the config check.
+// string filtering, response and chunk shapes, error mapping and the config check.
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
 #include <cmath>
-#include <regex>
 #include <sstream>
 #include <string>
 
-#include "coordinator/gateway_metrics.h"
 #include "coordinator/openai_api.h"
 #include "coordinator/server_config.h"
 #include "coordinator/stop_strings.h"
@@ -353,81 +351,6 @@ TEST(StopStrings, MultiByteTextStaysValid) {
   EXPECT_EQ(shown[1], "");  // the globe could start the stop string
   StopStringFilter other({"é"});
   EXPECT_EQ(run_filter(other, {"ab", "cé"}), "abc");
-}
-
-// ---- metrics text ----
-
-TEST(GatewayMetricsText, EveryLineIsACommentOrASample) {
-  GatewayMetrics metrics("model \"x\"\n");
-  metrics.count_request("/v1/completions", 200);
-  metrics.count_request("/v1/completions", 400);
-  metrics.count_success("stop");
-  metrics.count_failure("client_disconnected");
-  metrics.add_prompt_tokens(12);
-  metrics.add_generation_tokens(30);
-  metrics.observe_time_to_first_token(0.003);
-  metrics.observe_e2e_latency(0.2);
-  metrics.observe_e2e_latency(1000.0);
-  ServiceStatus status;
-  status.state = ServiceState::kReady;
-  status.running = 2;
-  status.waiting = 1;
-  status.kv_blocks_total = 10;
-  status.kv_blocks_used = 5;
-  const std::string text = metrics.render(status, HttpServerStats{});
-
-  const std::regex sample_line(
-      R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? -?([0-9.eE+-]+|\+Inf|NaN)$)");
-  std::istringstream lines(text);
-  std::string line;
-  int samples = 0;
-  while (std::getline(lines, line)) {
-    if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) continue;
-    EXPECT_TRUE(std::regex_match(line, sample_line)) << line;
-    ++samples;
-  }
-  EXPECT_GT(samples, 30);
-  EXPECT_NE(text.find("model=\"model \\\"x\\\"\\n\""), std::string::npos);
-  EXPECT_NE(text.find("dshpc_http_requests_total{endpoint=\"/v1/completions\",code=\"400\"} 1"),
-            std::string::npos);
-  EXPECT_NE(text.find("dshpc_num_requests_running{"), std::string::npos);
-  EXPECT_NE(text.find("dshpc_kv_cache_usage_ratio{model=\"model \\\"x\\\"\\n\"} 0.5"),
-            std::string::npos);
-  // Cumulative buckets: 0.2 s lands in le="0.3" and above; 1000 s only in +Inf.
-  EXPECT_NE(text.find("dshpc_e2e_request_latency_seconds_bucket{model=\"model \\\"x\\\"\\n\","
-                      "le=\"0.3\"} 1"),
-            std::string::npos);
-  EXPECT_NE(text.find("dshpc_e2e_request_latency_seconds_bucket{model=\"model \\\"x\\\"\\n\","
-                      "le=\"+Inf\"} 2"),
-            std::string::npos);
-  EXPECT_NE(text.find("dshpc_e2e_request_latency_seconds_count{model=\"model \\\"x\\\"\\n\"} 2"),
-            std::string::npos);
-  EXPECT_EQ(metrics.requests("/v1/completions", 200), 1);
-}
-
-// ---- config ----
-
-TEST(GatewayConfigCheck, DefaultsAreValidAndErrorsNameTheField) {
-  EXPECT_TRUE(GatewayConfig{}.validate().ok());
-  GatewayConfig config;
-  config.host = "not a host";
-  config.io_threads = 0;
-  config.max_body_bytes = 10;
-  config.read_timeout = std::chrono::milliseconds(0);
-  config.max_connections = 0;
-  config.served_model_name = "";
-  config.max_n = 0;
-  Status status = config.validate();
-  ASSERT_FALSE(status.ok());
-  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  for (const char* field :
-       {"gateway.host", "gateway.io_threads", "gateway.max_body_bytes", "gateway.read_timeout",
-        "gateway.max_connections", "gateway.served_model_name", "gateway.max_n"}) {
-    EXPECT_NE(status.message().find(field), std::string::npos) << field << ": " << status.message();
-  }
-  GatewayConfig v6;
-  v6.host = "::1";
-  EXPECT_TRUE(v6.validate().ok());
 }
 
 }  // namespace

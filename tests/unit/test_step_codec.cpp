@@ -41,9 +41,14 @@ TEST(StepCodec, RoundTripsEveryField) {
   m.replica_plans[1].released_sequences = {3, 4};
   m.replica_plans[1].return_logits = true;
 
+  m.report_figures = true;
+
   ControlMessage d = decode_control(encode_control(m));
   EXPECT_EQ(d.command, ControlCommand::kStep);
   EXPECT_EQ(d.step_id, 42u);
+  EXPECT_TRUE(d.report_figures);
+  m.report_figures = false;
+  EXPECT_FALSE(decode_control(encode_control(m)).report_figures);
   ASSERT_EQ(d.replica_plans.size(), 2u);
   EXPECT_TRUE(d.replica_plans[0].sequences.empty());
   const StepPlan& p = d.replica_plans[1];

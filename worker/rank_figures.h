@@ -1,0 +1,52 @@
+// What every rank reports to rank 0 for /metrics: time spent in collectives, per-phase step
+// durations, and its GPU. Everything is CUMULATIVE since the rank started, so that rank 0 turns
+// reports into increments (coordinator/metrics.cpp) and a report that is late, skipped or
+// repeated does no harm. How the reports travel without stalling a step: see Cluster in
+// worker/cluster.h.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "common/duration_histogram.h"
+#include "common/status.h"
+#include "parallel/collectives.h"
+
+namespace dshpc {
+
+// The `phase` label of dshpc_step_seconds.
+enum class StepPhase : int {
+  kForward,   // every rank: its part of a step (its layers and their collectives, the pipeline
+              // receive/send, the head and greedy argmax on the last stage)
+  kSample,    // last stage, tp rank 0: choosing tokens from logits (non-greedy requests)
+  kSchedule,  // rank 0's scheduler loop: building a step plan
+  kStep,      // rank 0's scheduler loop: plan broadcast → every replica's tokens back
+};
+inline constexpr int kNumStepPhases = 4;
+const char* step_phase_name(StepPhase phase);  // "forward", "sample", "schedule", "step"
+
+struct GpuFigures {
+  bool present = false;  // false on the CPU backend or without NVML
+  uint64_t memory_used_bytes = 0;
+  uint64_t memory_total_bytes = 0;
+  double utilization_ratio = 0.0;  // 0..1
+};
+
+struct RankFigures {
+  int rank = 0;                 // MPI world rank
+  CollectiveStats collectives;  // summed over the rank's groups (tp, pp, dp, world transfers)
+  std::array<DurationHistogram, kNumStepPhases> phases{};
+  GpuFigures gpu;
+
+  DurationHistogram& phase(StepPhase p) { return phases[static_cast<int>(p)]; }
+  const DurationHistogram& phase(StepPhase p) const { return phases[static_cast<int>(p)]; }
+};
+
+// A little-endian binary form for the MPI message (about 1.5 KB).
+std::vector<uint8_t> encode_rank_figures(const RankFigures& figures);
+// INVALID_ARGUMENT when the bytes are not exactly one encoded RankFigures.
+StatusOr<RankFigures> decode_rank_figures(const uint8_t* data, size_t size);
+
+}  // namespace dshpc
