@@ -11,6 +11,7 @@
 #include "kernels/cuda_backend.h"
 #include "parallel/mpi_collectives.h"
 #include "parallel/nccl_collectives.h"
+#include "worker/load_progress_log.h"
 
 namespace dshpc {
 
@@ -107,59 +108,6 @@ Status use_nccl_groups(Backend& backend, ProcessGroups& groups) {
   return ok_status();
 }
 
-// Rank 0's weight-loading log: a line when loading starts, then at most one every few seconds
-// with bytes, throughput and the time left at that rate, and one when done.
-class LoadProgressLog {
- public:
-  explicit LoadProgressLog(Model::LoadProgress forward) : forward_(std::move(forward)) {}
-
-  void operator()(int64_t done, int64_t total) {
-    using Clock = std::chrono::steady_clock;
-    const auto now = Clock::now();
-    if (!started_) {
-      started_ = true;
-      start_ = now;
-      last_log_ = now;
-      process_logger().info("loading weights", {{"event.action", "weights.load_start"},
-                                                {"dshpc.load.bytes_total", total}});
-    }
-    if (forward_) forward_(done, total);
-    const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
-    const double percent = total > 0 ? 100.0 * static_cast<double>(done) / total : 100.0;
-    if (done >= total && total > 0) {
-      if (finished_) return;
-      finished_ = true;
-      process_logger().info("weights loaded", {{"event.action", "weights.load_done"},
-                                               {"dshpc.load.bytes_done", done},
-                                               {"dshpc.load.bytes_total", total},
-                                               {"dshpc.load.seconds", elapsed},
-                                               {"dshpc.load.bytes_per_second", rate}});
-      return;
-    }
-    if (now - last_log_ < std::chrono::seconds(5)) return;
-    last_log_ = now;
-    LogFields fields = {{"event.action", "weights.load_progress"},
-                        {"dshpc.load.bytes_done", done},
-                        {"dshpc.load.bytes_total", total},
-                        {"dshpc.load.percent", percent},
-                        {"dshpc.load.bytes_per_second", rate}};
-    if (rate > 0) fields.emplace_back("dshpc.load.seconds_left", (total - done) / rate);
-    char message[160];
-    std::snprintf(message, sizeof(message),
-                  "loading weights: %.1f%% (%.2f of %.2f GiB, %.1f MiB/s, %.0f s left)", percent,
-                  done / 1073741824.0, total / 1073741824.0, rate / 1048576.0,
-                  rate > 0 ? (total - done) / rate : 0.0);
-    process_logger().log(LogLevel::kInfo, message, fields);
-  }
-
- private:
-  Model::LoadProgress forward_;
-  bool started_ = false;
-  bool finished_ = false;
-  std::chrono::steady_clock::time_point start_, last_log_;
-};
-
 // On --device cuda, the cluster's reports carry this rank's GPU figures from NVML (loaded at run
 // time; without it the figures are absent and the gauges stay 0).
 void attach_gpu_monitor(Job& job, const Options& options) {
@@ -229,7 +177,7 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   }
   ASSIGN_OR_RETURN(int64_t micro_batches, options.get_int("micro-batches"));
   if (micro_batches < 0) return invalid_argument(command + ": --micro-batches must be >= 0");
-  if (g.rank == 0) ro.on_load_progress = LoadProgressLog(on_load_progress);
+  if (g.rank == 0) ro.on_load_progress = LoadProgressLog(process_logger(), on_load_progress);
 
   // Layout against the model before any weight is read (the config is small; every rank reads it).
   ASSIGN_OR_RETURN(ModelConfig config, load_config_for(ro));

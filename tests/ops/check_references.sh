@@ -10,7 +10,7 @@ fail() { echo "check_references: FAIL: $*" >&2; exit 1; }
 
 known=$(grep -vE '^(#|$)' "$root/tests/ops/dshpc_series.txt")
 # dshpc_ words that are not metrics (targets, files).
-not_metrics='^(dshpc_ops_probe|dshpc_series|dshpc_unit_tests|dshpc_common|dshpc_coordinator|dshpc_worker|dshpc_parallel|dshpc_kernels)$'
+not_metrics='^(dshpc_series|dshpc_unit_tests|dshpc_common|dshpc_coordinator|dshpc_worker|dshpc_parallel|dshpc_kernels)$'
 
 files=("$root/configs/prometheus/alerts.yml" "$root/configs/prometheus/alerts_test.yml"
        "$root/configs/grafana/dshpc-dashboard.json" "$root/docs/metrics.md" "$root/docs/deploy.md")
