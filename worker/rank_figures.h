@@ -18,9 +18,9 @@ namespace dshpc {
 
 // The `phase` label of dshpc_step_seconds.
 enum class StepPhase : int {
-  kForward,   // every rank: its part of a step (its layers and their collectives, the pipeline
-              // receive/send, the head and greedy argmax on the last stage)
-  kSample,    // last stage, tp rank 0: choosing tokens from logits (non-greedy requests)
+  kForward,   // every rank: its part of a step (pipeline receive, its layers and their collectives,
+              // send; on the last stage the head with greedy argmax or device sampling)
+  kSample,    // last stage, tp rank 0: the host sampler (requests with penalties or logprobs)
   kSchedule,  // rank 0's scheduler loop: building a step plan
   kStep,      // rank 0's scheduler loop: plan broadcast → every replica's tokens back
 };
