@@ -3,7 +3,8 @@
 #
 #   launch/device-run.sh OUT_DIR [STAGE...]
 #
-# Stages (default: all, in this order):
+# Stages (default: all but build, in this order):
+#   build    configure and build dshpc and the GPU tests only (test builds as well)
 #   test     build, then launch/device-test.sh (GPU op tests, fixture parity in f32 and bf16 on
 #            every layout the visible GPUs allow, two ranks on one GPU refused)
 #   serve    dshpc serve on 2 GPUs (DeepSeek-LLM-7B shapes, random weights, tp 2) queried with
@@ -45,6 +46,12 @@ bench() {  # bench NAME RANKS ARGS...
 model7b=$root/configs/models/deepseek-llm-7b.json
 model67b=$root/configs/models/deepseek-llm-67b.json
 modelv2=$root/configs/models/deepseek-v2-lite.json
+
+if has build; then
+  step configure 300 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DDSHPC_GPU_TESTS=ON
+  step build 600 cmake --build "$build" -j "$(nproc)" --target dshpc dshpc_gpu_tests
+fi
 
 if has test; then
   export DSHPC_BUILD_TARGETS=${DSHPC_BUILD_TARGETS:-"dshpc dshpc_gpu_tests"}
