@@ -152,8 +152,22 @@ stop_requests=0
 forward_stop() {
   stop_requests=$((stop_requests + 1))
   if [ "$stop_requests" -eq 1 ]; then
-    echo "mpirun.sh: draining (SIGUSR1 to every rank); signal again to stop at once" >&2
-    kill -USR1 "$mpirun_pid" 2>/dev/null || true
+    # Rank 0 alone needs the signal (it drains, then stops the other ranks). When it runs on this
+    # node it gets it directly: Open MPI 4.1.6's mpirun on our GPU machine did not forward SIGUSR1
+    # (Debian's 4.1.4 does). Otherwise mpirun forwards it to every rank.
+    local rank0=""
+    for pid in $(pgrep -P "$mpirun_pid" -x dshpc 2>/dev/null); do  # this job's local ranks
+      if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=0"; then
+        rank0=$pid
+      fi
+    done
+    if [ -n "$rank0" ]; then
+      echo "mpirun.sh: draining (SIGUSR1 to rank 0, pid $rank0); signal again to stop at once" >&2
+      kill -USR1 "$rank0" 2>/dev/null || true
+    else
+      echo "mpirun.sh: draining (SIGUSR1 to every rank); signal again to stop at once" >&2
+      kill -USR1 "$mpirun_pid" 2>/dev/null || true
+    fi
   else
     kill -TERM "$mpirun_pid" 2>/dev/null || true
   fi
