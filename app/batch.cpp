@@ -44,7 +44,9 @@ std::vector<OptionSpec> options_table() {
   std::vector<OptionSpec> table = {
       {"input", "IN.jsonl", "requests, one JSON object per line (OpenAI batch format)", ""},
       {"output", "OUT.jsonl", "results, appended; requests already in it are skipped", ""},
-      {"tokenizer", "DIR", "tokenizer directory", DSHPC_DEFAULT_TOKENIZER_DIR},
+      {"tokenizer", "DIR",
+       "tokenizer directory (not given: the one stored in --model MODEL.h5, else this default)",
+       DSHPC_DEFAULT_TOKENIZER_DIR},
       {"served-model-name", "NAME", "the model name the requests use (default: from --model)", ""},
       {"concurrency", "N", "requests in flight at once", "64"},
       {"progress-interval-s", "N", "seconds between progress lines", "5"},
@@ -166,7 +168,7 @@ int run_batch(int argc, char** argv, int first) {
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
     if (groups.rank != 0) return ok_status();
-    return front.start(opts.get("tokenizer"), gateway_config, groups.layout.world_size());
+    return front.start(opts, gateway_config, groups.layout.world_size());
   };
   auto started = start_job("dshpc batch", opts, &argc, &argv, before_load);
   if (!started.ok()) return 1;

@@ -11,5 +11,8 @@ int run_bench(int argc, char** argv, int first);
 int run_serve(int argc, char** argv, int first);
 int run_batch(int argc, char** argv, int first);
 int run_detokenize(int argc, char** argv, int first);
+int run_convert(int argc, char** argv, int first);
+int run_validate(int argc, char** argv, int first);
+int run_bench_load(int argc, char** argv, int first);
 
 }  // namespace dshpc

@@ -1,19 +1,69 @@
 #include "app/frontend.h"
 
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "worker/h5_checkpoint.h"
+
 namespace dshpc {
+namespace {
+
+// The tokenizer stored in an HDF5 checkpoint (tokenizer.json and, when stored,
+// tokenizer_config.json), or nullptr when it stores none. The files go through a private
+// temporary directory because the tokenizer loads from files.
+StatusOr<std::unique_ptr<Tokenizer>> load_stored_tokenizer(const std::string& model) {
+  ASSIGN_OR_RETURN(std::unique_ptr<H5Checkpoint> checkpoint, H5Checkpoint::open(model));
+  auto tokenizer_json = checkpoint->read_file("tokenizer.json");
+  if (!tokenizer_json.ok()) {
+    if (tokenizer_json.status().code() == StatusCode::kNotFound) {
+      return std::unique_ptr<Tokenizer>();
+    }
+    return tokenizer_json.status();
+  }
+  auto config_json = checkpoint->read_file("tokenizer_config.json");
+  if (!config_json.ok() && config_json.status().code() != StatusCode::kNotFound) {
+    return config_json.status();
+  }
+  std::string dir = (std::filesystem::temp_directory_path() / "dshpc-tokenizer-XXXXXX").string();
+  if (mkdtemp(dir.data()) == nullptr) return internal_error("mkdtemp " + dir + " failed");
+  const std::string json_path = dir + "/tokenizer.json";
+  const std::string config_path = config_json.ok() ? dir + "/tokenizer_config.json" : "";
+  std::ofstream(json_path, std::ios::binary) << *tokenizer_json;
+  if (config_json.ok()) std::ofstream(config_path, std::ios::binary) << *config_json;
+  auto tokenizer = Tokenizer::load_files(json_path, config_path);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  if (!tokenizer.ok()) return tokenizer.status().with_context(model + ":/files/tokenizer.json");
+  return std::move(*tokenizer);
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Tokenizer>> load_tokenizer_for(const Options& options) {
+  const std::string model = options.get("model");
+  if (!options.given("tokenizer") && is_hdf5_file(model)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> stored, load_stored_tokenizer(model));
+    if (stored) return stored;
+  }
+  return Tokenizer::load(options.get("tokenizer"));
+}
 
 std::string served_model_name(const Options& options) {
   if (!options.get("served-model-name").empty()) return options.get("served-model-name");
   std::string name = options.get("model");
   while (!name.empty() && name.back() == '/') name.pop_back();
   if (size_t slash = name.rfind('/'); slash != std::string::npos) name = name.substr(slash + 1);
-  if (name.size() > 5 && name.substr(name.size() - 5) == ".json") name.resize(name.size() - 5);
+  for (const std::string suffix : {".json", ".h5", ".hdf5"}) {
+    if (name.size() > suffix.size() && name.ends_with(suffix))
+      name.resize(name.size() - suffix.size());
+  }
   return name.empty() ? "deepseek" : name;
 }
 
-Status Frontend::start(const std::string& tokenizer_dir, const GatewayConfig& config,
-                       int world_size) {
-  ASSIGN_OR_RETURN(tokenizer, Tokenizer::load(tokenizer_dir));
+Status Frontend::start(const Options& options, const GatewayConfig& config, int world_size) {
+  ASSIGN_OR_RETURN(tokenizer, load_tokenizer_for(options));
   EngineServiceOptions loading;  // replaced by open() once the KV cache is known
   loading.scheduler.kv_blocks = 1;
   loading.scheduler.max_model_len = 2;

@@ -17,9 +17,9 @@ namespace dshpc {
 
 std::vector<OptionSpec> model_job_options() {
   std::vector<OptionSpec> table = {
-      {"model", "DIR|CONFIG.json",
-       "Hugging Face model directory, or a config.json with "
-       "--random-weights",
+      {"model", "DIR|MODEL.h5|CONFIG.json",
+       "Hugging Face model directory, dshpc HDF5 checkpoint (dshpc convert), or a config.json "
+       "with --random-weights",
        ""},
       {"random-weights", "", "seeded random weights of the config's shapes (no checkpoint)", ""},
       {"seed", "N", "seed of --random-weights", "0"},

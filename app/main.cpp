@@ -25,6 +25,11 @@ constexpr Command kCommands[] = {
      "decode and prefill throughput beside the device's measured bandwidth and FLOP/s"},
     {"tokenize", dshpc::run_tokenize, "JSON lines {\"text\"} on stdin to {\"ids\"} lines"},
     {"detokenize", dshpc::run_detokenize, "JSON lines {\"ids\"} on stdin to {\"text\"} lines"},
+    {"convert", dshpc::run_convert, "convert a Hugging Face checkpoint to a dshpc HDF5 checkpoint"},
+    {"validate", dshpc::run_validate,
+     "check an HDF5 checkpoint or Hugging Face directory (shapes, dtypes, checksums)"},
+    {"bench-load", dshpc::run_bench_load,
+     "load time and bytes read per rank, safetensors against HDF5, in several layouts"},
 };
 
 void print_usage(FILE* out) {

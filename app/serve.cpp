@@ -118,7 +118,7 @@ int run_serve(int argc, char** argv, int first) {
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
     if (groups.rank != 0) return ok_status();
-    RETURN_IF_ERROR(front.start(opts.get("tokenizer"), *gateway_cfg, groups.layout.world_size()));
+    RETURN_IF_ERROR(front.start(opts, *gateway_cfg, groups.layout.world_size()));
     const std::string url =
         "http://" + gateway_cfg->host + ":" + std::to_string(front.gateway->port());
     process_logger().info("dshpc serve: listening on " + url + " (loading the model)",

@@ -19,7 +19,6 @@ namespace json = boost::json;
 constexpr char kConfigName[] = "config.json";
 constexpr char kSingleFileName[] = "model.safetensors";
 constexpr char kIndexName[] = "model.safetensors.index.json";
-constexpr char kScaleSuffix[] = "_scale_inv";
 
 std::string in_quotes(std::string_view s) {
   return "\"" + std::string(s) + "\"";
@@ -98,6 +97,40 @@ void convert_window(const uint8_t* base, DType dtype, int64_t row_length, int64_
 }
 
 }  // namespace
+
+std::vector<int64_t> fp8_scale_shape(const std::vector<int64_t>& weight_shape, int64_t block_rows,
+                                     int64_t block_cols) {
+  return {ceil_div(weight_shape.at(0), block_rows), ceil_div(weight_shape.at(1), block_cols)};
+}
+
+Fp8ScaleBlocks fp8_scale_blocks(Range rows, Range cols, int64_t block_rows, int64_t block_cols) {
+  const int64_t first_row = rows.begin / block_rows;
+  const int64_t first_col = cols.begin / block_cols;
+  return {Range{first_row, (rows.begin + rows.count - 1) / block_rows - first_row + 1},
+          Range{first_col, (cols.begin + cols.count - 1) / block_cols - first_col + 1}};
+}
+
+void dequantize_fp8_window(const uint8_t* codes, int64_t code_row_stride, Range rows, Range cols,
+                           const float* scales, int64_t block_rows, int64_t block_cols,
+                           float* dst) {
+  const Fp8ScaleBlocks blocks = fp8_scale_blocks(rows, cols, block_rows, block_cols);
+  const std::array<float, 256>& decode = fp8_e4m3_table();
+  const int64_t col_end = cols.begin + cols.count;
+  for (int64_t i = 0; i < rows.count; ++i) {
+    const int64_t row = rows.begin + i;
+    const uint8_t* q_row = codes + static_cast<size_t>(i) * static_cast<size_t>(code_row_stride);
+    const float* scale_row =
+        scales + static_cast<size_t>((row / block_rows - blocks.rows.begin) * blocks.cols.count);
+    float* out = dst + static_cast<size_t>(i) * static_cast<size_t>(cols.count);
+    // Walk the row one column block at a time so each block's scale is loaded once.
+    for (int64_t col = cols.begin; col < col_end;) {
+      const int64_t block = col / block_cols;
+      const int64_t block_end = std::min(col_end, (block + 1) * block_cols);
+      const float block_scale = scale_row[block - blocks.cols.begin];
+      for (; col < block_end; ++col) *out++ = decode[q_row[col - cols.begin]] * block_scale;
+    }
+  }
+}
 
 StatusOr<Checkpoint> Checkpoint::open(const std::string& dir) {
   std::error_code ec;
@@ -240,6 +273,12 @@ StatusOr<std::vector<int64_t>> Checkpoint::shape(const std::string& name) const 
   return tensor->shape;
 }
 
+StatusOr<const uint8_t*> Checkpoint::raw_data(const std::string& name) const {
+  const auto it = tensors_.find(name);
+  if (it == tensors_.end()) return find(name).status();
+  return files_[it->second.first]->data(*it->second.second);
+}
+
 Status Checkpoint::read_f32(const std::string& name, Range rows, Range cols, float* dst) const {
   const auto it = tensors_.find(name);
   if (it == tensors_.end()) return find(name).status();
@@ -285,7 +324,7 @@ Status Checkpoint::read_fp8(const std::string& name, const SafetensorsFile& file
                             const SafetensorsTensor& tensor, Span rows, Span cols,
                             float* dst) const {
   const std::string where = "tensor " + in_quotes(name) + " in " + file.path();
-  const std::string scale_name = name + kScaleSuffix;
+  const std::string scale_name = name + kFp8ScaleSuffix;
   if (tensor.shape.size() != 2) {
     return invalid_argument(where + ": F8_E4M3 tensors must be 2-D to carry block scales");
   }
@@ -301,8 +340,8 @@ Status Checkpoint::read_fp8(const std::string& name, const SafetensorsFile& file
   const SafetensorsTensor& scale = *scale_it->second.second;
   const std::string scale_where =
       in_quotes(scale_name) + " in " + files_[scale_it->second.first]->path();
-  const std::vector<int64_t> expected_scale_shape = {ceil_div(tensor.shape[0], fp8_block_rows_),
-                                                     ceil_div(tensor.shape[1], fp8_block_cols_)};
+  const std::vector<int64_t> expected_scale_shape =
+      fp8_scale_shape(tensor.shape, fp8_block_rows_, fp8_block_cols_);
   if (scale.shape != expected_scale_shape) {
     return invalid_argument(where + " has shape " + shape_string(tensor.shape) + " so with " +
                             std::to_string(fp8_block_rows_) + "x" +
@@ -315,33 +354,18 @@ Status Checkpoint::read_fp8(const std::string& name, const SafetensorsFile& file
                             dtype_name(scale.dtype));
   }
 
-  // Only the scale blocks that the slice touches: block_rows × block_cols of them.
-  const int64_t first_block_row = rows.begin / fp8_block_rows_;
-  const int64_t block_rows = (rows.begin + rows.count - 1) / fp8_block_rows_ - first_block_row + 1;
-  const int64_t first_block_col = cols.begin / fp8_block_cols_;
-  const int64_t block_cols = (cols.begin + cols.count - 1) / fp8_block_cols_ - first_block_col + 1;
-  std::vector<float> scales(static_cast<size_t>(block_rows * block_cols));
-  RETURN_IF_ERROR(read_f32(scale_name, Range{first_block_row, block_rows},
-                           Range{first_block_col, block_cols}, scales.data()));
-
-  const std::array<float, 256>& decode = fp8_e4m3_table();
-  const uint8_t* quantised = file.data(tensor);
+  // Only the scale blocks that the slice touches.
+  const Fp8ScaleBlocks blocks =
+      fp8_scale_blocks(Range{rows.begin, rows.count}, Range{cols.begin, cols.count},
+                       fp8_block_rows_, fp8_block_cols_);
+  std::vector<float> scales(static_cast<size_t>(blocks.rows.count * blocks.cols.count));
+  RETURN_IF_ERROR(read_f32(scale_name, blocks.rows, blocks.cols, scales.data()));
   const int64_t num_cols = tensor.shape[1];
-  const int64_t col_end = cols.begin + cols.count;
-  for (int64_t i = 0; i < rows.count; ++i) {
-    const int64_t row = rows.begin + i;
-    const uint8_t* q_row = quantised + static_cast<size_t>(row) * static_cast<size_t>(num_cols);
-    const float* scale_row =
-        scales.data() + static_cast<size_t>((row / fp8_block_rows_ - first_block_row) * block_cols);
-    float* out = dst + static_cast<size_t>(i) * static_cast<size_t>(cols.count);
-    // Walk the row one column block at a time so each block's scale is loaded once.
-    for (int64_t col = cols.begin; col < col_end;) {
-      const int64_t block = col / fp8_block_cols_;
-      const int64_t block_end = std::min(col_end, (block + 1) * fp8_block_cols_);
-      const float block_scale = scale_row[block - first_block_col];
-      for (; col < block_end; ++col) *out++ = decode[q_row[col]] * block_scale;
-    }
-  }
+  const uint8_t* window =
+      file.data(tensor) + static_cast<size_t>(rows.begin) * num_cols + cols.begin;
+  dequantize_fp8_window(window, num_cols, Range{rows.begin, rows.count},
+                        Range{cols.begin, cols.count}, scales.data(), fp8_block_rows_,
+                        fp8_block_cols_, dst);
   return ok_status();
 }
 

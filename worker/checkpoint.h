@@ -22,6 +22,26 @@ struct Range {
   static Range all() { return {0, -1}; }
 };
 
+// FP8 E4M3 weights carry block scales in "<name>_scale_inv", F32 [ceil(R / block_rows),
+// ceil(C / block_cols)]: w[r][c] = code[r][c] × scale_inv[r / block_rows][c / block_cols].
+inline constexpr char kFp8ScaleSuffix[] = "_scale_inv";
+std::vector<int64_t> fp8_scale_shape(const std::vector<int64_t>& weight_shape, int64_t block_rows,
+                                     int64_t block_cols);
+
+// The scale blocks a window of rows [row_begin, +row_count) × cols [col_begin, +col_count)
+// touches: block rows first_block_row … (+block_row_count), likewise for columns.
+struct Fp8ScaleBlocks {
+  Range rows;
+  Range cols;
+};
+Fp8ScaleBlocks fp8_scale_blocks(Range rows, Range cols, int64_t block_rows, int64_t block_cols);
+
+// Dequantises that window into `dst` (row_count × col_count float32). `codes` points at the
+// window's first code, rows `code_row_stride` codes apart; `scales` holds the touched blocks of
+// fp8_scale_blocks() row-major. Counts must be positive.
+void dequantize_fp8_window(const uint8_t* codes, int64_t code_row_stride, Range rows, Range cols,
+                           const float* scales, int64_t block_rows, int64_t block_cols, float* dst);
+
 class Checkpoint {
  public:
   // Opens `dir`: reads config.json text, opens model.safetensors or every shard named by
@@ -63,6 +83,10 @@ class Checkpoint {
 
   // The shape, or NOT_FOUND.
   StatusOr<std::vector<int64_t>> shape(const std::string& name) const;
+
+  // The tensor's bytes as stored (num_bytes() of them, in the memory map; not aligned), or
+  // NOT_FOUND. For checksums and format conversion.
+  StatusOr<const uint8_t*> raw_data(const std::string& name) const;
 
   // Overrides the FP8 block taken from config.json; both must be positive or reads fail.
   void set_fp8_block(int64_t rows, int64_t cols) {

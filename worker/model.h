@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -86,6 +87,42 @@ struct LayerWeights {
   MlpWeights mlp;
   MoeWeights moe_weights;
 };
+
+// The split table: how each checkpoint tensor is divided among the ranks of a tensor-parallel
+// group. Model::load_weights reads exactly these slices (tests/unit/test_weight_table.cpp checks
+// it); HDF5 checkpoints chunk each tensor along its split dimension (worker/h5_layout.h).
+enum class TensorSplit : uint8_t {
+  kReplicated,  // every rank of the group reads it whole
+  kRows,        // dim 0, made of `units` equal parts (heads, channels, vocabulary entries)
+  kCols,        // dim 1, likewise
+  kExpert,      // a routed expert's tensor: whole on the rank that holds the expert, else unread
+};
+const char* tensor_split_name(TensorSplit split);  // "replicated", "rows", "cols", "expert"
+
+struct TensorSpec {
+  std::string name;  // as Hugging Face names it
+  std::vector<int64_t> shape;
+  TensorSplit split = TensorSplit::kReplicated;
+  int64_t units = 1;    // kRows/kCols: parts of the split dim; kExpert: n_routed_experts
+  int64_t expert = -1;  // kExpert: the expert's index
+  int64_t layer = -1;   // decoder layer; -1: embedding, final norm, output head
+};
+
+// Where a tensor lives (rows × cols; cols is Range::all() for 1-D tensors).
+struct TensorSlice {
+  Range rows;
+  Range cols;
+};
+
+// Every tensor the config needs, with its full shape and split.
+std::vector<TensorSpec> weight_table(const ModelConfig& config);
+
+// The part of `spec` the rank holding `shard` reads, or nullopt when it reads none of it (another
+// stage's layer, another rank's expert). A split whose units are fewer than the tp ranks (Llama kv
+// heads) gives each rank one unit, shared by tp / units ranks. Expects a shard that check_shard
+// accepted.
+std::optional<TensorSlice> owned_slice(const TensorSpec& spec, const ModelConfig& config,
+                                       const ModelShard& shard);
 
 // What each parallel dimension splits in this model, for check_splits (parallel/layout.h): heads,
 // kv heads, vocabulary, MLP widths and experts must divide by tp; layers must cover pp stages.

@@ -20,12 +20,6 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-void add_mlp(Shapes& out, const std::string& prefix, int64_t hidden, int64_t inter) {
-  out.push_back({prefix + "gate_proj.weight", {inter, hidden}});
-  out.push_back({prefix + "up_proj.weight", {inter, hidden}});
-  out.push_back({prefix + "down_proj.weight", {hidden, inter}});
-}
-
 // Reads slices of checkpoint tensors into backend memory after checking full shapes.
 class Loader {
  public:
@@ -145,53 +139,136 @@ class Loader {
 
 }  // namespace
 
-Shapes Model::expected_tensors(const ModelConfig& c) {
-  Shapes out;
+const char* tensor_split_name(TensorSplit split) {
+  switch (split) {
+    case TensorSplit::kReplicated:
+      return "replicated";
+    case TensorSplit::kRows:
+      return "rows";
+    case TensorSplit::kCols:
+      return "cols";
+    case TensorSplit::kExpert:
+      return "expert";
+  }
+  return "?";
+}
+
+std::vector<TensorSpec> weight_table(const ModelConfig& c) {
+  std::vector<TensorSpec> out;
+  int64_t layer = -1;
+  auto replicated = [&](std::string name, std::vector<int64_t> shape) {
+    out.push_back({std::move(name), std::move(shape), TensorSplit::kReplicated, 1, -1, layer});
+  };
+  auto rows = [&](std::string name, std::vector<int64_t> shape, int64_t units) {
+    out.push_back({std::move(name), std::move(shape), TensorSplit::kRows, units, -1, layer});
+  };
+  auto cols = [&](std::string name, std::vector<int64_t> shape, int64_t units) {
+    out.push_back({std::move(name), std::move(shape), TensorSplit::kCols, units, -1, layer});
+  };
+  // A SwiGLU MLP split Megatron-style: gate/up by output rows, down by input columns.
+  auto mlp = [&](const std::string& prefix, int64_t hidden, int64_t inter) {
+    rows(prefix + "gate_proj.weight", {inter, hidden}, inter);
+    rows(prefix + "up_proj.weight", {inter, hidden}, inter);
+    cols(prefix + "down_proj.weight", {hidden, inter}, inter);
+  };
+
   const int64_t h = c.hidden_size;
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, h}});
-  out.push_back({"model.norm.weight", {h}});
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, h}});
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+  rows("model.embed_tokens.weight", {c.vocab_size, h}, c.vocab_size);  // vocabulary-parallel
+  replicated("model.norm.weight", {h});
+  if (!c.tie_word_embeddings) rows("lm_head.weight", {c.vocab_size, h}, c.vocab_size);
+  for (layer = 0; layer < c.num_layers; ++layer) {
     const std::string p = layer_prefix(layer);
-    out.push_back({p + "input_layernorm.weight", {h}});
-    out.push_back({p + "post_attention_layernorm.weight", {h}});
+    replicated(p + "input_layernorm.weight", {h});
+    replicated(p + "post_attention_layernorm.weight", {h});
     const std::string a = p + "self_attn.";
     if (!c.is_mla()) {
-      out.push_back({a + "q_proj.weight", {c.num_heads * c.head_dim, h}});
-      out.push_back({a + "k_proj.weight", {c.num_kv_heads * c.head_dim, h}});
-      out.push_back({a + "v_proj.weight", {c.num_kv_heads * c.head_dim, h}});
-      out.push_back({a + "o_proj.weight", {h, c.num_heads * c.head_dim}});
+      rows(a + "q_proj.weight", {c.num_heads * c.head_dim, h}, c.num_heads);
+      rows(a + "k_proj.weight", {c.num_kv_heads * c.head_dim, h}, c.num_kv_heads);
+      rows(a + "v_proj.weight", {c.num_kv_heads * c.head_dim, h}, c.num_kv_heads);
+      cols(a + "o_proj.weight", {h, c.num_heads * c.head_dim}, c.num_heads);
     } else {
       if (c.q_lora_rank > 0) {
-        out.push_back({a + "q_a_proj.weight", {c.q_lora_rank, h}});
-        out.push_back({a + "q_a_layernorm.weight", {c.q_lora_rank}});
-        out.push_back({a + "q_b_proj.weight", {c.num_heads * c.qk_head_dim(), c.q_lora_rank}});
+        replicated(a + "q_a_proj.weight", {c.q_lora_rank, h});
+        replicated(a + "q_a_layernorm.weight", {c.q_lora_rank});
+        rows(a + "q_b_proj.weight", {c.num_heads * c.qk_head_dim(), c.q_lora_rank}, c.num_heads);
       } else {
-        out.push_back({a + "q_proj.weight", {c.num_heads * c.qk_head_dim(), h}});
+        rows(a + "q_proj.weight", {c.num_heads * c.qk_head_dim(), h}, c.num_heads);
       }
-      out.push_back({a + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h}});
-      out.push_back({a + "kv_a_layernorm.weight", {c.kv_lora_rank}});
-      out.push_back({a + "kv_b_proj.weight",
-                     {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}});
-      out.push_back({a + "o_proj.weight", {h, c.num_heads * c.v_head_dim}});
+      replicated(a + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h});
+      replicated(a + "kv_a_layernorm.weight", {c.kv_lora_rank});
+      rows(a + "kv_b_proj.weight",
+           {c.num_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank}, c.num_heads);
+      cols(a + "o_proj.weight", {h, c.num_heads * c.v_head_dim}, c.num_heads);
     }
     if (c.is_moe_layer(layer)) {
       const std::string m = p + "mlp.";
-      out.push_back({m + "gate.weight", {c.num_routed_experts, h}});
+      replicated(m + "gate.weight", {c.num_routed_experts, h});
       if (c.routing.method == MoeTopkMethod::kNoauxTc) {
-        out.push_back({m + "gate.e_score_correction_bias", {c.num_routed_experts}});
+        replicated(m + "gate.e_score_correction_bias", {c.num_routed_experts});
       }
       for (int64_t e = 0; e < c.num_routed_experts; ++e) {
-        add_mlp(out, m + "experts." + std::to_string(e) + ".", h, c.moe_intermediate_size);
+        const std::string x = m + "experts." + std::to_string(e) + ".";
+        const int64_t inter = c.moe_intermediate_size;
+        for (auto [name, shape] : {std::pair{"gate_proj.weight", std::vector<int64_t>{inter, h}},
+                                   std::pair{"up_proj.weight", std::vector<int64_t>{inter, h}},
+                                   std::pair{"down_proj.weight", std::vector<int64_t>{h, inter}}}) {
+          out.push_back({x + name, shape, TensorSplit::kExpert, c.num_routed_experts, e, layer});
+        }
       }
       if (c.num_shared_experts > 0) {
-        add_mlp(out, m + "shared_experts.", h, c.moe_intermediate_size * c.num_shared_experts);
+        mlp(m + "shared_experts.", h, c.moe_intermediate_size * c.num_shared_experts);
       }
     } else {
-      add_mlp(out, p + "mlp.", h, c.intermediate_size);
+      mlp(p + "mlp.", h, c.intermediate_size);
     }
   }
   return out;
+}
+
+Shapes Model::expected_tensors(const ModelConfig& c) {
+  Shapes out;
+  for (TensorSpec& spec : weight_table(c)) out.push_back({std::move(spec.name), spec.shape});
+  return out;
+}
+
+std::optional<TensorSlice> owned_slice(const TensorSpec& spec, const ModelConfig& c,
+                                       const ModelShard& shard) {
+  const int64_t layer_end = shard.layer_end < 0 ? c.num_layers : shard.layer_end;
+  bool on_stage;
+  if (spec.layer >= 0) {
+    on_stage = spec.layer >= shard.layer_begin && spec.layer < layer_end;
+  } else if (spec.name == "model.embed_tokens.weight") {
+    // The input embedding on the first stage; tied weights are the output head on the last too.
+    on_stage = shard.first_stage() || (c.tie_word_embeddings && layer_end == c.num_layers);
+  } else {
+    on_stage = layer_end == c.num_layers;  // final norm and output head
+  }
+  if (!on_stage) return std::nullopt;
+
+  const int64_t tp = shard.tp_size;
+  const int64_t r = shard.tp_rank;
+  const TensorSlice whole{Range::all(), Range::all()};
+  switch (spec.split) {
+    case TensorSplit::kReplicated:
+      return whole;
+    case TensorSplit::kExpert: {
+      const int64_t per_rank = spec.units / tp;
+      if (per_rank <= 0 || spec.expert / per_rank != r) return std::nullopt;
+      return whole;
+    }
+    case TensorSplit::kRows:
+    case TensorSplit::kCols: {
+      const size_t dim = spec.split == TensorSplit::kRows ? 0 : 1;
+      const int64_t unit_size = spec.shape[dim] / spec.units;
+      // Enough units: each rank takes units / tp of them. Fewer units than ranks (kv heads):
+      // consecutive groups of tp / units ranks share one.
+      const Range part =
+          spec.units >= tp ? Range{r * (spec.units / tp) * unit_size, (spec.units / tp) * unit_size}
+                           : Range{(r / (tp / spec.units)) * unit_size, unit_size};
+      return dim == 0 ? TensorSlice{part, Range::all()} : TensorSlice{Range::all(), part};
+    }
+  }
+  return std::nullopt;
 }
 
 std::vector<SplitRequirement> split_requirements(const ModelConfig& c) {

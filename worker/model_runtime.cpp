@@ -3,8 +3,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 
 #include "common/json_fields.h"
+#include "worker/h5_checkpoint.h"
 
 namespace dshpc {
 namespace {
@@ -21,10 +23,14 @@ StatusOr<ModelConfig> load_config_for(const ModelRuntimeOptions& options) {
   if (is_directory(options.model)) {
     return load_model_config(options.model + "/config.json");
   }
+  if (!options.random_weights && is_hdf5_file(options.model)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<H5Checkpoint> checkpoint, H5Checkpoint::open(options.model));
+    return parse_model_config(checkpoint->config_json(), options.model + ":/files/config.json");
+  }
   if (!options.random_weights) {
     return invalid_argument("--model " + options.model +
-                            " is not a checkpoint directory (a config.json file needs "
-                            "--random-weights)");
+                            " is neither a checkpoint directory nor a dshpc HDF5 checkpoint (a "
+                            "config.json file needs --random-weights)");
   }
   return load_model_config(options.model);
 }
@@ -42,6 +48,13 @@ StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::create(const ModelRuntimeO
   std::unique_ptr<WeightSource> source;
   if (options.random_weights) {
     source = make_random_source(options.seed, Model::expected_tensors(rt->config_));
+  } else if (is_hdf5_file(options.model)) {
+    // Opened for the load only: each rank reads its hyperslabs, then the file is closed.
+    ASSIGN_OR_RETURN(std::unique_ptr<H5Checkpoint> checkpoint, H5Checkpoint::open(options.model));
+    if (rt->config_.fp8_weights) {
+      checkpoint->set_fp8_block(rt->config_.fp8_block_rows, rt->config_.fp8_block_cols);
+    }
+    source = std::move(checkpoint);
   } else {
     ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(options.model));
     rt->checkpoint_.emplace(std::move(checkpoint));
@@ -51,8 +64,12 @@ StatusOr<std::unique_ptr<ModelRuntime>> ModelRuntime::create(const ModelRuntimeO
     source = make_checkpoint_source(*rt->checkpoint_);
   }
   rt->source_description_ = source->describe();
+  const auto load_start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(rt->model_, Model::load(rt->config_, shard, *source, *rt->backend_, tp,
                                            options.on_load_progress));
+  rt->load_seconds_ =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  rt->load_stats_ = source->read_stats();
 
   KvCacheSpec spec = rt->model_->kv_cache_spec(options.kv_block_size);
   int64_t blocks = options.kv_blocks;

@@ -21,7 +21,7 @@
 namespace dshpc {
 
 struct ModelRuntimeOptions {
-  std::string model;            // a checkpoint directory, or a config.json with random_weights
+  std::string model;  // a checkpoint directory, an HDF5 checkpoint, or a config.json (random)
   bool random_weights = false;  // seeded random weights of the config's shapes (no checkpoint)
   uint64_t seed = 0;
   int64_t kv_block_size = 16;
@@ -50,6 +50,9 @@ class ModelRuntime {
   KvCache& cache() { return *cache_; }
   Engine& engine() { return *engine_; }
   const std::string& source_description() const { return source_description_; }
+  // What loading this rank's weights read from the checkpoint, and how long it took.
+  const WeightReadStats& load_stats() const { return load_stats_; }
+  double load_seconds() const { return load_seconds_; }
 
  private:
   ModelConfig config_;
@@ -59,6 +62,8 @@ class ModelRuntime {
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Engine> engine_;
   std::string source_description_;
+  WeightReadStats load_stats_;
+  double load_seconds_ = 0.0;
 };
 
 // A free list of KV cache blocks (the single-sequence drivers' allocator; the serving scheduler

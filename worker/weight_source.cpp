@@ -1,5 +1,6 @@
 #include "worker/weight_source.h"
 
+#include <chrono>
 #include <cmath>
 #include <map>
 
@@ -14,11 +15,40 @@ class CheckpointSource final : public WeightSource {
     return checkpoint_.shape(name);
   }
   Status read_f32(const std::string& name, Range rows, Range cols, float* dst) const override {
-    return checkpoint_.read_f32(name, rows, cols, dst);
+    const auto start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(checkpoint_.read_f32(name, rows, cols, dst));
+    count(name, rows, cols);
+    stats_.reads += 1;
+    stats_.seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return ok_status();
   }
+  WeightReadStats read_stats() const override { return stats_; }
 
  private:
+  // The slice's bytes as stored (and, for FP8, the scale blocks it touched).
+  void count(const std::string& name, Range rows, Range cols) const {
+    const StatusOr<const SafetensorsTensor*> tensor = checkpoint_.find(name);
+    if (!tensor.ok() || (*tensor)->shape.empty()) return;
+    const std::vector<int64_t>& shape = (*tensor)->shape;
+    const Range r{rows.begin, rows.count < 0 ? shape[0] - rows.begin : rows.count};
+    const int64_t num_cols = shape.size() > 1 ? shape[1] : 1;
+    const Range c{cols.begin, cols.count < 0 ? num_cols - cols.begin : cols.count};
+    const int64_t element = static_cast<int64_t>(dtype_size((*tensor)->dtype));
+    stats_.add(name, r.count * c.count * element, element);
+    if ((*tensor)->dtype == DType::kF8E4M3 && r.count > 0 && c.count > 0) {
+      const std::string scale_name = name + kFp8ScaleSuffix;
+      const StatusOr<const SafetensorsTensor*> scale = checkpoint_.find(scale_name);
+      if (!scale.ok()) return;
+      const Fp8ScaleBlocks blocks =
+          fp8_scale_blocks(r, c, checkpoint_.fp8_block_rows(), checkpoint_.fp8_block_cols());
+      const int64_t scale_element = static_cast<int64_t>(dtype_size((*scale)->dtype));
+      stats_.add(scale_name, blocks.rows.count * blocks.cols.count * scale_element, scale_element);
+    }
+  }
+
   const Checkpoint& checkpoint_;
+  mutable WeightReadStats stats_;
 };
 
 uint64_t splitmix64(uint64_t x) {
