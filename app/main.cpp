@@ -38,6 +38,8 @@ void print_usage(FILE* out) {
                "commands:\n",
                dshpc::version_string());
   for (const Command& c : kCommands) std::fprintf(out, "  %-14s %s\n", c.name, c.summary);
+  std::fprintf(out, "  %-14s %s\n", "bench serve",
+               "load generator against a running server: TTFT, ITL, E2E, throughput, goodput");
   std::fprintf(out, "  %-14s %s\n", "version", "print the version");
   std::fprintf(out, "\n`dshpc COMMAND --help` describes each command's options.\n");
 }
@@ -54,6 +56,9 @@ int main(int argc, char** argv) {
   if (name == "version" || name == "--version") {
     std::printf("%s\n", dshpc::version_string());
     return 0;
+  }
+  if (name == "bench" && argc > 2 && std::strcmp(argv[2], "serve") == 0) {
+    return dshpc::run_bench_serve(argc, argv, 3);
   }
   for (const Command& c : kCommands) {
     if (name == c.name) return c.run(argc, argv, 2);
