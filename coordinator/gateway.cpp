@@ -303,6 +303,13 @@ std::vector<std::shared_ptr<GenerationCall>> Gateway::Context::take_calls() {
   return calls;
 }
 
+std::vector<std::shared_ptr<GenerationCall>> Gateway::Context::calls() const {
+  std::lock_guard<std::mutex> lock(calls_mutex_);
+  std::vector<std::shared_ptr<GenerationCall>> out;
+  for (const auto& [key, call] : calls_) out.push_back(call);
+  return out;
+}
+
 int64_t Gateway::Context::calls_in_flight() const {
   std::lock_guard<std::mutex> lock(calls_mutex_);
   return static_cast<int64_t>(calls_.size());
@@ -348,6 +355,7 @@ Gateway::~Gateway() {
 }
 
 Status Gateway::start() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
   if (server_) return internal_error("Gateway::start called twice");
   RETURN_IF_ERROR(context_->config.validate());
   StatusOr<ChatRenderer> renderer = ChatRenderer::for_tokenizer(context_->tokenizer);
@@ -411,6 +419,7 @@ int64_t Gateway::in_flight() const {
 }
 
 void Gateway::stop(std::chrono::milliseconds grace) {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
   if (!server_) return;
   context_->draining = true;
   server_->stop(grace);  // closing connections cancels their requests (on_client_gone)
@@ -423,6 +432,24 @@ void Gateway::stop(std::chrono::milliseconds grace) {
   for (const std::shared_ptr<GenerationCall>& call : context_->take_calls()) {
     call->cancel_for_shutdown();
   }
+  context_->server = nullptr;
+  server_.reset();
+}
+
+void Gateway::fail_all(const std::string& message, std::chrono::milliseconds grace) {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
+  if (!server_) return;
+  context_->draining = true;  // anything arriving meanwhile gets 503 as well
+  const ApiError error = api_error_from_status(unavailable(message));
+  for (const std::shared_ptr<GenerationCall>& call : context_->calls()) call->post_failure(error);
+  // The failures are queued on their strands ahead of the shutdown that stop() posts, so each
+  // connection writes its error before it closes.
+  server_->stop(grace);
+  {
+    std::lock_guard<std::mutex> lock(context_->gate->mutex);
+    context_->gate->open = false;
+  }
+  context_->take_calls();  // whatever did not get out in time: no one to tell any more
   context_->server = nullptr;
   server_.reset();
 }
