@@ -1,6 +1,7 @@
 // Gateway lifecycle and the routes other than generation (gateway_generation.cpp).
 #include "coordinator/gateway.h"
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -120,7 +121,7 @@ void handle_metrics(Gateway::Context& context, HttpExchange& exchange) {
 
 void handle_tokenize(Gateway::Context& context, HttpExchange& exchange) {
   constexpr std::string_view kEndpoint = "/tokenize";
-  ApiResult<json::object> body = parse_request_body(exchange.request().body());
+  ApiResult<json::object> body = parse_json_body(exchange.request());
   if (!body.ok()) return context.reply_error(exchange, kEndpoint, body.error());
   if (std::optional<ApiError> error = check_model(body.value(), context.limits)) {
     return context.reply_error(exchange, kEndpoint, *error);
@@ -184,7 +185,7 @@ void handle_tokenize(Gateway::Context& context, HttpExchange& exchange) {
 
 void handle_detokenize(Gateway::Context& context, HttpExchange& exchange) {
   constexpr std::string_view kEndpoint = "/detokenize";
-  ApiResult<json::object> body = parse_request_body(exchange.request().body());
+  ApiResult<json::object> body = parse_json_body(exchange.request());
   if (!body.ok()) return context.reply_error(exchange, kEndpoint, body.error());
   if (std::optional<ApiError> error = check_model(body.value(), context.limits)) {
     return context.reply_error(exchange, kEndpoint, *error);
@@ -252,6 +253,21 @@ void route(Gateway::Context& context, const std::shared_ptr<HttpExchange>& excha
 }
 
 }  // namespace
+
+ApiResult<json::object> parse_json_body(const HttpRequest& request) {
+  ApiResult<json::object> body = parse_request_body(request.body());
+  if (body.ok()) return body;
+  const auto type = request[beast_http::field::content_type];
+  std::string media(type.data(), type.size());
+  media = media.substr(0, media.find(';'));
+  for (char& c : media) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  while (!media.empty() && media.back() == ' ') media.pop_back();
+  if (media.empty() || media == "application/json" || media.ends_with("+json")) return body;
+  ApiError error = body.error();
+  error.message +=
+      " (the request was sent as Content-Type '" + media + "'; send the body as application/json)";
+  return error;
+}
 
 // ---- Context ----
 

@@ -101,7 +101,7 @@ void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view
     context.reply_error(*exchange, endpoint, error);
   };
 
-  ApiResult<json::object> body = parse_request_body(exchange->request().body());
+  ApiResult<json::object> body = parse_json_body(exchange->request());
   if (!body.ok()) return fail(body.error());
   ApiResult<GenerationParams> parsed = kind == ApiKind::kChat
                                            ? parse_chat_request(body.value(), context.limits)

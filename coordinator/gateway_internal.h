@@ -70,6 +70,11 @@ struct Gateway::Context {
   uint64_t next_call_key_ = 0;
 };
 
+// The request body as a JSON object (parse_request_body). The Content-Type is not enforced —
+// curl -d sends application/x-www-form-urlencoded, and a JSON body under another label is still
+// JSON — but when a body does not parse and its label says it is not JSON, the error says so.
+ApiResult<boost::json::object> parse_json_body(const HttpRequest& request);
+
 // POST /v1/completions and /v1/chat/completions (gateway_generation.cpp).
 void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view endpoint,
                        const std::shared_ptr<HttpExchange>& exchange,
