@@ -16,6 +16,7 @@ packages=(
   prometheus-cpp-dev                   # metrics (core library: registry, text serializer)
   prometheus                           # promtool (rule and metrics checks) and the server for tests
   curl jq                              # end-to-end tests
+  python3                              # end-to-end reliability tests (standard library only)
   yq                                   # YAML checks of configs/ (ops tests)
 )
 
