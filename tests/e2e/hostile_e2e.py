@@ -18,7 +18,7 @@ import time
 
 import dshpc_e2e as e2e
 
-READ_TIMEOUT_MS = 1500   # --read-timeout-ms: the slow-client (slowloris) bound under test
+READ_TIMEOUT_MS = 3000   # --read-timeout-ms: the slow-client (slowloris) bound under test
 MAX_BODY = 65536         # --max-body-bytes
 MAX_HEADER = 8192        # --max-header-bytes
 JSON = {"Content-Type": "application/json"}
