@@ -2,7 +2,6 @@
 """Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/ (run once; the
 files are committed). Inputs that once crashed a target are committed beside them by hand, named
 regression-*, and are never rewritten here."""
-import hashlib
 import json
 import os
 import struct
