@@ -27,9 +27,9 @@ SETTLED_GAUGES = ("dshpc_num_requests_running", "dshpc_num_requests_waiting", "d
 def gauges(port):
     status, response = e2e.request(port, "GET", "/metrics")
     values = {}
-    for name in SETTLED_GAUGES:
-        match = re.search(r"^%s(?:\{[^}]*\})? (\S+)$" % re.escape(name), response.body.decode(), re.M)
-        values[name] = float(match.group(1)) if match else None
+    for name in SETTLED_GAUGES:  # summed over every label set (replicas, models)
+        samples = re.findall(r"^%s(?:\{[^}]*\})? (\S+)$" % re.escape(name), response.body.decode(), re.M)
+        values[name] = sum(float(v) for v in samples) if samples else None
     return values
 
 
