@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <memory>
@@ -19,6 +20,8 @@
 #include "app/config_file.h"
 #include "app/frontend.h"
 #include "app/job.h"
+#include "app/job_failure.h"
+#include "common/check.h"
 #include "common/log.h"
 #include "common/options.h"
 #include "coordinator/scheduler_config.h"
@@ -155,17 +158,36 @@ int run_serve(int argc, char** argv, int first) {
                             describe_scheduler_config(*scheduler_cfg),
                         {{"event.action", "server.ready"}});
 
-  // Signals: the first drains (bounded by --drain-timeout-s), the second stops at once.
+  // From here on a job that goes down ends the open requests with an error first (job_failure.h).
+  RequestFailer request_failer(*front.gateway);
+
+  // Signals: the first drains (bounded by --drain-timeout-s), the second stops at once; a
+  // SIGTERM from Open MPI's launcher, which kills the job a second later, aborts it at once.
   std::mutex shutdown_mutex;
   std::condition_variable shutdown_cv;
   bool done = false;
   std::thread signal_thread([&] {
     int received = 0;
-    int signal_number = 0;
-    while (sigwait(&signals, &signal_number) == 0) {
+    siginfo_t info;
+    for (;;) {
+      const int signal_number = sigwaitinfo(&signals, &info);
+      if (signal_number < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
       {
         std::lock_guard<std::mutex> lock(shutdown_mutex);
         if (done) return;
+      }
+      if (signal_number == SIGTERM) {
+        if (std::string launcher = signal_from_mpi_launcher(info); !launcher.empty()) {
+          process_logger().error("dshpc serve: SIGTERM from " + launcher + " (pid " +
+                                     std::to_string(info.si_pid) +
+                                     "): the launcher is ending the job; failing the open "
+                                     "requests and aborting",
+                                 {{"event.action", "server.launcher_stop"}});
+          fatal_abort(143, "SIGTERM from " + launcher);
+        }
       }
       if (++received == 1) {
         process_logger().info("dshpc serve: signal " + std::to_string(signal_number) +

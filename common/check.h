@@ -3,6 +3,8 @@
 // non-zero exit quickly. Request- or file-level problems use Status instead.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <sstream>
 #include <string>
 
@@ -18,6 +20,16 @@ std::string process_identity();  // "host=… rank=… device=…"
 using AbortHandler = void (*)(int exit_code);
 void set_abort_handler(AbortHandler handler);
 [[noreturn]] void fatal_abort(int exit_code);
+
+// Last words before the abort: e.g. rank 0 of `dshpc serve` ends every open HTTP request with an
+// error, so that clients learn of the failure instead of seeing a reset connection. The hook runs
+// at most once, on a thread of its own, and gets at most `limit`; the job is aborted then even if
+// it has not returned (it may wait on the very thread that failed). `reason` is the fatal
+// message. Installing an empty hook removes it; its captures must outlive the installation.
+using FatalHook = std::function<void(const std::string& reason)>;
+void set_fatal_hook(FatalHook hook, std::chrono::milliseconds limit = std::chrono::seconds(3));
+// Runs the hook (if any, once) with `reason`, then the abort handler with `exit_code`.
+[[noreturn]] void fatal_abort(int exit_code, const std::string& reason);
 
 class FatalMessage {
  public:

@@ -1,6 +1,7 @@
 // Gateway lifecycle and the routes other than generation (gateway_generation.cpp).
 #include "coordinator/gateway.h"
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -120,7 +121,7 @@ void handle_metrics(Gateway::Context& context, HttpExchange& exchange) {
 
 void handle_tokenize(Gateway::Context& context, HttpExchange& exchange) {
   constexpr std::string_view kEndpoint = "/tokenize";
-  ApiResult<json::object> body = parse_request_body(exchange.request().body());
+  ApiResult<json::object> body = parse_json_body(exchange.request());
   if (!body.ok()) return context.reply_error(exchange, kEndpoint, body.error());
   if (std::optional<ApiError> error = check_model(body.value(), context.limits)) {
     return context.reply_error(exchange, kEndpoint, *error);
@@ -184,7 +185,7 @@ void handle_tokenize(Gateway::Context& context, HttpExchange& exchange) {
 
 void handle_detokenize(Gateway::Context& context, HttpExchange& exchange) {
   constexpr std::string_view kEndpoint = "/detokenize";
-  ApiResult<json::object> body = parse_request_body(exchange.request().body());
+  ApiResult<json::object> body = parse_json_body(exchange.request());
   if (!body.ok()) return context.reply_error(exchange, kEndpoint, body.error());
   if (std::optional<ApiError> error = check_model(body.value(), context.limits)) {
     return context.reply_error(exchange, kEndpoint, *error);
@@ -253,6 +254,21 @@ void route(Gateway::Context& context, const std::shared_ptr<HttpExchange>& excha
 
 }  // namespace
 
+ApiResult<json::object> parse_json_body(const HttpRequest& request) {
+  ApiResult<json::object> body = parse_request_body(request.body());
+  if (body.ok()) return body;
+  const auto type = request[beast_http::field::content_type];
+  std::string media(type.data(), type.size());
+  media = media.substr(0, media.find(';'));
+  for (char& c : media) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  while (!media.empty() && media.back() == ' ') media.pop_back();
+  if (media.empty() || media == "application/json" || media.ends_with("+json")) return body;
+  ApiError error = body.error();
+  error.message +=
+      " (the request was sent as Content-Type '" + media + "'; send the body as application/json)";
+  return error;
+}
+
 // ---- Context ----
 
 Gateway::Context::Context(GatewayConfig config_in, InferenceService& service_in,
@@ -303,6 +319,13 @@ std::vector<std::shared_ptr<GenerationCall>> Gateway::Context::take_calls() {
   return calls;
 }
 
+std::vector<std::shared_ptr<GenerationCall>> Gateway::Context::calls() const {
+  std::lock_guard<std::mutex> lock(calls_mutex_);
+  std::vector<std::shared_ptr<GenerationCall>> out;
+  for (const auto& [key, call] : calls_) out.push_back(call);
+  return out;
+}
+
 int64_t Gateway::Context::calls_in_flight() const {
   std::lock_guard<std::mutex> lock(calls_mutex_);
   return static_cast<int64_t>(calls_.size());
@@ -348,6 +371,7 @@ Gateway::~Gateway() {
 }
 
 Status Gateway::start() {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
   if (server_) return internal_error("Gateway::start called twice");
   RETURN_IF_ERROR(context_->config.validate());
   StatusOr<ChatRenderer> renderer = ChatRenderer::for_tokenizer(context_->tokenizer);
@@ -411,6 +435,7 @@ int64_t Gateway::in_flight() const {
 }
 
 void Gateway::stop(std::chrono::milliseconds grace) {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
   if (!server_) return;
   context_->draining = true;
   server_->stop(grace);  // closing connections cancels their requests (on_client_gone)
@@ -423,6 +448,24 @@ void Gateway::stop(std::chrono::milliseconds grace) {
   for (const std::shared_ptr<GenerationCall>& call : context_->take_calls()) {
     call->cancel_for_shutdown();
   }
+  context_->server = nullptr;
+  server_.reset();
+}
+
+void Gateway::fail_all(const std::string& message, std::chrono::milliseconds grace) {
+  std::lock_guard<std::mutex> lifecycle(lifecycle_mutex_);
+  if (!server_) return;
+  context_->draining = true;  // anything arriving meanwhile gets 503 as well
+  const ApiError error = api_error_from_status(unavailable(message));
+  for (const std::shared_ptr<GenerationCall>& call : context_->calls()) call->post_failure(error);
+  // The failures are queued on their strands ahead of the shutdown that stop() posts, so each
+  // connection writes its error before it closes.
+  server_->stop(grace);
+  {
+    std::lock_guard<std::mutex> lock(context_->gate->mutex);
+    context_->gate->open = false;
+  }
+  context_->take_calls();  // whatever did not get out in time: no one to tell any more
   context_->server = nullptr;
   server_.reset();
 }

@@ -28,6 +28,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "common/status.h"
 #include "coordinator/http_server.h"
@@ -66,6 +68,14 @@ class Gateway {
   // and cancels in the service whatever is left. Not from an I/O thread.
   void stop(std::chrono::milliseconds grace = std::chrono::milliseconds(0));
 
+  // The job is going down (a rank died or hung, the launcher is stopping it): every open
+  // generation request ends now with a 503 carrying `message` — for a stream an SSE error
+  // event and "data: [DONE]" — written out within `grace`, then every connection is closed as
+  // stop() does. The service is not called (its thread may be the one that failed). Meant for
+  // the fatal-error hook (common/check.h); not from an I/O thread. A later stop() does nothing.
+  void fail_all(const std::string& message,
+                std::chrono::milliseconds grace = std::chrono::milliseconds(1000));
+
   Metrics& metrics() const;
   HttpServerStats http_stats() const;
 
@@ -73,6 +83,7 @@ class Gateway {
 
  private:
   std::unique_ptr<Context> context_;
+  std::mutex lifecycle_mutex_;  // start / stop / fail_all, which may come from different threads
   std::unique_ptr<HttpServer> server_;
 };
 

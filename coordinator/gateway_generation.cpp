@@ -101,7 +101,7 @@ void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view
     context.reply_error(*exchange, endpoint, error);
   };
 
-  ApiResult<json::object> body = parse_request_body(exchange->request().body());
+  ApiResult<json::object> body = parse_json_body(exchange->request());
   if (!body.ok()) return fail(body.error());
   ApiResult<GenerationParams> parsed = kind == ApiKind::kChat
                                            ? parse_chat_request(body.value(), context.limits)
@@ -397,6 +397,12 @@ void GenerationCall::cancel_for_shutdown() {
   cancel_unfinished();
 }
 
+void GenerationCall::post_failure(ApiError error) {
+  boost::asio::post(exchange_->executor(), [self = shared_from_this(), error = std::move(error)] {
+    self->fail(error, /*cancel_service=*/false);
+  });
+}
+
 void GenerationCall::on_client_gone() {
   if (done_) return;
   done_ = true;
@@ -412,10 +418,16 @@ void GenerationCall::on_client_gone() {
   release();
 }
 
-void GenerationCall::fail(const ApiError& error) {
+void GenerationCall::fail(const ApiError& error, bool cancel_service) {
   if (done_) return;
   done_ = true;
-  cancel_unfinished();
+  if (cancel_service) {
+    cancel_unfinished();
+  } else {
+    for (Choice& choice : choices_) {
+      if (!choice.finished) finish_choice(choice, "abort");
+    }
+  }
   const FailureReason reason = failure_reason_for_http(error.http_status);
   if (accepted_) {
     context_.metrics->on_request_failed(timing_, reason);

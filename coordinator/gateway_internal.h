@@ -52,6 +52,7 @@ struct Gateway::Context {
   uint64_t register_call(std::shared_ptr<GenerationCall> call);
   void unregister_call(uint64_t key);
   std::vector<std::shared_ptr<GenerationCall>> take_calls();
+  std::vector<std::shared_ptr<GenerationCall>> calls() const;
   int64_t calls_in_flight() const;
 
   HttpResponse json_response(beast_http::status status, const boost::json::value& body) const;
@@ -68,6 +69,11 @@ struct Gateway::Context {
   std::map<uint64_t, std::shared_ptr<GenerationCall>> calls_;
   uint64_t next_call_key_ = 0;
 };
+
+// The request body as a JSON object (parse_request_body). The Content-Type is not enforced —
+// curl -d sends application/x-www-form-urlencoded, and a JSON body under another label is still
+// JSON — but when a body does not parse and its label says it is not JSON, the error says so.
+ApiResult<boost::json::object> parse_json_body(const HttpRequest& request);
 
 // POST /v1/completions and /v1/chat/completions (gateway_generation.cpp).
 void handle_generation(Gateway::Context& context, ApiKind kind, std::string_view endpoint,
@@ -92,6 +98,9 @@ class GenerationCall : public std::enable_shared_from_this<GenerationCall> {
   void post_event(int choice, GenerationEvent event);
   // After the I/O threads are joined: cancels the service requests still running.
   void cancel_for_shutdown();
+  // From any thread: posts to the strand an end with `error` that leaves the service alone
+  // (Gateway::fail_all).
+  void post_failure(ApiError error);
 
  private:
   struct Choice {
@@ -119,7 +128,9 @@ class GenerationCall : public std::enable_shared_from_this<GenerationCall> {
   void stream_write(const boost::json::value& chunk);
   std::optional<boost::json::object> logprobs_json(const Choice& choice) const;
   void cancel_unfinished();
-  void fail(const ApiError& error);
+  // Ends the request with `error`; with cancel_service false the service is not told (it is
+  // going away).
+  void fail(const ApiError& error, bool cancel_service = true);
   void complete();
   void release();
   bool wants_logprobs() const { return params_.logprobs_count >= 0; }

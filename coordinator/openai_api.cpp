@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "common/json_fields.h"
+#include "coordinator/unicode.h"
 
 namespace dshpc {
 
@@ -46,10 +47,13 @@ ApiError api_error_from_status(const Status& status) {
 }
 
 json::object error_body(const ApiError& error) {
+  // Messages quote what the client sent (a path, a method, a model name), which need not be
+  // UTF-8; Boost.JSON would copy such bytes verbatim and make the body invalid JSON.
   json::object inner;
-  inner["message"] = error.message;
+  inner["message"] = utf8_lossy(error.message);
   inner["type"] = error.type;
-  inner["param"] = error.param.empty() ? json::value(nullptr) : json::value(error.param);
+  inner["param"] =
+      error.param.empty() ? json::value(nullptr) : json::value(utf8_lossy(error.param));
   inner["code"] = error.code.empty() ? json::value(nullptr) : json::value(error.code);
   json::object body;
   body["error"] = std::move(inner);

@@ -16,6 +16,8 @@ packages=(
   prometheus-cpp-dev                   # metrics (core library: registry, text serializer)
   prometheus                           # promtool (rule and metrics checks) and the server for tests
   curl jq                              # end-to-end tests
+  python3                              # end-to-end reliability tests (standard library only)
+  clang libclang-rt-14-dev             # sanitizer and libFuzzer build (launch/fuzz.sh)
   yq                                   # YAML checks of configs/ (ops tests)
 )
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds dshpc and runs every test (ctest), from a fresh Debian 12 machine:
-#   ./launch/test.sh                 everything
-#   ./launch/test.sh -L unit         one layer (labels: unit, golden, cli, mpi, e2e, ops)
+#   ./launch/test.sh                 everything, then the sanitizer layer (launch/fuzz.sh: the unit
+#                                    tests under ASan + UBSan and each fuzz target for 30 s, in a
+#                                    second tree built by clang; DSHPC_SANITIZER_TESTS=0 skips it)
+#   ./launch/test.sh -L unit         one layer (labels: unit, golden, cli, mpi, e2e, reliability, ops)
 # Arguments are passed to ctest. Missing packages are installed by launch/setup.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,3 +15,6 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 cd "$build"
 ctest --output-on-failure --timeout 600 -j "${DSHPC_TEST_JOBS:-2}" "$@"
+if [ $# -eq 0 ] && [ "${DSHPC_SANITIZER_TESTS:-1}" != 0 ]; then
+  "$root/launch/fuzz.sh" all
+fi

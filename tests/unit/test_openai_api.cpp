@@ -10,6 +10,7 @@
 #include "coordinator/openai_api.h"
 #include "coordinator/server_config.h"
 #include "coordinator/stop_strings.h"
+#include "coordinator/unicode.h"
 
 namespace dshpc {
 namespace {
@@ -256,6 +257,19 @@ TEST(OpenAiErrors, StatusMappingAndShape) {
   EXPECT_EQ(error.at("param"), "temperature");
   EXPECT_TRUE(error.at("code").is_null());
   EXPECT_TRUE(json::parse(error_json(bad_request("x"))).at("error").at("param").is_null());
+}
+
+// Found by tests/fuzz/fuzz_http: a 404 quoting a request path with a 0xFF byte was not JSON.
+TEST(OpenAiErrors, ClientBytesThatAreNotUtf8AreReplacedInErrorBodies) {
+  const std::string text =
+      error_json(bad_request("no route for '/v1/com\xffpletions\xc3'", "a\xfe"));
+  EXPECT_TRUE(is_valid_utf8(text)) << text;
+  boost::system::error_code ec;
+  json::value body = json::parse(text, ec);
+  ASSERT_FALSE(ec) << text;
+  EXPECT_EQ(body.at("error").at("message"),
+            "no route for '/v1/com\xef\xbf\xbdpletions\xef\xbf\xbd'");
+  EXPECT_EQ(body.at("error").at("param"), "a\xef\xbf\xbd");
 }
 
 TEST(OpenAiResponse, ShapesOfResponsesAndChunks) {

@@ -1,0 +1,37 @@
+// Rank 0 of `dshpc serve` when the job goes down under it (issue 9): clients learn of the failure
+// — an SSE error event then "data: [DONE]" for a stream, a 503 otherwise — before the job aborts.
+//
+// Two ways down reach rank 0:
+//   - a fatal error on rank 0 itself: an MPI wait that timed out (a peer hung or died), a failed
+//     MPI call, a broken invariant. The fatal-error hook (common/check.h) ends the requests.
+//   - Open MPI's launcher tearing the job down because another rank died (kill -9, a crash) or
+//     because mpirun itself got SIGTERM/SIGINT: it sends SIGTERM and, odls_base_sigkill_timeout
+//     (1 s) later, SIGKILL. There is no time for a drain, so a SIGTERM that comes from the
+//     launcher ends the requests at once and aborts the job. A SIGTERM from anyone else (Slurm's
+//     slurmstepd, an operator, Kubernetes) still drains, as does SIGUSR1, which
+//     launch/mpirun.sh sends for a stop on purpose.
+#pragma once
+
+#include <signal.h>
+
+#include <string>
+
+namespace dshpc {
+
+class Gateway;
+
+// Installs the fatal-error hook that fails every open request of `gateway`; the returned guard
+// removes it (the gateway must outlive the guard).
+class RequestFailer {
+ public:
+  explicit RequestFailer(Gateway& gateway);
+  ~RequestFailer();
+  RequestFailer(const RequestFailer&) = delete;
+  RequestFailer& operator=(const RequestFailer&) = delete;
+};
+
+// When `info` (from sigwaitinfo) is a signal sent by this process's parent and that parent is
+// Open MPI's launcher (mpirun, mpiexec, orterun, orted, prterun, prted), its name; else "".
+std::string signal_from_mpi_launcher(const siginfo_t& info);
+
+}  // namespace dshpc
