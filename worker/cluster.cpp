@@ -359,7 +359,7 @@ std::vector<SampledToken> Cluster::sample(const StepPlan& part, StepOutput& out)
   for (size_t i = 0; i < part.sequences.size(); ++i) {
     const SequenceStep& seq = part.sequences[i];
     if (!seq.sample) continue;
-    float* row = out.logits.data() + (out.first_row[i] + out.num_rows[i] - 1) * out.vocab;
+    float* row = out.logits.data() + out.last_row(i) * out.vocab;
     samples[i] = sampler_.sample(seq, row, out.vocab, seq.sample_counter);
   }
   return samples;

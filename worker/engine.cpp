@@ -155,15 +155,10 @@ StepOutput Engine::compute_logits(const StepPlan& plan, Mat hidden) {
 std::vector<int32_t> Engine::compute_argmax(const StepPlan& plan, Mat hidden) {
   StepOutput layout;
   Mat logits = logits_on_device(plan, hidden, layout);
-  const size_t bytes = static_cast<size_t>(logits.rows) * sizeof(int32_t);
-  if (argmax_.bytes() < bytes) argmax_ = backend_.allocate(bytes);
-  backend_.argmax(logits, argmax_.as<int32_t>());
-  std::vector<int32_t> rows(static_cast<size_t>(logits.rows));
-  backend_.download(rows.data(), argmax_.data(), bytes);
+  backend_.argmax(logits, token_buffer(logits.rows));
+  const std::vector<int32_t> rows = download_tokens(logits.rows);
   std::vector<int32_t> ids;
-  for (size_t i = 0; i < plan.sequences.size(); ++i) {
-    ids.push_back(rows[layout.first_row[i] + layout.num_rows[i] - 1]);
-  }
+  for (size_t i = 0; i < plan.sequences.size(); ++i) ids.push_back(rows[layout.last_row(i)]);
   return ids;
 }
 
@@ -176,7 +171,7 @@ std::vector<int32_t> Engine::compute_samples(const StepPlan& plan, Mat hidden) {
   for (size_t i = 0; i < plan.sequences.size(); ++i) {
     const SequenceStep& s = plan.sequences[i];
     if (!s.sample) continue;
-    SamplingRow& row = sampling_rows_[layout.first_row[i] + layout.num_rows[i] - 1];
+    SamplingRow& row = sampling_rows_[layout.last_row(i)];
     row.temperature = s.sampling.temperature;
     row.top_p = s.sampling.top_p;
     row.top_k = s.sampling.top_k;
@@ -184,15 +179,24 @@ std::vector<int32_t> Engine::compute_samples(const StepPlan& plan, Mat hidden) {
     row.counter = s.sample_counter;
   }
   const SamplingRow* rows = backend_.upload_sampling(sampling_rows_.data(), logits.rows);
-  const size_t bytes = static_cast<size_t>(logits.rows) * sizeof(int32_t);
-  if (argmax_.bytes() < bytes) argmax_ = backend_.allocate(bytes);
-  backend_.sample(logits, rows, argmax_.as<int32_t>());
-  std::vector<int32_t> row_ids(static_cast<size_t>(logits.rows));
-  backend_.download(row_ids.data(), argmax_.data(), bytes);
+  backend_.sample(logits, rows, token_buffer(logits.rows));
+  const std::vector<int32_t> row_ids = download_tokens(logits.rows);
   std::vector<int32_t> ids(plan.sequences.size(), 0);
   for (size_t i = 0; i < plan.sequences.size(); ++i) {
-    if (plan.sequences[i].sample) ids[i] = row_ids[layout.first_row[i] + layout.num_rows[i] - 1];
+    if (plan.sequences[i].sample) ids[i] = row_ids[layout.last_row(i)];
   }
+  return ids;
+}
+
+int32_t* Engine::token_buffer(int64_t rows) {
+  const size_t bytes = static_cast<size_t>(rows) * sizeof(int32_t);
+  if (argmax_.bytes() < bytes) argmax_ = backend_.allocate(bytes);
+  return argmax_.as<int32_t>();
+}
+
+std::vector<int32_t> Engine::download_tokens(int64_t rows) {
+  std::vector<int32_t> ids(static_cast<size_t>(rows));
+  backend_.download(ids.data(), argmax_.data(), ids.size() * sizeof(int32_t));
   return ids;
 }
 

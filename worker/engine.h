@@ -62,6 +62,8 @@ struct StepOutput {
   // Plans without return_logits: one entry per sequence, in plan order (token 0 where the
   // sequence did not sample).
   std::vector<SampledToken> samples;
+  // The logits row of a sequence's last token (the one its next token is drawn from).
+  int64_t last_row(size_t sequence) const { return first_row[sequence] + num_rows[sequence] - 1; }
   const float* row(int64_t sequence, int64_t i) const {
     return logits.data() + (first_row[sequence] + i) * vocab;
   }
@@ -101,6 +103,9 @@ class Engine {
  private:
   // Final norm and output head for the rows the plan needs; `out` gets the row layout.
   Mat logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out);
+  // The device buffer one token id per logits row is selected into, and its download.
+  int32_t* token_buffer(int64_t rows);
+  std::vector<int32_t> download_tokens(int64_t rows);
 
   Model& model_;
   Backend& backend_;

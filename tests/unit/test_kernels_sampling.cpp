@@ -202,7 +202,9 @@ TEST(KernelSampling, CpuBackendSampleOpDrawsEachRowWithItsParameters) {
           << "row " << r << " step " << step;
       int32_t greedy = 0;
       argmax_rows_cpu(row, 1, vocab, &greedy);
-      if (params[r].temperature <= 0.0f) EXPECT_EQ(ids[r], greedy) << "greedy row " << r;
+      if (params[r].temperature <= 0.0f) {
+        EXPECT_EQ(ids[r], greedy) << "greedy row " << r;
+      }
       differing_from_argmax += ids[r] != greedy;
     }
   }
