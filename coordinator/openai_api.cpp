@@ -119,15 +119,25 @@ class Fields {
     } else {
       return fail(key, "must be a number, got " + describe(*v));
     }
-    const bool below = lo_open ? !(d > lo) : !(d >= lo);
-    const bool above = hi_open ? !(d < hi) : !(d <= hi);
-    if (!std::isfinite(d) || below || above) {
+    // The value is stored as a float: a double beyond the float range would become infinite
+    // (and the conversion is undefined), and one too close to an open bound would round onto
+    // it (1e-50 for top_p becomes 0), so the range is checked on the float that is kept.
+    const bool representable =
+        std::isfinite(d) && std::fabs(d) <= static_cast<double>(std::numeric_limits<float>::max());
+    const double kept = representable ? static_cast<double>(static_cast<float>(d)) : d;
+    const bool below = lo_open ? !(kept > lo) : !(kept >= lo);
+    const bool above = hi_open ? !(kept < hi) : !(kept <= hi);
+    if (std::isfinite(d) && !representable) {
+      return fail(key, "is too large (the largest accepted magnitude is " +
+                           format(std::numeric_limits<float>::max()) + "), got " + describe(*v));
+    }
+    if (!representable || below || above) {
       std::string range = std::string(lo_open ? "(" : "[") + format(lo) + ", " +
                           (std::isinf(hi) ? std::string("inf") : format(hi)) +
                           (hi_open ? ")" : "]");
       return fail(key, "must be in " + range + ", got " + describe(*v));
     }
-    *out = static_cast<float>(d);
+    *out = static_cast<float>(kept);
     return true;
   }
 

@@ -136,6 +136,13 @@ TEST(OpenAiRequest, CompletionErrorsNameTheParam) {
   expect_bad(completion(R"({"prompt": "x", "frequency_penalty": -3})"), "frequency_penalty");
   expect_bad(completion(R"({"prompt": "x", "repetition_penalty": 0})"), "repetition_penalty");
   expect_bad(completion(R"({"prompt": "x", "repetition_penalty": -1})"), "repetition_penalty");
+  // Finite as a double, infinite as the float it is kept in (found by fuzz_openai_request).
+  expect_bad(completion(R"({"prompt": "x", "repetition_penalty": 1.6e128})"), "repetition_penalty",
+             "too large");
+  expect_bad(completion(R"({"prompt": "x", "repetition_penalty": -1e300})"), "repetition_penalty");
+  // Positive as a double, zero as a float: the open bound still refuses it.
+  expect_bad(completion(R"({"prompt": "x", "top_p": 1e-50})"), "top_p", "(0, 1]");
+  expect_bad(completion(R"({"prompt": "x", "repetition_penalty": 1e-60})"), "repetition_penalty");
   expect_bad(completion(R"({"prompt": "x", "stop": 5})"), "stop");
   expect_bad(completion(R"({"prompt": "x", "stop": ["a", 5]})"), "stop");
   expect_bad(completion(R"({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]})"), "stop", "4");
