@@ -164,6 +164,12 @@ std::string exchange(uint16_t port, std::string_view bytes) {
   return received;
 }
 
+bool parses_as_json(const std::string& body) {
+  json::error_code ec;
+  json::parse(body, ec);
+  return !ec;
+}
+
 void check_error_body(const std::string& body) {
   json::error_code ec;
   json::value parsed = json::parse(body, ec);
@@ -175,8 +181,10 @@ void check_error_body(const std::string& body) {
   FUZZ_CHECK(error->as_object().contains("type") && error->at("type").is_string());
 }
 
-// Every complete response in `received` is well-formed; a HEAD request's response has no body,
-// which a response parser cannot know, so inputs that hold one are only checked up to it.
+// Every complete response in `received` is well-formed. A HEAD request's response announces a
+// Content-Length but has no body, which a response parser cannot know: it takes the bytes of the
+// next response as that body, so once an input holds a HEAD request, the framing of what follows
+// is unknown and checking stops at the first response that does not parse as one would expect.
 void check_responses(std::string_view input, const std::string& received) {
   if (received.empty()) return;
   const bool has_head = input.find("HEAD") != std::string_view::npos;
@@ -214,7 +222,10 @@ void check_responses(std::string_view input, const std::string& received) {
     }
     FUZZ_CHECK(status >= 100 && status < 600);
     const bool is_json = response[http::field::content_type].starts_with("application/json");
-    if (status >= 400 && !(has_head && response.body().empty())) {
+    if (has_head && (response.body().empty() || !is_json || !parses_as_json(response.body()))) {
+      return;  // possibly a HEAD response framed with the next response's bytes
+    }
+    if (status >= 400) {
       FUZZ_CHECK(is_json);
       check_error_body(response.body());
     } else if (is_json && !response.body().empty()) {
