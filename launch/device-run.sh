@@ -50,11 +50,12 @@ modelv2=$root/configs/models/deepseek-v2-lite.json
 if has build; then
   step configure 300 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DDSHPC_GPU_TESTS=ON
-  step build 600 cmake --build "$build" -j "$(nproc)" --target dshpc dshpc_gpu_tests
+  step build 600 cmake --build "$build" -j "$(nproc)" --target dshpc dshpc_gpu_tests \
+    dshpc_gpu_all_reduce_test
 fi
 
 if has test; then
-  export DSHPC_BUILD_TARGETS=${DSHPC_BUILD_TARGETS:-"dshpc dshpc_gpu_tests"}
+  export DSHPC_BUILD_TARGETS=${DSHPC_BUILD_TARGETS:-"dshpc dshpc_gpu_tests dshpc_gpu_all_reduce_test"}
   export DSHPC_JOBS=${DSHPC_JOBS:-$(nproc)}
   step device-test "${DSHPC_TEST_TIMEOUT_S:-420}" "$root/launch/device-test.sh" "$out/device-test"
   grep -E "steps|FAILED|fail " "$out/device-test/summary.md" 2> /dev/null | head -20

@@ -203,6 +203,19 @@ for layout in "${layouts[@]}"; do
 done
 if [ ${#layouts[@]} -eq 0 ]; then skip "multi_gpu_layouts (fewer than 2 GPUs visible)"; fi
 
+# ---- the tensor-parallel all-reduce on 2 and 4 GPUs: the one-shot CUDA IPC path (exact sums,
+# graph replay, back-to-back reuse of its buffers) and NCCL above its limit, with a latency table
+ar_test=$build/bin/dshpc_gpu_all_reduce_test
+for np in 2 4; do
+  [ "$gpus" -ge "$np" ] || continue
+  if [ $built -eq 1 ] && [ -x "$ar_test" ]; then
+    step "all_reduce.np$np" "all_reduce.np$np.log" \
+      mpirun --allow-run-as-root --bind-to none -np "$np" "$ar_test" --expect-ipc 1
+  else
+    skip "all_reduce.np$np"
+  fi
+done
+
 # ---- two ranks on one GPU are refused with a clear message
 if [ $built -eq 1 ] && [ "$gpus" -ge 1 ]; then
   np=$((gpus + 1))

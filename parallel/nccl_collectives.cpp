@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "common/check.h"
+#include "common/log.h"
+#include "parallel/ipc_all_reduce.h"
 #include "parallel/mpi_collectives.h"
 
 namespace dshpc {
@@ -79,6 +81,18 @@ class NcclCollectives final : public Collectives {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;  // every call returns at once; we poll with our timeout
     DSHPC_NCCL_CHECK(ncclCommInitRankConfig(&comm_, size_, id, rank_, &config));
+    // Small all-reduces (decode steps) take the one-shot path over CUDA IPC when the whole group
+    // is on one host; every rank reaches the same verdict.
+    std::string why;
+    ipc_ = IpcAllReduce::create(comm, name_, device_, timeout_s_, &why);
+    if (rank_ == 0 && ipc_ != nullptr) {
+      process_logger().info("group '" + name_ + "': one-shot all-reduce over CUDA IPC for " +
+                            "messages up to " + std::to_string(ipc_->max_bytes()) +
+                            " bytes, NCCL above");
+    } else if (rank_ == 0 && !why.empty()) {
+      process_logger().info("group '" + name_ + "': NCCL for every all-reduce (no one-shot " +
+                            "path: " + why + ")");
+    }
     watch_id_ = watch_->add(
         name_, [this] { poll(); },
         [this] {
@@ -121,6 +135,11 @@ class NcclCollectives final : public Collectives {
   void all_reduce_sum_typed(void* data, size_t count, DType dtype) override {
     if (count == 0) return;
     const auto started = Clock::now();
+    if (ipc_ != nullptr && ipc_->supports(count * dtype_size(dtype), dtype)) {
+      ipc_->all_reduce(data, count, dtype, stream_);
+      record(CollectiveOp::kAllReduce, count * dtype_size(dtype), started);
+      return;
+    }
     DSHPC_NCCL_CHECK(ncclAllReduce(data, data, count, nccl_type(dtype), ncclSum, comm_, stream_));
     record(CollectiveOp::kAllReduce, count * dtype_size(dtype), started);
   }
@@ -183,6 +202,7 @@ class NcclCollectives final : public Collectives {
   // Asked by the backend's waits: an asynchronous error stops the job.
   void poll() {
     if (aborted_) return;
+    if (ipc_ != nullptr) ipc_->poll();
     ncclResult_t state = ncclSuccess;
     const ncclResult_t queried = ncclCommGetAsyncError(comm_, &state);
     if (queried != ncclSuccess) fail("ncclCommGetAsyncError", queried, __FILE__, __LINE__);
@@ -220,6 +240,7 @@ class NcclCollectives final : public Collectives {
   int rank_ = 0;
   int size_ = 1;
   ncclComm_t comm_ = nullptr;
+  std::unique_ptr<IpcAllReduce> ipc_;
   std::atomic<bool> aborted_{false};
   CollectiveCounters counters_;
 };
