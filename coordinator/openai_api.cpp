@@ -121,12 +121,14 @@ class Fields {
     }
     // The value is stored as a float: a double beyond the float range would become infinite
     // (and the conversion is undefined), and one too close to an open bound would round onto
-    // it (1e-50 for top_p becomes 0), so the range is checked on the float that is kept.
+    // it (1e-50 for top_p becomes 0), so the range is also checked on the float that is kept.
     const bool representable =
         std::isfinite(d) && std::fabs(d) <= static_cast<double>(std::numeric_limits<float>::max());
     const double kept = representable ? static_cast<double>(static_cast<float>(d)) : d;
-    const bool below = lo_open ? !(kept > lo) : !(kept >= lo);
-    const bool above = hi_open ? !(kept < hi) : !(kept <= hi);
+    // Both the value sent and the float kept must be in range (2.0000001 is above 2 though it
+    // rounds to 2; 1e-50 is above an open 0 though it rounds onto it).
+    const bool below = lo_open ? !(d > lo && kept > lo) : !(d >= lo && kept >= lo);
+    const bool above = hi_open ? !(d < hi && kept < hi) : !(d <= hi && kept <= hi);
     if (std::isfinite(d) && !representable) {
       return fail(key, "is too large (the largest accepted magnitude is " +
                            format(std::numeric_limits<float>::max()) + "), got " + describe(*v));

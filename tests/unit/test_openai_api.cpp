@@ -142,6 +142,8 @@ TEST(OpenAiRequest, CompletionErrorsNameTheParam) {
   expect_bad(completion(R"({"prompt": "x", "repetition_penalty": -1e300})"), "repetition_penalty");
   // Positive as a double, zero as a float: the open bound still refuses it.
   expect_bad(completion(R"({"prompt": "x", "top_p": 1e-50})"), "top_p", "(0, 1]");
+  // Above the bound as sent, on it as a float: still refused.
+  expect_bad(completion(R"({"prompt": "x", "temperature": 2.0000001})"), "temperature", "[0, 2]");
   expect_bad(completion(R"({"prompt": "x", "repetition_penalty": 1e-60})"), "repetition_penalty");
   expect_bad(completion(R"({"prompt": "x", "stop": 5})"), "stop");
   expect_bad(completion(R"({"prompt": "x", "stop": ["a", 5]})"), "stop");
