@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "kernels/cuda_backend.h"
+#include "parallel/launcher.h"
 #include "parallel/mpi_collectives.h"
 #include "parallel/nccl_collectives.h"
 #include "worker/load_progress_log.h"
@@ -55,9 +56,12 @@ Status init_logging(const Options& options, int rank) {
 void report_error(const std::string& command, const Status& status) {
   if (process_logger_installed()) {
     process_logger().error(command + ": " + status.message());
-  } else {
-    std::fprintf(stderr, "%s: %s\n", command.c_str(), status.message().c_str());
+    return;
   }
+  // Before MPI (a bad option): every rank has the same command line and the same error, so
+  // under a launcher only world rank 0 prints it.
+  if (detect_launch(process_environment()).world_rank.value_or(0) != 0) return;
+  std::fprintf(stderr, "%s: %s\n", command.c_str(), status.message().c_str());
 }
 
 namespace {
