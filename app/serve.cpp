@@ -234,8 +234,10 @@ int run_serve(int argc, char** argv, int first) {
   drain_watch.join();
   pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait; it sees done
   signal_thread.join();
-  front.gateway->stop(std::chrono::milliseconds(2000));
+  // The other ranks first: they expect rank 0's next message within the control timeout, and
+  // the gateway may take its 2 s to close the connections.
   cluster.stop();
+  front.gateway->stop(std::chrono::milliseconds(2000));
   process_logger().info("dshpc serve: stopped", {{"event.action", "server.stopped"}});
   return 0;
 }
