@@ -2,6 +2,8 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -87,7 +89,13 @@ StatusOr<SchedulerConfig> Frontend::open(const Options& options, Cluster& cluste
   service_options.replicas = cluster.replicas();
   service_options.eos_token_ids = config.eos_token_ids;
   service_options.vocab_size = config.vocab_size;
+  // The loop's idle keepalives are what the other ranks' wait for rank 0 is measured against.
+  service_options.keepalive_interval = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::duration<double>(cluster.liveness().keepalive_interval_s));
+  service_options.keepalive_interval =
+      std::max(service_options.keepalive_interval, std::chrono::milliseconds(1));
   service->reconfigure(service_options);
+  cluster.promise_keepalives();
   cluster.enable_rank_figures(kRankFiguresInterval);
   Metrics* m = metrics.get();
   auto collect = [&cluster, m] {

@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "kernels/cuda_backend.h"
+#include "parallel/launcher.h"
 #include "parallel/mpi_collectives.h"
 #include "parallel/nccl_collectives.h"
 #include "worker/load_progress_log.h"
@@ -55,9 +56,12 @@ Status init_logging(const Options& options, int rank) {
 void report_error(const std::string& command, const Status& status) {
   if (process_logger_installed()) {
     process_logger().error(command + ": " + status.message());
-  } else {
-    std::fprintf(stderr, "%s: %s\n", command.c_str(), status.message().c_str());
+    return;
   }
+  // Before MPI (a bad option): every rank has the same command line and the same error, so
+  // under a launcher only world rank 0 prints it.
+  if (detect_launch(process_environment()).world_rank.value_or(0) != 0) return;
+  std::fprintf(stderr, "%s: %s\n", command.c_str(), status.message().c_str());
 }
 
 namespace {
@@ -160,6 +164,8 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   ASSIGN_OR_RETURN(ProcessGroups groups, ProcessGroups::create(parallel));
   job->groups = std::make_unique<ProcessGroups>(std::move(groups));
   const ProcessGroups& g = *job->groups;
+  // Read on every rank alike, so a malformed value fails everywhere with the same message.
+  ASSIGN_OR_RETURN(CoordinatorLiveness liveness, coordinator_liveness_from_env(g.timeout_s));
 
   ModelRuntimeOptions ro;
   ro.model = options.get("model");
@@ -238,10 +244,21 @@ Status start_job_impl(const std::string& command, const Options& options, Job* j
   job->runtime = std::move(*runtime);
   job->cluster = std::make_unique<Cluster>(
       *job->groups, *job->runtime,
-      micro_batches > 0 ? static_cast<int>(micro_batches) : g.layout.pp());
+      micro_batches > 0 ? static_cast<int>(micro_batches) : g.layout.pp(), liveness);
   attach_gpu_monitor(*job, options);
   const Model& model = job->runtime->model();
+  // The GPU follows MPI's node-local rank; the launcher's own count should agree with it.
+  const LaunchInfo launch = detect_launch(process_environment());
+  if (launch.local_rank && *launch.local_rank != g.local_rank) {
+    process_logger().warn("the launcher (" + std::string(launcher_name(launch.launcher)) +
+                              ") says local rank " + std::to_string(*launch.local_rank) +
+                              ", MPI's node communicator " + std::to_string(g.local_rank) +
+                              "; the GPU follows MPI's",
+                          {{"event.action", "job.local_rank_mismatch"}});
+  }
   process_logger().info("rank ready", {{"event.action", "job.rank_ready"},
+                                       {"dshpc.launcher", launcher_name(launch.launcher)},
+                                       {"dshpc.local_rank", g.local_rank},
                                        {"dshpc.dp", g.coords.dp},
                                        {"dshpc.pp", g.coords.pp},
                                        {"dshpc.tp", g.coords.tp},

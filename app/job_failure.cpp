@@ -6,6 +6,7 @@
 
 #include "common/check.h"
 #include "coordinator/gateway.h"
+#include "parallel/launcher.h"
 
 namespace dshpc {
 
@@ -27,10 +28,8 @@ std::string signal_from_mpi_launcher(const siginfo_t& info) {
   std::ifstream comm("/proc/" + std::to_string(info.si_pid) + "/comm");
   std::string name;
   if (!std::getline(comm, name)) return "";
-  for (const char* launcher : {"mpirun", "mpiexec", "orterun", "orted", "prterun", "prted"}) {
-    if (name == launcher) return name;
-  }
-  return "";
+  const Launcher launcher = detect_launch(process_environment()).launcher;
+  return is_teardown_signal_sender(launcher, name) ? name : "";
 }
 
 }  // namespace dshpc

@@ -7,9 +7,11 @@
 //   - Open MPI's launcher tearing the job down because another rank died (kill -9, a crash) or
 //     because mpirun itself got SIGTERM/SIGINT: it sends SIGTERM and, odls_base_sigkill_timeout
 //     (1 s) later, SIGKILL. There is no time for a drain, so a SIGTERM that comes from the
-//     launcher ends the requests at once and aborts the job. A SIGTERM from anyone else (Slurm's
-//     slurmstepd, an operator, Kubernetes) still drains, as does SIGUSR1, which
-//     launch/mpirun.sh sends for a stop on purpose.
+//     launcher ends the requests at once and aborts the job. MPICH's Hydra proxy is treated the
+//     same (it tears down with SIGKILL, in old versions right after a SIGTERM). A SIGTERM from
+//     anyone else (Slurm's slurmstepd, an operator, Kubernetes) still drains, as does SIGUSR1,
+//     which launch/mpirun.sh sends for a stop on purpose. Which launcher started the rank comes
+//     from its environment (parallel/launcher.h).
 #pragma once
 
 #include <signal.h>
@@ -31,7 +33,9 @@ class RequestFailer {
 };
 
 // When `info` (from sigwaitinfo) is a signal sent by this process's parent and that parent is
-// Open MPI's launcher (mpirun, mpiexec, orterun, orted, prterun, prted), its name; else "".
+// the launcher of this job in the role that tears jobs down (is_teardown_signal_sender: Open
+// MPI's mpirun/orted/…, Hydra's hydra_pmi_proxy/mpiexec; never Slurm's slurmstepd), its name;
+// else "".
 std::string signal_from_mpi_launcher(const siginfo_t& info);
 
 }  // namespace dshpc

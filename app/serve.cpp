@@ -46,6 +46,14 @@ std::vector<OptionSpec> options_table() {
       {"max-header-bytes", "N", "largest request line + headers", "16384"},
       {"read-timeout-ms", "N", "time a client may take to send a request", "30000"},
       {"drain-timeout-s", "N", "on SIGTERM, how long requests in flight may take to finish", "60"},
+      {"request-timeout", "SECONDS",
+       "deadline of a generation request without a \"timeout\" field, from its arrival; past "
+       "it the request ends with finish_reason \"timeout\" (0: none)",
+       "0"},
+      {"max-request-timeout", "SECONDS",
+       "largest \"timeout\" a request may ask for (larger: 400), also the deadline of requests "
+       "that name none when --request-timeout is 0 (0: no maximum)",
+       "0"},
   };
   for (OptionSpec& spec : scheduler_option_specs()) table.push_back(spec);
   for (OptionSpec& spec : model_job_options()) table.push_back(spec);
@@ -76,6 +84,8 @@ StatusOr<GatewayConfig> gateway_config(const Options& opts) {
   ASSIGN_OR_RETURN(int64_t read_timeout, opts.get_int("read-timeout-ms"));
   c.read_timeout = std::chrono::milliseconds(read_timeout);
   c.served_model_name = served_model_name(opts);
+  ASSIGN_OR_RETURN(c.request_timeout_s, opts.get_double("request-timeout"));
+  ASSIGN_OR_RETURN(c.max_request_timeout_s, opts.get_double("max-request-timeout"));
   RETURN_IF_ERROR(c.validate());
   return c;
 }
@@ -224,8 +234,10 @@ int run_serve(int argc, char** argv, int first) {
   drain_watch.join();
   pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait; it sees done
   signal_thread.join();
-  front.gateway->stop(std::chrono::milliseconds(2000));
+  // The other ranks first: they expect rank 0's next message within the control timeout, and
+  // the gateway may take its 2 s to close the connections.
   cluster.stop();
+  front.gateway->stop(std::chrono::milliseconds(2000));
   process_logger().info("dshpc serve: stopped", {{"event.action", "server.stopped"}});
   return 0;
 }

@@ -132,7 +132,9 @@ void EngineService::deliver(std::vector<RequestEvent>& events) {
 }
 
 void EngineService::run() {
-  auto last_contact = std::chrono::steady_clock::now();
+  // The first idle pass sends a keepalive at once: until the other ranks have one, they wait for
+  // rank 0 with their (long) start-up bound.
+  auto last_contact = std::chrono::steady_clock::now() - options_.keepalive_interval;
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
     if (stop_requested_) break;

@@ -29,7 +29,7 @@ struct EngineServiceOptions {
   std::vector<int64_t> eos_token_ids;
   int64_t vocab_size = 0;
   // Idle workers wait for the next control message with a timeout; the loop proves it is alive
-  // at least this often.
+  // at least this often, and once as soon as run() starts (CoordinatorLiveness).
   std::chrono::milliseconds keepalive_interval{2000};
 };
 

@@ -282,6 +282,8 @@ Gateway::Context::Context(GatewayConfig config_in, InferenceService& service_in,
   limits.served_model = config.served_model_name;
   limits.max_n = config.max_n;
   limits.max_stop_strings = config.max_stop_strings;
+  limits.default_timeout_s = config.request_timeout_s;
+  limits.max_timeout_s = config.max_request_timeout_s;
   std::random_device random;
   char prefix[16];
   std::snprintf(prefix, sizeof(prefix), "%08x", static_cast<unsigned>(random()));

@@ -213,6 +213,10 @@ void GenerationCall::start() {
     request.sampling = params_.sampling;
     if (request.sampling.seed) request.sampling.seed = *request.sampling.seed + i;
     request.arrival = arrival_;
+    if (params_.timeout_seconds) {
+      request.deadline = arrival_ + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(*params_.timeout_seconds));
+    }
     auto sink = std::make_shared<ChoiceSink>(context_.gate, weak_from_this(), i);
     Status submitted = context_.service.submit(std::move(request), std::move(sink));
     if (!submitted.ok()) {

@@ -183,18 +183,38 @@ class Fields {
     return false;
   }
 
- private:
   static std::string format(double d) {
     json::value v(d);
     if (d == std::floor(d) && std::fabs(d) < 1e15) v = static_cast<int64_t>(d);
     return json::serialize(v);
   }
 
+ private:
   const json::object& object_;
   std::optional<ApiError> error_;
 };
 
-// The fields both endpoints share: sampling, stop, n, stream, max_tokens.
+// "timeout": seconds, a number > 0, at most limits.max_timeout_s when that is set; absent: the
+// server's default (or its maximum). Sets p->timeout_seconds to the deadline that applies.
+bool parse_timeout(Fields& f, const ApiLimits& limits, GenerationParams* p) {
+  float requested = 0.0f;
+  if (!f.number("timeout", 0.0, kMaxRequestTimeoutSeconds, true, false, &requested)) return false;
+  if (requested > 0.0f) {
+    if (limits.max_timeout_s > 0.0 && requested > limits.max_timeout_s) {
+      return f.fail("timeout", "must be at most " + Fields::format(limits.max_timeout_s) +
+                                   " seconds (this server's maximum), got " +
+                                   describe(*f.get("timeout")));
+    }
+    p->timeout_seconds = requested;
+  } else if (limits.default_timeout_s > 0.0) {
+    p->timeout_seconds = limits.default_timeout_s;
+  } else if (limits.max_timeout_s > 0.0) {
+    p->timeout_seconds = limits.max_timeout_s;
+  }
+  return true;
+}
+
+// The fields both endpoints share: sampling, stop, n, stream, max_tokens, timeout.
 bool parse_common(Fields& f, const ApiLimits& limits, GenerationParams* p) {
   SamplingOptions& s = p->sampling;
   constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -263,6 +283,8 @@ bool parse_common(Fields& f, const ApiLimits& limits, GenerationParams* p) {
     if (!parsed.ok()) return f.fail(parsed.error());
     s.stop_token_ids = std::move(parsed.value());
   }
+
+  if (!parse_timeout(f, limits, p)) return false;
 
   if (!f.boolean("stream", &p->stream)) return false;
   if (const json::value* options = f.get("stream_options")) {

@@ -8,9 +8,10 @@
 //
 // finish_reason: "stop" (end-of-sequence, a stop token id or a stop string), "length"
 // (max_tokens or the context), "abort" (the request was cancelled on the server side, e.g. the
-// server is shutting down; the name vLLM uses) and "timeout" (the request's deadline passed;
-// a later issue adds deadlines). OpenAI's SDKs accept any string there; the last two never occur
-// for a client that gets its full answer.
+// server is shutting down; the name vLLM uses) and "timeout" (the request's deadline passed: its
+// "timeout" field, or the server's --request-timeout; the response is a 200 with the text made so
+// far). OpenAI's SDKs accept any string there; the last two never occur for a client that gets
+// its full answer.
 #pragma once
 
 #include <boost/json.hpp>
@@ -70,7 +71,15 @@ struct ApiLimits {
   std::string served_model;
   int max_n = 8;
   int max_stop_strings = 4;
+  // Deadlines in seconds after the request's arrival, 0: none. A request's own "timeout" replaces
+  // default_timeout_s; with max_timeout_s set, a larger "timeout" is a 400 and a request that
+  // names none (with no default) gets max_timeout_s, so that no request outlives it.
+  double default_timeout_s = 0.0;
+  double max_timeout_s = 0.0;
 };
+
+// The largest "timeout" (and --request-timeout) accepted: one year, in seconds.
+inline constexpr double kMaxRequestTimeoutSeconds = 365.0 * 24 * 3600;
 
 // Everything a generation request asks for, validated but not yet tokenized.
 struct GenerationParams {
@@ -97,6 +106,9 @@ struct GenerationParams {
   // Completions: logprobs = k (0..5) gives k alternatives per token. Chat: logprobs = true and
   // top_logprobs = k (0..20). logprobs_count < 0: none asked for.
   int logprobs_count = -1;
+  // Seconds from arrival until the request ends with finish_reason "timeout": the "timeout"
+  // field, else the limits' default or maximum (ApiLimits). Absent: no deadline.
+  std::optional<double> timeout_seconds;
 };
 
 ApiResult<GenerationParams> parse_completion_request(const boost::json::object& body,

@@ -1,6 +1,11 @@
 #include "coordinator/server_config.h"
 
 #include <boost/asio/ip/address.hpp>
+#include <iomanip>
+#include <sstream>
+#include <utility>
+
+#include "coordinator/openai_api.h"
 
 namespace dshpc {
 namespace {
@@ -51,6 +56,23 @@ Status GatewayConfig::validate() const {
   }
   if (retry_after_seconds < 0 || retry_after_seconds > 3600) {
     bad("retry_after_seconds", "must be in 0..3600, got " + std::to_string(retry_after_seconds));
+  }
+  auto seconds = [](double value) {
+    std::ostringstream out;
+    out << std::setprecision(12) << value;
+    return out.str();
+  };
+  for (auto [name, value] : {std::pair{"request_timeout_s", request_timeout_s},
+                             std::pair{"max_request_timeout_s", max_request_timeout_s}}) {
+    if (!(value >= 0.0 && value <= kMaxRequestTimeoutSeconds)) {
+      bad(name, "must be in [0, " + seconds(kMaxRequestTimeoutSeconds) +
+                    "] seconds (0: none), got " + seconds(value));
+    }
+  }
+  if (max_request_timeout_s > 0.0 && request_timeout_s > max_request_timeout_s) {
+    bad("request_timeout_s", "must not exceed max_request_timeout_s (" +
+                                 seconds(max_request_timeout_s) + " s), got " +
+                                 seconds(request_timeout_s) + " s");
   }
   if (problems.empty()) return ok_status();
   return invalid_argument(problems);

@@ -40,6 +40,13 @@ struct GatewayConfig {
   int max_n = 8;                               // upper bound of the "n" parameter
   int max_stop_strings = 4;                    // entries of "stop"
   int retry_after_seconds = 1;                 // Retry-After on 429 and 503
+  // Deadlines of generation requests, in seconds after arrival (0: none); a request past its
+  // deadline ends with finish_reason "timeout" and the text made so far. request_timeout_s applies
+  // to requests without a "timeout" field (--request-timeout); max_request_timeout_s, when set,
+  // refuses a larger "timeout" with a 400 and bounds requests that name none
+  // (--max-request-timeout). See ApiLimits.
+  double request_timeout_s = 0.0;
+  double max_request_timeout_s = 0.0;
 
   // Every problem, each message naming the field ("gateway.max_body_bytes: must be ...").
   Status validate() const;

@@ -49,11 +49,18 @@ void describe(std::ostream& out, MPI_Comm comm, const PendingRequest& what) {
 
 [[noreturn]] void report_timeout(MPI_Comm comm, Clock::time_point started, double timeout_s,
                                  const PendingRequest& what) {
-  FatalMessage fatal(__FILE__, __LINE__, "MPI operation timed out:");
+  FatalMessage fatal(
+      __FILE__, __LINE__,
+      what.timeout_headline != nullptr ? what.timeout_headline : "MPI operation timed out:");
   describe(fatal.stream(), comm, what);
   fatal.stream() << " still pending after " << seconds_since(started) << " s (timeout " << timeout_s
-                 << " s; " << kCollectiveTimeoutEnv
-                 << " sets the default); a peer is stuck, dead, or took a different code path";
+                 << " s; ";
+  if (what.timeout_setting != nullptr) {
+    fatal.stream() << what.timeout_setting << ")";
+  } else {
+    fatal.stream() << kCollectiveTimeoutEnv
+                   << " sets the default); a peer is stuck, dead, or took a different code path";
+  }
   // ~FatalMessage prints and aborts the job.
 }
 
@@ -210,7 +217,8 @@ void MpiCollectives::broadcast_bytes(std::vector<uint8_t>& buffer, int root) {
 }
 
 void broadcast_bytes(std::vector<uint8_t>& buffer, int root, MPI_Comm comm, double timeout_s,
-                     std::string_view group) {
+                     std::string_view group, const char* timeout_headline,
+                     const char* timeout_setting) {
   const auto started = Clock::now();
   int rank = 0;
   int size = 0;
@@ -222,9 +230,13 @@ void broadcast_bytes(std::vector<uint8_t>& buffer, int root, MPI_Comm comm, doub
   uint64_t length = rank == root ? buffer.size() : 0;
   MPI_Request request;
   DSHPC_MPI_CHECK(MPI_Ibcast(&length, 1, MPI_UINT64_T, root, comm, &request));
-  wait_until(
-      &request, MPI_STATUS_IGNORE, comm, started, timeout_s,
-      {.group = group, .op = CollectiveOp::kBroadcast, .bytes = sizeof(length), .peer = root});
+  wait_until(&request, MPI_STATUS_IGNORE, comm, started, timeout_s,
+             {.group = group,
+              .op = CollectiveOp::kBroadcast,
+              .bytes = sizeof(length),
+              .peer = root,
+              .timeout_headline = timeout_headline,
+              .timeout_setting = timeout_setting});
   if (rank != root) buffer.resize(length);
 
   for (size_t offset = 0; offset < length; offset += kMaxChunk) {
@@ -232,7 +244,12 @@ void broadcast_bytes(std::vector<uint8_t>& buffer, int root, MPI_Comm comm, doub
     DSHPC_MPI_CHECK(
         MPI_Ibcast(buffer.data() + offset, static_cast<int>(n), MPI_BYTE, root, comm, &request));
     wait_until(&request, MPI_STATUS_IGNORE, comm, started, timeout_s,
-               {.group = group, .op = CollectiveOp::kBroadcast, .bytes = length, .peer = root});
+               {.group = group,
+                .op = CollectiveOp::kBroadcast,
+                .bytes = length,
+                .peer = root,
+                .timeout_headline = timeout_headline,
+                .timeout_setting = timeout_setting});
   }
 }
 

@@ -36,6 +36,11 @@ struct PendingRequest {
   size_t bytes = 0;
   int peer = -1;  // group rank of the peer (send/recv) or root (broadcast); -1: none
   int tag = -1;   // send/recv only
+  // When set, the timeout message leads with this instead of "MPI operation timed out:" and ends
+  // with `timeout_setting` (what sets the limit) instead of the collective timeout's variable
+  // (the control plane's wait for rank 0 says that rank 0 is unresponsive).
+  const char* timeout_headline = nullptr;
+  const char* timeout_setting = nullptr;
 };
 
 // Polls `request` until it completes or `deadline` passes (then DSHPC_FATAL). `started` is when the
@@ -85,7 +90,9 @@ class MpiCollectives final : public Collectives {
 
 // The root's `buffer` reaches every rank of `comm`: first its size, then the bytes (MPI_Ibcast,
 // polled with the same timeout). For step plans from rank 0; `group` names comm in messages.
+// `headline` and `setting`, when given, replace the timeout message's (PendingRequest).
 void broadcast_bytes(std::vector<uint8_t>& buffer, int root, MPI_Comm comm, double timeout_s,
-                     std::string_view group = "world");
+                     std::string_view group = "world", const char* timeout_headline = nullptr,
+                     const char* timeout_setting = nullptr);
 
 }  // namespace dshpc

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "common/check.h"
+#include "parallel/launcher.h"
 
 namespace dshpc {
 namespace {
@@ -50,6 +51,10 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   DSHPC_CHECK(!initialized) << "MPI is already initialised; create exactly one MpiRuntime";
+  // Until MPI says, the launcher's word: a failing MPI_Init then names the rank.
+  if (std::optional<int> rank = detect_launch(process_environment()).world_rank) {
+    set_process_identity(*rank, -1);
+  }
   DSHPC_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &thread_level_));
   DSHPC_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   DSHPC_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));

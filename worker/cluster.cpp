@@ -1,6 +1,8 @@
 #include "worker/cluster.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -20,15 +22,27 @@ int64_t logits_rows(const SequenceStep& s) {
   return s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
 }
 
-// Workers wait for the next control message for as long as the coordinator may be idle; the
-// serving loop sends keepalives well within this.
-double control_timeout_s(double collective_timeout_s) {
-  if (const char* env = std::getenv("DSHPC_CONTROL_TIMEOUT_S")) {
-    double v = std::atof(env);
-    if (v > 0) return v;
+// A positive number of seconds from `name`, or `fallback` when it is unset or empty.
+StatusOr<double> seconds_from_env(const char* name, double fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const double value = std::strtod(text, &end);
+  if (errno != 0 || end == text || *end != '\0' || !std::isfinite(value) || value <= 0) {
+    return invalid_argument(std::string(name) + "=\"" + text +
+                            "\": expected a positive number of seconds");
   }
-  return std::max(collective_timeout_s, 3600.0);
+  return value;
 }
+
+// The headline of a worker's fatal message when rank 0's promised control message is late.
+constexpr const char* kCoordinatorUnresponsive =
+    "rank 0 (the coordinator) is unresponsive: its next control message (step, keepalive or "
+    "stop) is overdue, so it is hung, stopped or dead; aborting the job. Waiting for:";
+constexpr const char* kControlTimeoutSetting =
+    "rank 0 promised its next message within this: DSHPC_CONTROL_TIMEOUT_S when idle, plus "
+    "DSHPC_COLLECTIVE_TIMEOUT_S after a step; DSHPC_STARTUP_TIMEOUT_S while loading";
 
 // True when every sequence that samples is greedy with no logprobs and no penalties.
 bool greedy_only(const StepPlan& plan) {
@@ -57,6 +71,25 @@ bool device_sampling_only(const StepPlan& plan) {
 
 }  // namespace
 
+StatusOr<CoordinatorLiveness> coordinator_liveness_from_env(double collective_timeout_s) {
+  CoordinatorLiveness liveness;
+  ASSIGN_OR_RETURN(liveness.keepalive_interval_s,
+                   seconds_from_env("DSHPC_KEEPALIVE_INTERVAL_S", liveness.keepalive_interval_s));
+  ASSIGN_OR_RETURN(liveness.control_timeout_s,
+                   seconds_from_env("DSHPC_CONTROL_TIMEOUT_S", 5 * liveness.keepalive_interval_s));
+  ASSIGN_OR_RETURN(liveness.startup_timeout_s,
+                   seconds_from_env("DSHPC_STARTUP_TIMEOUT_S",
+                                    std::max(collective_timeout_s, liveness.startup_timeout_s)));
+  if (liveness.control_timeout_s < 2 * liveness.keepalive_interval_s) {
+    return invalid_argument("DSHPC_CONTROL_TIMEOUT_S (" +
+                            std::to_string(liveness.control_timeout_s) +
+                            " s) must be at least twice DSHPC_KEEPALIVE_INTERVAL_S (" +
+                            std::to_string(liveness.keepalive_interval_s) +
+                            " s): one late keepalive must not bring the job down");
+  }
+  return liveness;
+}
+
 std::vector<StepPlan> split_micro_batches(const StepPlan& plan, int count) {
   const int n = static_cast<int>(plan.sequences.size());
   count = std::max(1, std::min(count, n));
@@ -83,8 +116,13 @@ std::vector<StepPlan> split_micro_batches(const StepPlan& plan, int count) {
   return out;
 }
 
-Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches)
-    : groups_(groups), runtime_(runtime), micro_batches_(std::max(1, micro_batches)) {
+Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches,
+                 CoordinatorLiveness liveness)
+    : groups_(groups),
+      runtime_(runtime),
+      micro_batches_(std::max(1, micro_batches)),
+      liveness_(liveness),
+      control_wait_s_(liveness.startup_timeout_s) {
   world_ = std::make_unique<MpiCollectives>(groups_.world.get(), "world", groups_.timeout_s);
   const int world = world_->size();
 
@@ -94,8 +132,7 @@ Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches
   const int64_t mine[5] = {model.shard().layer_begin, model.shard().layer_end, model.weight_bytes(),
                            runtime_.cache().bytes(), runtime_.cache().num_blocks()};
   std::vector<uint8_t> all(static_cast<size_t>(world) * sizeof(mine));
-  MpiCollectives startup(groups_.world.get(), "world (start-up)",
-                         control_timeout_s(groups_.timeout_s));
+  MpiCollectives startup(groups_.world.get(), "world (start-up)", liveness_.startup_timeout_s);
   // Gather as bytes through an all-gather of floats-sized words: 5 int64 = 10 floats.
   startup.all_gather(reinterpret_cast<const float*>(mine), reinterpret_cast<float*>(all.data()),
                      sizeof(mine) / (sizeof(float)));
@@ -124,11 +161,37 @@ Cluster::~Cluster() {
 
 void Cluster::broadcast(ControlMessage& message) {
   std::vector<uint8_t> bytes;
-  if (is_coordinator()) bytes = encode_control(message);
-  const double timeout =
-      is_coordinator() ? groups_.timeout_s : control_timeout_s(groups_.timeout_s);
-  broadcast_bytes(bytes, 0, groups_.world.get(), timeout, "world");
-  if (!is_coordinator()) message = decode_control(bytes);
+  if (is_coordinator()) {
+    message.next_message_within_s = next_message_within_s(message.command);
+    bytes = encode_control(message);
+    broadcast_bytes(bytes, 0, groups_.world.get(), groups_.timeout_s, "world");
+    return;
+  }
+  // Rank 0 promised this message within control_wait_s_ of the previous one.
+  broadcast_bytes(bytes, 0, groups_.world.get(), control_wait_s_, "world", kCoordinatorUnresponsive,
+                  kControlTimeoutSetting);
+  message = decode_control(bytes);
+  if (message.next_message_within_s > 0) control_wait_s_ = message.next_message_within_s;
+}
+
+double Cluster::next_message_within_s(ControlCommand command) const {
+  switch (command) {
+    case ControlCommand::kStop:
+      return 0.0;
+    case ControlCommand::kKeepalive:
+      return liveness_.control_timeout_s;
+    case ControlCommand::kStep:
+      // Every wait of the step is bounded by the collective timeout; then an idle loop sends a
+      // keepalive within its interval, and a loop without keepalives its next step.
+      return keepalives_promised_ ? groups_.timeout_s + liveness_.control_timeout_s
+                                  : 2 * groups_.timeout_s;
+  }
+  return 0.0;
+}
+
+void Cluster::promise_keepalives() {
+  DSHPC_CHECK(is_coordinator()) << "rank 0 sends the keepalives";
+  keepalives_promised_ = true;
 }
 
 void Cluster::stop() {

@@ -47,6 +47,29 @@
 
 namespace dshpc {
 
+// How the other ranks learn that rank 0 is gone (hung, stopped by SIGSTOP, dead): they wait for
+// its next control message only as long as rank 0 promised in the previous one
+// (ControlMessage::next_message_within_s), then abort the job with a message naming rank 0 as
+// unresponsive. Rank 0 promises:
+//   - with keepalives (serve and batch: an idle loop sends one every keepalive_interval_s):
+//     control_timeout_s after a keepalive; after a step the step's own bound (the collective
+//     timeout, which bounds every wait inside it) plus control_timeout_s;
+//   - without (eval-golden, generate, bench: steps back to back): twice the collective timeout
+//     after a step.
+// Until the first message (model loading, rank 0's preparation) the bound is startup_timeout_s.
+// Set by environment variables on rank 0 (the promise travels in the messages, so the other
+// ranks need not see the same environment): DSHPC_KEEPALIVE_INTERVAL_S (2),
+// DSHPC_CONTROL_TIMEOUT_S (5 keepalive intervals; at least 2), DSHPC_STARTUP_TIMEOUT_S (the
+// larger of 3600 and the collective timeout; read on every rank).
+struct CoordinatorLiveness {
+  double keepalive_interval_s = 2.0;
+  double control_timeout_s = 10.0;
+  double startup_timeout_s = 3600.0;
+};
+// From the environment; a malformed value, or a control timeout shorter than two keepalive
+// intervals, is an error naming the variable.
+StatusOr<CoordinatorLiveness> coordinator_liveness_from_env(double collective_timeout_s);
+
 // What one rank holds, gathered on rank 0 at start-up for the report.
 struct RankReport {
   int rank = 0;
@@ -62,7 +85,8 @@ class Cluster {
  public:
   // Collective over the world: agrees on the KV cache size (the smallest any rank can hold, so
   // block ids mean the same on every rank of a replica) and gathers the rank reports.
-  Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches);
+  Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches,
+          CoordinatorLiveness liveness = {});
   ~Cluster();
 
   bool is_coordinator() const { return groups_.rank == 0; }
@@ -80,6 +104,11 @@ class Cluster {
   void stop();
   // Rank 0: proves to idle workers that the coordinator is alive (they time out otherwise).
   void keepalive();
+  // Rank 0: from now on an idle rank 0 sends a keepalive at least every
+  // liveness().keepalive_interval_s (the serving loop does); the other ranks then expect the next
+  // control message within liveness().control_timeout_s of a keepalive (see CoordinatorLiveness).
+  void promise_keepalives();
+  const CoordinatorLiveness& liveness() const { return liveness_; }
   // Ranks other than 0: execute steps until rank 0 stops.
   void serve();
 
@@ -103,6 +132,8 @@ class Cluster {
   std::vector<StepPlan> micro_batches(const StepPlan& plan) const;
   int last_stage_rank(int replica) const;
   void broadcast(ControlMessage& message);
+  // Rank 0: the promise a message of this command carries (CoordinatorLiveness).
+  double next_message_within_s(ControlCommand command) const;
   // Rank 0: whether the next control message asks for reports (and then expects them).
   bool request_figures();
   // Rank 0: receives the reports that have arrived; with a timeout, waits for all expected.
@@ -120,6 +151,9 @@ class Cluster {
   Sampler sampler_;  // last stage, tp rank 0: per-sequence penalty history
   uint64_t step_id_ = 0;
   bool stopped_ = false;
+  CoordinatorLiveness liveness_;
+  bool keepalives_promised_ = false;  // rank 0
+  double control_wait_s_ = 0.0;       // other ranks: the bound of the next control message
 
   // Metrics.
   std::array<DurationHistogram, kNumStepPhases> phases_{};  // this rank's, cumulative

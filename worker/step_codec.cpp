@@ -1,5 +1,6 @@
 #include "worker/step_codec.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "common/check.h"
@@ -61,6 +62,7 @@ std::vector<uint8_t> encode_control(const ControlMessage& message) {
   w.put<uint32_t>(static_cast<uint32_t>(message.command));
   w.put<uint64_t>(message.step_id);
   w.put<uint8_t>(message.report_figures ? 1 : 0);
+  w.put<double>(message.next_message_within_s);
   w.put<uint32_t>(static_cast<uint32_t>(message.replica_plans.size()));
   for (const StepPlan& plan : message.replica_plans) {
     w.put<uint8_t>(plan.return_logits ? 1 : 0);
@@ -96,6 +98,9 @@ ControlMessage decode_control(const std::vector<uint8_t>& bytes) {
   message.command = static_cast<ControlCommand>(command);
   message.step_id = r.get<uint64_t>();
   message.report_figures = r.get<uint8_t>() != 0;
+  message.next_message_within_s = r.get<double>();
+  DSHPC_CHECK(std::isfinite(message.next_message_within_s) && message.next_message_within_s >= 0)
+      << "control message promises the next one within " << message.next_message_within_s << " s";
   const uint32_t replicas = r.get<uint32_t>();
   message.replica_plans.resize(replicas);
   for (StepPlan& plan : message.replica_plans) {

@@ -22,6 +22,10 @@ struct ControlMessage {
   // Every rank other than 0 sends rank 0 its RankFigures once it has handled this message
   // (see Cluster::enable_rank_figures).
   bool report_figures = false;
+  // Rank 0's promise: its next control message follows within this many seconds of this one
+  // (the other ranks wait that long, then abort the job naming rank 0 as unresponsive).
+  // 0: no promise; the receivers keep their start-up bound (Cluster, CoordinatorLiveness).
+  double next_message_within_s = 0.0;
   std::vector<StepPlan> replica_plans;  // index = dp index
 };
 

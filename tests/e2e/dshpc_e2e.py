@@ -86,22 +86,8 @@ class Server:
             return None
 
     def rank_pid(self, rank):
-        """The pid of world rank `rank` (a process of the launcher's session that carries
-        OMPI_COMM_WORLD_RANK=rank)."""
-        session = os.getsid(self.process.pid)
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if os.getsid(int(entry)) != session:
-                    continue
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    environ = f.read().split(b"\0")
-            except OSError:
-                continue
-            if f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
-                return int(entry)
-        raise RuntimeError(f"no process of rank {rank} found")
+        """The pid of world rank `rank` of this job (see rank_pid below)."""
+        return rank_pid(self.process.pid, rank)
 
     def stop(self):
         """Kills whatever is left of the job (its whole session)."""
@@ -113,6 +99,36 @@ class Server:
             self.process.wait()
         if getattr(self, "log", None):
             self.log.close()
+
+
+# The variable that carries a rank's world rank, per launcher (parallel/launcher.h): Open MPI,
+# MPICH's Hydra, Slurm's srun.
+RANK_VARIABLES = (b"OMPI_COMM_WORLD_RANK", b"PMI_RANK", b"SLURM_PROCID")
+
+
+def rank_pid(launcher_pid, rank):
+    """The pid of world rank `rank`: a process of the launcher's session whose environment says
+    so (the first of RANK_VARIABLES it has)."""
+    session = os.getsid(launcher_pid)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != session:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() != b"dshpc":
+                    continue
+        except OSError:
+            continue
+        for name in RANK_VARIABLES:
+            if name in environ:
+                if environ[name] == str(rank).encode():
+                    return int(entry)
+                break
+    raise RuntimeError(f"no process of rank {rank} found")
 
 
 def connect(port, timeout=10):

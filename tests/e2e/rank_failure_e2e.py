@@ -5,12 +5,17 @@
     rank_failure_e2e.py stop DSHPC MPIRUN [FLAGS...]   SIGSTOP of rank 1 (a hung rank)
     rank_failure_e2e.py term DSHPC MPIRUN [FLAGS...]   SIGTERM to rank 0 from someone other than
                                                        the launcher (the control case)
+    rank_failure_e2e.py stop0 DSHPC MPIRUN [FLAGS...]  SIGSTOP of rank 0 (a hung coordinator)
 
 kill and stop: every client gets an error — a stream an SSE error event then `data: [DONE]`, a
 non-streaming request a 503 in the OpenAI shape — and the job exits non-zero: within 30 s of the
 kill, and for the stop within DSHPC_COLLECTIVE_TIMEOUT_S (set small here) plus a margin.
 term: only a SIGTERM from Open MPI's launcher means the job is being torn down; one from anyone
 else (Slurm, an operator) drains: every request completes without an error and the job exits 0.
+stop0: the other rank stops waiting for rank 0's next control message once the control timeout
+(DSHPC_CONTROL_TIMEOUT_S, a few keepalive intervals; set small here) has passed since rank 0's last
+keepalive, logs that rank 0 is unresponsive and aborts: the job exits non-zero within that bound
+plus a margin.
 """
 import json
 import os
@@ -22,6 +27,8 @@ import time
 import dshpc_e2e as e2e
 
 COLLECTIVE_TIMEOUT_S = 4
+KEEPALIVE_INTERVAL_S = 0.5
+CONTROL_TIMEOUT_S = 3
 STREAMS = 3
 WHOLE = 2
 MAX_TOKENS = 3000  # long enough that every request is still running when the rank fails
@@ -29,16 +36,21 @@ MAX_TOKENS = 3000  # long enough that every request is still running when the ra
 
 def main():
     mode, dshpc, launcher = sys.argv[1], sys.argv[2], sys.argv[3:]
-    assert mode in ("kill", "stop", "term"), mode
+    assert mode in ("kill", "stop", "term", "stop0"), mode
     if mode == "term":
         global MAX_TOKENS
         MAX_TOKENS = 150  # each request must finish within the drain
     checks = e2e.Checks()
     server = e2e.Server(dshpc, launcher, ranks=2, extra_args=["--max-batch-size", "8"],
-                        env={"DSHPC_COLLECTIVE_TIMEOUT_S": str(COLLECTIVE_TIMEOUT_S)})
+                        env={"DSHPC_COLLECTIVE_TIMEOUT_S": str(COLLECTIVE_TIMEOUT_S),
+                             "DSHPC_KEEPALIVE_INTERVAL_S": str(KEEPALIVE_INTERVAL_S),
+                             "DSHPC_CONTROL_TIMEOUT_S": str(CONTROL_TIMEOUT_S)})
     try:
         server.start()
-        run(mode, server, checks)
+        if mode == "stop0":
+            stop_coordinator(server, checks)
+        else:
+            run(mode, server, checks)
     finally:
         server.stop()
         if checks.failed:
@@ -126,6 +138,33 @@ def run(mode, server, checks):
         ok = isinstance(response, e2e.Response) and response.status == 503 \
             and e2e.error_shape(response) is not None
         checks.check(f"non-streaming request {i} gets a 503 in the OpenAI shape", ok, f"got {response!r}")
+
+
+def stop_coordinator(server, checks):
+    # Rank 1 holds rank 0 to the short bound once it has had a keepalive; its figures reach
+    # /metrics only after it handled one (rank 0 asks for them on its first keepalive).
+    deadline = time.monotonic() + 30
+    while 'rank="1"' not in e2e.request(server.port, "GET", "/metrics")[1].body.decode():
+        if time.monotonic() > deadline:
+            checks.check("rank 1 reports its figures (it has had a keepalive)", False,
+                         "no rank=\"1\" series in /metrics")
+            return
+        time.sleep(0.1)
+    victim = server.rank_pid(0)
+    stopped_at = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    print(f"sent SIGSTOP to rank 0 (pid {victim})", flush=True)
+    limit = CONTROL_TIMEOUT_S + 10
+    code = server.wait(limit + 5)
+    elapsed = time.monotonic() - stopped_at
+    print(f"the job exited with {code} {elapsed:.1f} s after the signal", flush=True)
+    checks.check(f"the job exits non-zero within {limit} s", code not in (None, 0) and elapsed <= limit,
+                 f"exit {code} after {elapsed:.1f} s")
+    checks.check("no sooner than the control timeout", elapsed >= CONTROL_TIMEOUT_S - 0.5,
+                 f"{elapsed:.1f} s")
+    checks.check("the log names rank 0 as unresponsive",
+                 "rank 0 (the coordinator) is unresponsive" in server.read_log(),
+                 "no such message in the log")
 
 
 def drain(server, threads, results, checks):

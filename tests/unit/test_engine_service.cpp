@@ -73,6 +73,24 @@ GenerationRequest request(const std::string& id, int max_tokens) {
   return r;
 }
 
+// The other ranks hold rank 0 to their long start-up bound until its first control message, so
+// the loop sends one as soon as it starts, not one keepalive interval later.
+TEST(EngineService, FirstKeepaliveGoesOutAtOnce) {
+  EngineServiceOptions o = options();
+  o.keepalive_interval = std::chrono::seconds(30);
+  EngineService service(o);
+  std::atomic<int> keepalives{0};
+  service.set_ready(fake_step, [&] { keepalives++; });
+  std::thread loop([&] { service.run(); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (keepalives.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(keepalives.load(), 1);
+  service.stop();
+  loop.join();
+}
+
 TEST(EngineService, LoadingRejectsThenServes) {
   EngineService service(options());
   auto sink = std::make_shared<CollectingSink>();

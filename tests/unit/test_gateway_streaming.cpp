@@ -109,6 +109,49 @@ TEST_F(GatewayStreaming, CompletionStreamsChunksThenDone) {
             1);
 }
 
+// The request's "timeout" (or the server's default) becomes its deadline; a request the service
+// ends with kTimeout is a 200 with the text so far and finish_reason "timeout" (streaming: the
+// final chunk carries it, then [DONE]), counted as failure{reason="timeout"}.
+TEST_F(GatewayStreaming, TimeoutSetsTheDeadlineAndEndsWithFinishReasonTimeout) {
+  config_.request_timeout_s = 30;
+  config_.max_request_timeout_s = 60;
+  script_text(kScriptText, FinishReason::kTimeout);
+  start();
+  HttpResult whole = post("/v1/completions", R"({"prompt": "x", "timeout": 2.5})");
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  json::value body = json::parse(whole.body);
+  EXPECT_EQ(body.at("choices").at(0).at("finish_reason"), "timeout");
+  EXPECT_EQ(body.at("choices").at(0).at("text"), kScriptText);  // the partial text is kept
+
+  Stream streamed = stream("/v1/chat/completions", R"({
+      "messages": [{"role": "user", "content": "hi"}], "stream": true, "max_tokens": 100})");
+  ASSERT_EQ(streamed.http.status, 200) << streamed.http.body;
+  EXPECT_TRUE(streamed.done);
+  EXPECT_TRUE(streamed.well_formed);
+  EXPECT_EQ(streamed.text(), kScriptText);
+  EXPECT_EQ(streamed.finish_reasons(), std::vector<std::string>{"timeout"});
+
+  HttpResult too_long = post("/v1/completions", R"({"prompt": "x", "timeout": 61})");
+  EXPECT_EQ(too_long.status, 400) << too_long.body;
+  EXPECT_EQ(json::parse(too_long.body).at("error").at("param"), "timeout");
+
+  const std::vector<GenerationRequest> submitted = service_->submitted();
+  ASSERT_EQ(submitted.size(), 2u);
+  ASSERT_TRUE(submitted[0].deadline.has_value());
+  EXPECT_EQ(*submitted[0].deadline - submitted[0].arrival, std::chrono::milliseconds(2500));
+  ASSERT_TRUE(submitted[1].deadline.has_value());
+  EXPECT_EQ(*submitted[1].deadline - submitted[1].arrival, std::chrono::seconds(30));
+
+  const std::string metrics = gateway_->metrics().render();
+  EXPECT_EQ(
+      metric_value(metrics, "dshpc_request_failure_total{model=\"test-model\",reason=\"timeout\"}"),
+      2);
+  EXPECT_EQ(
+      metric_value(metrics,
+                   "dshpc_request_failure_total{model=\"test-model\",reason=\"invalid_request\"}"),
+      1);
+}
+
 TEST_F(GatewayStreaming, ChatStreamsRoleFirstAndUsageLast) {
   start();
   Stream s = stream("/v1/chat/completions", R"({

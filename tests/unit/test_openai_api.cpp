@@ -173,6 +173,76 @@ TEST(OpenAiRequest, CompletionErrorsNameTheParam) {
   EXPECT_EQ(huge.error().http_status, 400);
 }
 
+// "timeout": seconds > 0 on both endpoints; absent, the server's default, else its maximum.
+TEST(OpenAiRequest, TimeoutIsADeadlineInSecondsWithServerDefaultAndMaximum) {
+  ApiLimits none = limits();
+  auto parse = [](std::string_view text, const ApiLimits& l, ApiKind kind) {
+    ApiResult<json::object> body = parse_request_body(text);
+    EXPECT_TRUE(body.ok());
+    return kind == ApiKind::kChat ? parse_chat_request(body.value(), l)
+                                  : parse_completion_request(body.value(), l);
+  };
+  const std::string chat_messages = R"("messages": [{"role": "user", "content": "x"}])";
+  for (ApiKind kind : {ApiKind::kCompletion, ApiKind::kChat}) {
+    const std::string base = kind == ApiKind::kChat ? chat_messages : R"("prompt": "x")";
+    auto with = [&](const std::string& extra) { return "{" + base + extra + "}"; };
+    ApiResult<GenerationParams> plain = parse(with(""), none, kind);
+    ASSERT_TRUE(plain.ok()) << plain.error().message;
+    EXPECT_FALSE(plain.value().timeout_seconds.has_value());
+    ApiResult<GenerationParams> given = parse(with(R"(, "timeout": 2.5)"), none, kind);
+    ASSERT_TRUE(given.ok()) << given.error().message;
+    EXPECT_DOUBLE_EQ(*given.value().timeout_seconds, 2.5);
+    EXPECT_DOUBLE_EQ(*parse(with(R"(, "timeout": 7)"), none, kind).value().timeout_seconds, 7.0);
+    EXPECT_FALSE(parse(with(R"(, "timeout": null)"), none, kind).value().timeout_seconds);
+
+    expect_bad(parse(with(R"(, "timeout": 0)"), none, kind), "timeout", "(0, 31536000]");
+    expect_bad(parse(with(R"(, "timeout": -1)"), none, kind), "timeout");
+    expect_bad(parse(with(R"(, "timeout": 1e-60)"), none, kind), "timeout");
+    expect_bad(parse(with(R"(, "timeout": "5")"), none, kind), "timeout", "number");
+    expect_bad(parse(with(R"(, "timeout": true)"), none, kind), "timeout", "number");
+    expect_bad(parse(with(R"(, "timeout": [1])"), none, kind), "timeout");
+    expect_bad(parse(with(R"(, "timeout": 1e300)"), none, kind), "timeout");
+    expect_bad(parse(with(R"(, "timeout": 40000000)"), none, kind), "timeout");
+
+    ApiLimits defaults = limits();
+    defaults.default_timeout_s = 30;
+    EXPECT_DOUBLE_EQ(*parse(with(""), defaults, kind).value().timeout_seconds, 30.0);
+    EXPECT_DOUBLE_EQ(*parse(with(R"(, "timeout": 90)"), defaults, kind).value().timeout_seconds,
+                     90.0);  // a default is no limit
+
+    ApiLimits capped = defaults;
+    capped.max_timeout_s = 60;
+    EXPECT_DOUBLE_EQ(*parse(with(R"(, "timeout": 60)"), capped, kind).value().timeout_seconds,
+                     60.0);
+    expect_bad(parse(with(R"(, "timeout": 90)"), capped, kind), "timeout", "at most 60");
+    EXPECT_DOUBLE_EQ(*parse(with(""), capped, kind).value().timeout_seconds, 30.0);
+    capped.default_timeout_s = 0;  // no default: the maximum bounds requests that name none
+    EXPECT_DOUBLE_EQ(*parse(with(""), capped, kind).value().timeout_seconds, 60.0);
+  }
+}
+
+TEST(GatewayConfigCheck, RequestTimeoutsAreSecondsAndTheDefaultFitsTheMaximum) {
+  GatewayConfig config;
+  EXPECT_TRUE(config.validate().ok());
+  config.request_timeout_s = 30;
+  config.max_request_timeout_s = 60;
+  EXPECT_TRUE(config.validate().ok()) << config.validate().to_string();
+  config.request_timeout_s = 90;
+  Status too_long = config.validate();
+  ASSERT_FALSE(too_long.ok());
+  EXPECT_NE(too_long.message().find("gateway.request_timeout_s"), std::string::npos)
+      << too_long.message();
+  config.request_timeout_s = -1;
+  config.max_request_timeout_s = std::nan("");
+  Status bad = config.validate();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.message().find("request_timeout_s: must be in [0, 31536000] seconds"),
+            std::string::npos)
+      << bad.message();
+  EXPECT_NE(bad.message().find("max_request_timeout_s: must be in"), std::string::npos)
+      << bad.message();
+}
+
 TEST(OpenAiRequest, UnknownModelIs404ModelNotFound) {
   ApiResult<GenerationParams> result = completion(R"({"model": "gpt-4", "prompt": "x"})");
   ASSERT_FALSE(result.ok());

@@ -42,11 +42,13 @@ TEST(StepCodec, RoundTripsEveryField) {
   m.replica_plans[1].return_logits = true;
 
   m.report_figures = true;
+  m.next_message_within_s = 12.5;
 
   ControlMessage d = decode_control(encode_control(m));
   EXPECT_EQ(d.command, ControlCommand::kStep);
   EXPECT_EQ(d.step_id, 42u);
   EXPECT_TRUE(d.report_figures);
+  EXPECT_EQ(d.next_message_within_s, 12.5);
   m.report_figures = false;
   EXPECT_FALSE(decode_control(encode_control(m)).report_figures);
   ASSERT_EQ(d.replica_plans.size(), 2u);
