@@ -12,6 +12,7 @@
 #   bench1   dshpc bench, one GPU: DeepSeek-LLM-7B and DeepSeek-V2-Lite shapes
 #   hf       Hugging Face transformers, same shapes, lengths and batch sizes, same GPU
 #   benchtp  dshpc bench, several GPUs: 7B with tp 2, 67B with tp 4 (when 4 GPUs are visible)
+#   allreduce  the tensor-parallel all-reduce test on 2 and 4 GPUs (one-shot CUDA IPC and NCCL)
 #   summary  bench/summarize.py: bench/results-style JSON per configuration and the chart
 # Everything lands in OUT_DIR; OUT_DIR/status.txt has one line per step with its exit code.
 set -uo pipefail
@@ -59,6 +60,14 @@ if has test; then
   export DSHPC_JOBS=${DSHPC_JOBS:-$(nproc)}
   step device-test "${DSHPC_TEST_TIMEOUT_S:-420}" "$root/launch/device-test.sh" "$out/device-test"
   grep -E "steps|FAILED|fail " "$out/device-test/summary.md" 2> /dev/null | head -20
+fi
+
+if has allreduce; then
+  for np in 2 4; do
+    [ "$gpus" -ge "$np" ] || continue
+    step "all-reduce-np$np" 120 mpirun --allow-run-as-root --bind-to none -np "$np" \
+      "$build/bin/dshpc_gpu_all_reduce_test" --expect-ipc 1
+  done
 fi
 
 if has serve && [ "$gpus" -ge 2 ]; then
@@ -140,6 +149,12 @@ if has benchtp; then
   if [ "$gpus" -ge 2 ]; then
     bench bench-deepseek-llm-7b-tp2 2 --model "$model7b" --tp 2 --kv-blocks 4400 \
       --batch-sizes 1,16,64 --prompt-len 128 --gen-len 128 --prefill-lens 2048
+    # The same with the opt-in one-shot CUDA IPC all-reduce, for comparison; not summarised (the
+    # name does not start with bench-).
+    export DSHPC_IPC_ALL_REDUCE=1
+    bench ab-deepseek-llm-7b-tp2-ipc 2 --model "$model7b" --tp 2 \
+      --kv-blocks 4400 --batch-sizes 1,16 --prompt-len 128 --gen-len 128 --prefill-lens 512
+    unset DSHPC_IPC_ALL_REDUCE
   fi
   if [ "$gpus" -ge 4 ]; then
     bench bench-deepseek-llm-67b-tp4 4 --model "$model67b" --tp 4 --kv-blocks 2000 \

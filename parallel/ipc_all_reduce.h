@@ -7,7 +7,11 @@
 // peer access to each other, and every rank mapped every peer's buffer. Otherwise each rank logs
 // why (once, rank 0 of the group) and the group stays on NCCL alone.
 //
-//   DSHPC_IPC_ALL_REDUCE=0                 off (NCCL for every all-reduce)
+//   DSHPC_IPC_ALL_REDUCE=1                 on (off by default: NCCL for every all-reduce; the
+//                                          path passed its own tests and the dense tp 2 runs on
+//                                          H200s, but a run of the deepseek-v3-tiny fixture at
+//                                          tp 2 with it, and with unrelated new MoE code, crashed
+//                                          and the cause is not known yet)
 //   DSHPC_IPC_ALL_REDUCE_MAX_BYTES=N       largest message on the one-shot path (default 1 MiB;
 //                                          the group takes the smallest value of its ranks)
 //

@@ -81,8 +81,8 @@ class NcclCollectives final : public Collectives {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;  // every call returns at once; we poll with our timeout
     DSHPC_NCCL_CHECK(ncclCommInitRankConfig(&comm_, size_, id, rank_, &config));
-    // Small all-reduces (decode steps) take the one-shot path over CUDA IPC when the whole group
-    // is on one host; every rank reaches the same verdict.
+    // With DSHPC_IPC_ALL_REDUCE=1, small all-reduces (decode steps) take the one-shot path over
+    // CUDA IPC when the whole group is on one host; every rank reaches the same verdict.
     std::string why;
     ipc_ = IpcAllReduce::create(comm, name_, device_, timeout_s_, &why);
     if (rank_ == 0 && ipc_ != nullptr) {

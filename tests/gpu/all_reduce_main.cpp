@@ -3,6 +3,9 @@
 //
 //   mpirun -np 2 build/bin/dshpc_gpu_all_reduce_test [--expect-ipc 0|1]
 //
+// The one-shot path is opt-in (DSHPC_IPC_ALL_REDUCE=1); the test turns it on itself unless
+// --expect-ipc 0 asks for NCCL alone.
+//
 // Every value is a multiple of 1/8 in [-4, 4], so that any sum over ≤ 8 ranks is exact in float32
 // and in bf16: every rank must get exactly the sum computed here on the host, in any order.
 // Cases: message sizes on both sides of the one-shot limit and not multiples of 16 bytes, an
@@ -242,6 +245,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--expect-ipc") == 0) expect_ipc = std::atoi(argv[i + 1]);
   }
+  // The one-shot path is opt-in; this test turns it on unless asked to check NCCL alone.
+  if (expect_ipc != 0) setenv("DSHPC_IPC_ALL_REDUCE", "1", 1);
   int gpus = 0;
   CUDA_OK(cudaGetDeviceCount(&gpus));
   Fixture f;
@@ -281,7 +286,7 @@ int main(int argc, char** argv) {
     const std::vector<Case> cases = {
         {16 / e, 0, true},           {4096, 0, true},      {4096 * 16, 0, true},
         {limit / e, 0, true},        {limit / e + 16 / e, 0, false},
-        {12 / e + 1, 0, false},      // not a multiple of 16 bytes
+        {16 / e + 1, 0, false},      // not a multiple of 16 bytes
         {4096, 1, true},             // unaligned pointer
         {3 * 4096 + 16 / e, 0, true}, {1 << 22, 0, false}};
     for (const Case& k : cases) one_case(f, ++c, k.count, dtype, k.offset, k.ipc, ipc_on);
