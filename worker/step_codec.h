@@ -22,6 +22,10 @@ struct ControlMessage {
   // Every rank other than 0 sends rank 0 its RankFigures once it has handled this message
   // (see Cluster::enable_rank_figures).
   bool report_figures = false;
+  // kStep: before running anything, every rank reserves the step's workspace (Engine::reserve)
+  // and the world agrees on the outcome; when a rank could not, no rank runs the step (see
+  // Cluster::try_step). Rank 0 sets it when the step is larger than any reserved before.
+  bool reserve_workspace = false;
   std::vector<StepPlan> replica_plans;  // index = dp index
 };
 
