@@ -434,7 +434,7 @@ StatusOr<std::vector<StepOutput>> Cluster::execute(const ControlMessage& message
   }
   if (is_coordinator()) {
     record_phases();
-    return std::move(pending);
+    return pending;
   }
   for (const StepOutput& out : pending) {
     if (plan.return_logits) {
