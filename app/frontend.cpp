@@ -103,7 +103,7 @@ StatusOr<SchedulerConfig> Frontend::open(const Options& options, Cluster& cluste
   };
   service->set_ready(
       [&cluster, collect](const std::vector<StepPlan>& plans) {
-        std::vector<StepOutput> outputs = cluster.step(plans);
+        StatusOr<std::vector<StepOutput>> outputs = cluster.try_step(plans);
         collect();
         return outputs;
       },

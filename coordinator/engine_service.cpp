@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/check.h"
+#include "common/log.h"
 
 namespace dshpc {
 
@@ -23,6 +24,7 @@ EngineService::~EngineService() = default;
 
 void EngineService::set_ready(StepRunner runner, Keepalive keepalive) {
   std::lock_guard<std::mutex> lock(mutex_);
+  logged_token_cap_ = scheduler_->step_token_cap();
   runner_ = std::move(runner);
   keepalive_ = std::move(keepalive);
   loaded_ = true;
@@ -112,12 +114,49 @@ ServiceStatus EngineService::status() const {
       stats.kv_blocks_used > 0 ? unused / static_cast<double>(stats.kv_blocks_used) : 0.0;
   s.max_context = options_.scheduler.max_model_len;
   s.vocab_size = options_.vocab_size;
+  s.step_token_cap = stats.step_token_cap;
+  s.step_token_limit = options_.scheduler.max_num_batched_tokens;
+  s.memory_failures = stats.memory_failures;
+  s.kv_block_size = options_.scheduler.kv_block_size;
+  for (const ReplicaStats& r : stats.replicas) {
+    s.replica_kv_blocks_used.push_back(r.kv_blocks_used);
+    s.replica_kv_blocks_total.push_back(r.kv_blocks_total);
+  }
   return s;
 }
 
 SchedulerStats EngineService::scheduler_stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return scheduler_->stats();
+}
+
+void EngineService::on_out_of_memory(int64_t step_id, int64_t tokens, const Status& error) {
+  MemoryPressure pressure = scheduler_->on_step_out_of_memory(step_id, error);
+  logged_token_cap_ = pressure.token_cap;
+  const std::string what = "step " + std::to_string(step_id) + " (" + std::to_string(tokens) +
+                           " tokens) did not get its workspace: " + error.message();
+  if (pressure.events.empty()) {
+    process_logger().warn(what + "; batch token cap lowered to " +
+                              std::to_string(pressure.token_cap) +
+                              " tokens per step, its requests are scheduled again",
+                          {{"event.action", "engine.batch_shrink"},
+                           {"dshpc.step_tokens", pressure.failed_tokens},
+                           {"dshpc.token_cap", pressure.token_cap}});
+  } else {
+    process_logger().error(what + "; a step of one token is the smallest there is: its " +
+                               std::to_string(pressure.events.size()) +
+                               " request(s) end with an error",
+                           {{"event.action", "engine.request_too_large"},
+                            {"dshpc.step_tokens", pressure.failed_tokens},
+                            {"dshpc.token_cap", pressure.token_cap}});
+  }
+  if (observer_ != nullptr) {
+    observer_->on_memory_failure({.failed_tokens = pressure.failed_tokens,
+                                  .token_cap = pressure.token_cap,
+                                  .requests_failed = static_cast<int64_t>(pressure.events.size()),
+                                  .message = error.message()});
+  }
+  deliver(pressure.events);
 }
 
 void EngineService::deliver(std::vector<RequestEvent>& events) {
@@ -167,9 +206,16 @@ void EngineService::run() {
     }
     lock.unlock();
     const auto started = std::chrono::steady_clock::now();
-    std::vector<StepOutput> outputs = runner_(step.plans);
+    StatusOr<std::vector<StepOutput>> outputs = runner_(step.plans);
     const auto finished = std::chrono::steady_clock::now();
     last_contact = finished;
+    if (!outputs.ok()) {
+      DSHPC_CHECK(outputs.status().code() == StatusCode::kResourceExhausted)
+          << "step " << step.step_id << ": " << outputs.status().to_string();
+      lock.lock();
+      on_out_of_memory(step.step_id, tokens, outputs.status());
+      continue;
+    }
     if (observer_ != nullptr) {
       StepReport report;
       report.sequences = sequences;
@@ -181,8 +227,16 @@ void EngineService::run() {
       observer_->on_step(report);
     }
     lock.lock();
-    std::vector<RequestEvent> events = scheduler_->on_step_result(step.step_id, outputs, finished);
+    std::vector<RequestEvent> events = scheduler_->on_step_result(step.step_id, *outputs, finished);
     deliver(events);
+    if (scheduler_->step_token_cap() > logged_token_cap_) {
+      logged_token_cap_ = scheduler_->step_token_cap();
+      process_logger().info(
+          "batch token cap raised to " + std::to_string(logged_token_cap_) +
+              " tokens per step (max_num_batched_tokens " +
+              std::to_string(options_.scheduler.max_num_batched_tokens) + ")",
+          {{"event.action", "engine.batch_grow"}, {"dshpc.token_cap", logged_token_cap_}});
+    }
   }
   // Whatever is still open ends with the stop error.
   std::vector<RequestEvent> events =

@@ -33,8 +33,11 @@ struct EngineServiceOptions {
   std::chrono::milliseconds keepalive_interval{2000};
 };
 
-// Runs one step on the cluster (rank 0's Cluster::step) — or a fake in tests.
-using StepRunner = std::function<std::vector<StepOutput>(const std::vector<StepPlan>&)>;
+// Runs one step on the cluster (rank 0's Cluster::try_step) — or a fake in tests.
+// RESOURCE_EXHAUSTED: the step's workspace did not fit on some rank and nothing of it ran; the
+// loop retries with a smaller batch (Scheduler::on_step_out_of_memory). Any other error is a
+// broken invariant.
+using StepRunner = std::function<StatusOr<std::vector<StepOutput>>(const std::vector<StepPlan>&)>;
 using Keepalive = std::function<void()>;
 
 // What one step of the loop did, for metrics.
@@ -47,12 +50,21 @@ struct StepReport {
   int64_t preemptions = 0;
 };
 
+// A step that did not get its workspace, and what the scheduler did about it.
+struct MemoryFailureReport {
+  int64_t failed_tokens = 0;    // the step's largest replica plan
+  int64_t token_cap = 0;        // tokens per replica step from now on
+  int64_t requests_failed = 0;  // ended because even one token does not fit
+  std::string message;
+};
+
 // Per-step observations for metrics and logs, called on the loop thread (on_events with the
 // service's mutex held: it must only record and return).
 struct StepObserver {
   virtual ~StepObserver() = default;
   virtual void on_step(const StepReport& report) {}
   virtual void on_events(const std::vector<RequestEvent>& events) {}
+  virtual void on_memory_failure(const MemoryFailureReport& report) {}
 };
 
 class EngineService final : public InferenceService {
@@ -83,6 +95,8 @@ class EngineService final : public InferenceService {
 
  private:
   void deliver(std::vector<RequestEvent>& events);  // mutex held
+  // A step that did not get its workspace: the scheduler retries smaller (mutex held).
+  void on_out_of_memory(int64_t step_id, int64_t tokens, const Status& error);
 
   EngineServiceOptions options_;
   mutable std::mutex mutex_;
@@ -91,6 +105,7 @@ class EngineService final : public InferenceService {
   std::map<std::string, std::shared_ptr<GenerationSink>> sinks_;
   StepRunner runner_;
   Keepalive keepalive_;
+  int64_t logged_token_cap_ = 0;  // the cap last logged (a rise is logged once it happens)
   ServiceState state_ = ServiceState::kLoading;
   int64_t load_bytes_done_ = 0;
   int64_t load_bytes_total_ = 0;

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "coordinator/gateway_internal.h"
+#include "coordinator/memory_report.h"
 
 namespace dshpc {
 
@@ -115,6 +116,15 @@ void handle_metrics(Gateway::Context& context, HttpExchange& exchange) {
   response.set(beast_http::field::content_type, Metrics::kContentType);
   response.body() = context.metrics->render();
   exchange.respond(std::move(response));
+}
+
+// ---- GET /debug/memory ----
+
+void handle_debug_memory(Gateway::Context& context, HttpExchange& exchange) {
+  const json::object body =
+      memory_report(context.metrics->rank_memory(), context.service.status(),
+                    context.metrics->config().world_size, Metrics::Clock::now());
+  context.reply(exchange, "/debug/memory", context.json_response(beast_http::status::ok, body));
 }
 
 // ---- POST /tokenize, POST /detokenize ----
@@ -239,6 +249,8 @@ void route(Gateway::Context& context, const std::shared_ptr<HttpExchange>& excha
     if (allowed(beast_http::verb::get, "GET")) handle_health(context, *exchange);
   } else if (path == "/metrics") {
     if (allowed(beast_http::verb::get, "GET")) handle_metrics(context, *exchange);
+  } else if (path == "/debug/memory") {
+    if (allowed(beast_http::verb::get, "GET")) handle_debug_memory(context, *exchange);
   } else if (path == "/v1/models") {
     if (allowed(beast_http::verb::get, "GET")) handle_models(context, *exchange);
   } else if (path.starts_with("/v1/models/") && path.size() > 11) {

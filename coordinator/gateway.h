@@ -9,6 +9,7 @@
 //                    "loaded_bytes":n,"total_bytes":n}; 503 {"status":"draining"} while
 //                    draining, {"status":"stopped"}
 //   GET  /metrics    Prometheus text from the Metrics registry (metrics.h)
+//   GET  /debug/memory  per rank: weights, KV cache, step workspace, device (memory_report.h)
 //   POST /tokenize   {"prompt": "..."} or {"messages": [...]} → {"tokens", "count",
 //   "max_model_len"} POST /detokenize {"tokens": [...]} → {"prompt": "..."}
 // An unknown path is 404, a known path with the wrong method 405 (with Allow).

@@ -90,6 +90,15 @@ struct ServiceStatus {
   double kv_fragmentation = 0.0;  // unused token slots in used blocks / slots of used blocks
   int64_t max_context = 0;        // prompt + completion tokens a request may use
   int64_t vocab_size = 0;
+  // Memory pressure (Scheduler, "memory pressure"): tokens per replica step now and unlowered,
+  // and the steps that did not get their workspace since start.
+  int64_t step_token_cap = 0;
+  int64_t step_token_limit = 0;
+  int64_t memory_failures = 0;
+  // Per data-parallel replica, in replica order (/debug/memory).
+  int64_t kv_block_size = 0;
+  std::vector<int64_t> replica_kv_blocks_used;
+  std::vector<int64_t> replica_kv_blocks_total;
 };
 
 class InferenceService {

@@ -99,11 +99,17 @@ const std::vector<double>& Metrics::duration_buckets() {
 namespace {
 
 constexpr std::string_view kHttpEndpoints[] = {
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
-    "/tokenize",       "/detokenize"};
+    "/v1/completions", "/v1/chat/completions", "/v1/models",   "/health", "/metrics",
+    "/tokenize",       "/detokenize",          "/debug/memory"};
 
 double seconds_between(RequestTiming::TimePoint from, RequestTiming::TimePoint to) {
   return std::max(0.0, std::chrono::duration<double>(to - from).count());
+}
+
+// Moves a counter up to a cumulative total kept elsewhere.
+void advance_to(prometheus::Counter& counter, int64_t total) {
+  const double delta = static_cast<double>(total) - counter.Value();
+  if (delta > 0) counter.Increment(delta);
 }
 
 }  // namespace
@@ -184,6 +190,13 @@ Metrics::Metrics(MetricsConfig config)
   model_ready_ = gauge("dshpc_model_ready", "1 when the model is loaded and serving, else 0.");
   load_progress_ = gauge("dshpc_model_load_progress_ratio",
                          "Share of rank 0's weight bytes loaded (1 once loaded).");
+  batch_token_cap_ =
+      gauge("dshpc_batch_token_cap",
+            "Tokens one replica's step may hold now: max_num_batched_tokens, or less while "
+            "device memory is short (lowered when a step's workspace did not fit).");
+  memory_failures_ = counter("dshpc_step_memory_failures_total",
+                             "Steps whose device workspace could not be reserved on some rank "
+                             "(retried with a smaller batch).");
 
   gpu_memory_used_ = &BuildGauge()
                           .Name("dshpc_gpu_memory_used_bytes")
@@ -357,6 +370,9 @@ void Metrics::set_service_state(const ServiceStatus& status) {
   model_ready_->Set(status.state == ServiceState::kReady ? 1.0 : 0.0);
   load_progress_->Set(
       status.state == ServiceState::kLoading ? std::clamp(status.load_progress, 0.0, 1.0) : 1.0);
+  batch_token_cap_->Set(static_cast<double>(status.step_token_cap));
+  std::lock_guard<std::mutex> lock(service_mutex_);
+  advance_to(*memory_failures_, status.memory_failures);
 }
 
 prometheus::Histogram& Metrics::step_histogram(int rank, StepPhase phase) {
@@ -414,6 +430,9 @@ void Metrics::set_rank_figures(const RankFigures& figures) {
       phases[p] = increase(figures.phases[p], last ? &last->phases[p] : nullptr);
     }
     last_figures_[figures.rank] = figures;
+    if (figures.memory.present) {
+      rank_memory_[figures.rank] = {figures.rank, figures.memory, Clock::now()};
+    }
   }
   // Every op's series exists once a rank has reported, at zero if it never made that call.
   for (int op = 0; op < kNumCollectiveOps; ++op) {
@@ -430,6 +449,13 @@ void Metrics::set_rank_figures(const RankFigures& figures) {
   }
 }
 
+std::vector<Metrics::RankMemory> Metrics::rank_memory() const {
+  std::lock_guard<std::mutex> lock(rank_mutex_);
+  std::vector<RankMemory> out;
+  for (const auto& [rank, memory] : rank_memory_) out.push_back(memory);
+  return out;
+}
+
 void Metrics::on_http_response(std::string_view endpoint, int status_code) {
   std::string_view known = "other";
   for (std::string_view e : kHttpEndpoints) {
@@ -439,16 +465,6 @@ void Metrics::on_http_response(std::string_view endpoint, int status_code) {
   http_requests_->Add({{"endpoint", std::string(known)}, {"code", std::to_string(status_code)}})
       .Increment();
 }
-
-namespace {
-
-// Moves a counter up to a cumulative total kept elsewhere.
-void advance_to(prometheus::Counter& counter, int64_t total) {
-  const double delta = static_cast<double>(total) - counter.Value();
-  if (delta > 0) counter.Increment(delta);
-}
-
-}  // namespace
 
 void Metrics::set_http_server(const HttpServerStats& stats) {
   std::lock_guard<std::mutex> lock(http_mutex_);

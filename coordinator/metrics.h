@@ -137,6 +137,14 @@ class Metrics {
   // A rank's cumulative report: the increase since its previous report is added to the
   // histograms (a smaller total than before means the rank restarted: counted from zero).
   void set_rank_figures(const RankFigures& figures);
+  // The latest memory figures of each rank that sent some, by rank, with when they arrived
+  // (GET /debug/memory).
+  struct RankMemory {
+    int rank = 0;
+    MemoryFigures memory;
+    TimePoint received{};
+  };
+  std::vector<RankMemory> rank_memory() const;
 
   // --- HTTP ---------------------------------------------------------------------------------
   // dshpc_http_requests_total{endpoint, code}. Endpoints outside the API's list count as
@@ -187,6 +195,8 @@ class Metrics {
   prometheus::Gauge* kv_fragmentation_ = nullptr;
   prometheus::Gauge* model_ready_ = nullptr;
   prometheus::Gauge* load_progress_ = nullptr;
+  prometheus::Gauge* batch_token_cap_ = nullptr;
+  prometheus::Counter* memory_failures_ = nullptr;
 
   GaugeFamily* gpu_memory_used_ = nullptr;
   GaugeFamily* gpu_memory_total_ = nullptr;
@@ -203,8 +213,10 @@ class Metrics {
 
   // The last cumulative report per rank, to turn reports into increments; the HTTP server's
   // counters likewise.
-  std::mutex rank_mutex_;
+  mutable std::mutex rank_mutex_;
   std::map<int, RankFigures> last_figures_;
+  std::map<int, RankMemory> rank_memory_;
+  std::mutex service_mutex_;  // set_service_state's counter
   std::mutex http_mutex_;
 };
 

@@ -51,6 +51,7 @@ Scheduler::Scheduler(const SchedulerConfig& config, int num_replicas,
   DSHPC_CHECK(valid.ok()) << "scheduler config: " << valid.message();
   DSHPC_CHECK(num_replicas >= 1) << "num_replicas " << num_replicas;
   for (int r = 0; r < num_replicas; ++r) replicas_.emplace_back(config_);
+  token_cap_ = config_.max_num_batched_tokens;
 }
 
 // ---- submit and cancel -------------------------------------------------------------------
@@ -169,7 +170,7 @@ ScheduledStep Scheduler::schedule(TimePoint now) {
   std::vector<PlanBuilder> builders(replicas_.size());
   bool any = false;
   for (int r = 0; r < num_replicas(); ++r) {
-    builders[r].tokens_left = config_.max_num_batched_tokens;
+    builders[r].tokens_left = std::min(config_.max_num_batched_tokens, token_cap_);
     schedule_replica(r, now, builders[r], out.preempted);
     any = any || !builders[r].plan.sequences.empty();
   }
@@ -177,12 +178,15 @@ ScheduledStep Scheduler::schedule(TimePoint now) {
   out.plans.resize(replicas_.size());
   if (any) {
     out.step_id = next_step_id_++;
-    StepRecord record(replicas_.size());
+    InFlightStep record;
+    record.record.resize(replicas_.size());
+    record.released.resize(replicas_.size());
     for (int r = 0; r < num_replicas(); ++r) {
       out.plans[r] = std::move(builders[r].plan);
       out.plans[r].released_sequences = std::move(replicas_[r].released);
       replicas_[r].released.clear();
-      record[r] = std::move(builders[r].entries);
+      record.released[r] = out.plans[r].released_sequences;
+      record.record[r] = std::move(builders[r].entries);
       out.queue_seconds.insert(out.queue_seconds.end(), builders[r].queue_seconds.begin(),
                                builders[r].queue_seconds.end());
     }
@@ -215,7 +219,9 @@ void Scheduler::schedule_running(int r, bool decodes, PlanBuilder& b,
     if (!is_running(rep.running, id)) continue;  // preempted earlier in this loop
     Sequence& seq = sequences_.at(id);
     if (seq.in_flight_step >= 0 || seq.is_decode() != decodes) continue;
-    int64_t n = decodes ? 1 : std::min(seq.uncomputed(), b.tokens_left);
+    // Decodes always fit max_num_batched_tokens (validated ≥ max_batch_size), but not a token
+    // cap lowered under memory pressure.
+    int64_t n = std::min(decodes ? int64_t{1} : seq.uncomputed(), b.tokens_left);
     if (n <= 0) continue;  // the token budget is spent
 
     while (!rep.blocks.can_append(id, n)) {
@@ -369,8 +375,14 @@ std::vector<RequestEvent> Scheduler::apply_results(
     int64_t step_id, const std::vector<const std::vector<SampledToken>*>& samples, TimePoint now) {
   auto it = in_flight_.find(step_id);
   DSHPC_CHECK(it != in_flight_.end()) << "result of step " << step_id << ", which is not in flight";
-  const StepRecord record = std::move(it->second);
+  const StepRecord record = std::move(it->second.record);
   in_flight_.erase(it);
+  if (token_cap_ < config_.max_num_batched_tokens &&
+      ++successes_since_cap_change_ >= kCapRaiseAfterSteps) {
+    token_cap_ =
+        std::min(config_.max_num_batched_tokens, token_cap_ + std::max<int64_t>(1, token_cap_ / 4));
+    successes_since_cap_change_ = 0;
+  }
   DSHPC_CHECK_EQ(samples.size(), record.size()) << "replicas in the result of step " << step_id;
 
   std::vector<RequestEvent> events;
@@ -412,8 +424,12 @@ std::vector<RequestEvent> Scheduler::apply_results(
 void Scheduler::abort_step(int64_t step_id) {
   auto it = in_flight_.find(step_id);
   DSHPC_CHECK(it != in_flight_.end()) << "abort of step " << step_id << ", which is not in flight";
-  for (size_t r = 0; r < it->second.size(); ++r) {
-    for (const StepEntry& entry : it->second[r]) {
+  const StepRecord& record = it->second.record;
+  for (size_t r = 0; r < record.size(); ++r) {
+    // The workers never saw this plan's releases: the next plan carries them, before its own.
+    std::vector<int64_t>& released = replicas_[r].released;
+    released.insert(released.begin(), it->second.released[r].begin(), it->second.released[r].end());
+    for (const StepEntry& entry : record[r]) {
       auto seq_it = sequences_.find(entry.sequence_id);
       if (seq_it == sequences_.end()) continue;
       Sequence& seq = seq_it->second;
@@ -423,6 +439,43 @@ void Scheduler::abort_step(int64_t step_id) {
     }
   }
   in_flight_.erase(it);
+}
+
+MemoryPressure Scheduler::on_step_out_of_memory(int64_t step_id, const Status& error) {
+  auto it = in_flight_.find(step_id);
+  DSHPC_CHECK(it != in_flight_.end()) << "step " << step_id << " out of memory but not in flight";
+  MemoryPressure out;
+  std::vector<int64_t> sequences;
+  for (const std::vector<StepEntry>& entries : it->second.record) {
+    int64_t tokens = 0;
+    for (const StepEntry& entry : entries) {
+      tokens += entry.num_tokens;
+      sequences.push_back(entry.sequence_id);
+    }
+    out.failed_tokens = std::max(out.failed_tokens, tokens);
+  }
+  abort_step(step_id);
+  ++memory_failures_;
+  successes_since_cap_change_ = 0;
+  if (out.failed_tokens > 1) {
+    token_cap_ = std::min(token_cap_, std::max<int64_t>(1, out.failed_tokens / 2));
+  } else {
+    // One token of one sequence per replica is the smallest step there is.
+    token_cap_ = 1;
+    std::sort(sequences.begin(), sequences.end());
+    for (int64_t id : sequences) {
+      auto seq = sequences_.find(id);
+      if (seq == sequences_.end()) continue;  // cancelled meanwhile
+      GenerationEvent event;
+      event.error = invalid_argument(
+          "the request does not fit in device memory: even a step of one token of it alone "
+          "could not get its workspace (" +
+          error.message() + ")");
+      out.events.push_back(finish(seq->second, FinishReason::kError, std::move(event)));
+    }
+  }
+  out.token_cap = token_cap_;
+  return out;
 }
 
 std::vector<RequestEvent> Scheduler::abort_all(const Status& error) {
@@ -460,6 +513,8 @@ SchedulerStats Scheduler::stats() const {
   }
   s.steps_in_flight = static_cast<int64_t>(in_flight_.size());
   s.preemptions = preemptions_;
+  s.step_token_cap = token_cap_;
+  s.memory_failures = memory_failures_;
   return s;
 }
 

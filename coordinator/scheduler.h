@@ -28,6 +28,17 @@
 // outstanding; each holds different sequences). Blocks freed by cancel() while a sequence is in
 // flight are reused by later steps only: the plans of one replica must run in the order they were
 // made (the pipeline does).
+//
+// Memory pressure (the deployment guide's dynamic batch adjustment). A step whose device
+// workspace could not be reserved ran nowhere (worker/cluster.h); on_step_out_of_memory aborts it
+// (its sequences are planned again, nothing is lost) and lowers a cap on the tokens of one
+// replica's step to half the failed step's largest replica plan. Decodes then also count against
+// the cap (oldest first; the others sit the step out), and prefill chunks shrink to what is left.
+// After kCapRaiseAfterSteps successful steps in a row the cap rises by a quarter (at least one
+// token) until it reaches max_num_batched_tokens again: additive increase after multiplicative
+// decrease, so that a batch size that does not fit is tried again only now and then. A failed step
+// of one token is the smallest there is: its requests end with INVALID_ARGUMENT saying that they
+// do not fit in device memory even alone.
 #pragma once
 
 #include <chrono>
@@ -89,6 +100,15 @@ struct SchedulerStats {
   int64_t preemptions = 0;  // since start
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;
+  int64_t step_token_cap = 0;   // tokens per replica step now (see "memory pressure")
+  int64_t memory_failures = 0;  // steps that did not get their workspace, since start
+};
+
+// What on_step_out_of_memory did.
+struct MemoryPressure {
+  int64_t failed_tokens = 0;         // the failed step's largest replica plan
+  int64_t token_cap = 0;             // the cap from now on
+  std::vector<RequestEvent> events;  // requests ended because even one token does not fit
 };
 
 // The sampler seed of a request without one: FNV-1a of its id, so a request is reproducible
@@ -133,8 +153,16 @@ class Scheduler {
   std::vector<RequestEvent> abort_all(const Status& error);
 
   // A step that did not run (e.g. the device ran out of memory): its sequences leave flight with
-  // nothing computed and the blocks reserved for it are returned; they are scheduled again.
+  // nothing computed and the blocks reserved for it are returned; they are scheduled again, and
+  // the sequences it released are released by the next step instead.
   void abort_step(int64_t step_id);
+  // A step whose workspace the device could not hold (`error` says where): abort_step, then the
+  // cap on tokens per replica step is lowered (see "memory pressure" above) — or, for a step of
+  // one token, its requests end with an error event.
+  MemoryPressure on_step_out_of_memory(int64_t step_id, const Status& error);
+  int64_t step_token_cap() const { return token_cap_; }
+  // Successful steps in a row after which a lowered cap rises.
+  static constexpr int64_t kCapRaiseAfterSteps = 32;
 
   SchedulerStats stats() const;
   bool idle() const;  // nothing waiting, running or in flight
@@ -184,6 +212,10 @@ class Scheduler {
     bool sample = false;
   };
   using StepRecord = std::vector<std::vector<StepEntry>>;  // [replica][position in plan]
+  struct InFlightStep {
+    StepRecord record;
+    std::vector<std::vector<int64_t>> released;  // [replica]: the plan's released_sequences
+  };
 
   // What schedule_replica builds for one replica.
   struct PlanBuilder {
@@ -218,11 +250,15 @@ class Scheduler {
   std::vector<Replica> replicas_;
   std::unordered_map<int64_t, Sequence> sequences_;
   std::unordered_map<std::string, int64_t> by_request_;
-  std::map<int64_t, StepRecord> in_flight_;
+  std::map<int64_t, InFlightStep> in_flight_;
   int64_t next_sequence_id_ = 0;
   int64_t next_step_id_ = 0;
   int64_t waiting_count_ = 0;
   int64_t preemptions_ = 0;
+  // Memory pressure.
+  int64_t token_cap_ = 0;  // ≤ max_num_batched_tokens
+  int64_t successes_since_cap_change_ = 0;
+  int64_t memory_failures_ = 0;
 };
 
 }  // namespace dshpc

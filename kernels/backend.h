@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/dtype.h"
+#include "common/status.h"
 #include "kernels/attention.h"
 #include "kernels/moe_routing.h"
 #include "kernels/rope.h"
@@ -96,6 +97,27 @@ struct RopeTables {
   int64_t rot_dim = 0;
 };
 
+// The largest step the backend's own per-step buffers must hold (Backend::reserve_step): the
+// step metadata (less the block tables, which are small and grow on demand), the sampling rows
+// and the MoE layers' gathered rows.
+struct StepCapacity {
+  int64_t tokens = 0;
+  int64_t sequences = 0;
+  int64_t logits_rows = 0;  // rows of logits (0 on a stage without the output head)
+  int64_t moe_rows = 0;     // (token, expert) pairs a rank's experts can receive: T · top_k
+  int64_t moe_hidden = 0;
+  int64_t moe_inter = 0;  // the widest local expert's intermediate size
+};
+
+// What a backend knows of its memory; -1 where it knows nothing (the CPU has no device).
+struct BackendMemory {
+  int64_t device_total_bytes = -1;  // cudaMemGetInfo
+  int64_t device_free_bytes = -1;
+  int64_t pool_in_use_bytes = -1;  // the caching pool: blocks handed out …
+  int64_t pool_cached_bytes = -1;  // … and blocks freed and kept for reuse
+  int64_t step_buffers_bytes = 0;  // the backend's own per-step buffers (reserve_step)
+};
+
 // One expert's weights: gate and up fused [2 · inter, hidden], down [hidden, inter].
 struct ExpertWeights {
   Mat gate_up;
@@ -112,7 +134,14 @@ class Backend {
   virtual DType activation_dtype() const = 0;
 
   // ---- memory
+  // Out of memory stops the job (the message names the sizes): for weights, the KV cache and
+  // anything sized once at start-up.
   virtual DeviceBuffer allocate(size_t bytes) = 0;
+  // An empty buffer (data() == nullptr) instead of stopping when the memory is not there (after
+  // the backend gave back what it caches): for a step's workspace, reserved before the step runs
+  // so that running out of memory shrinks the batch instead of killing the server. The default
+  // cannot fail more gracefully than allocate().
+  virtual DeviceBuffer try_allocate(size_t bytes) { return allocate(bytes); }
   virtual void release(void* data, size_t bytes) = 0;  // called by DeviceBuffer
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
@@ -125,6 +154,15 @@ class Backend {
   // cached blocks), for sizing the KV cache after the weights are loaded; -1 when it has no
   // meaningful bound (the CPU backend).
   virtual int64_t free_memory_bytes() { return -1; }
+  // The device's and the pool's figures, for /debug/memory (cheap: no synchronisation).
+  virtual BackendMemory memory_info() { return {}; }
+  // Grows the backend's own per-step buffers (step metadata, sampling rows, MoE scratch) to hold
+  // a step of `capacity`, with try_allocate: RESOURCE_EXHAUSTED when the memory is not there. The
+  // ops of a step within the capacity then allocate nothing. Backends whose ops allocate nothing
+  // on the device (the CPU) have nothing to do.
+  virtual Status reserve_step(const StepCapacity& capacity) { return ok_status(); }
+  // Gives those buffers back (after a failed reservation, so that a smaller step starts clean).
+  virtual void release_step_buffers() {}
 
   // Makes the step's host metadata available to ops; valid until the next call.
   virtual StepTensors upload_step(const StepHostData& host) = 0;

@@ -2,6 +2,7 @@
 // this folder for the rest. It is the numerical reference the CUDA backend is tested against.
 #include <cblas.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -31,11 +32,19 @@ class CpuBackend final : public Backend {
   DType activation_dtype() const override { return DType::kF32; }
 
   DeviceBuffer allocate(size_t bytes) override {
+    DeviceBuffer buffer = try_allocate(bytes);
+    DSHPC_CHECK(bytes == 0 || buffer.data() != nullptr)
+        << "host allocation of " << bytes << " bytes failed";
+    return buffer;
+  }
+  DeviceBuffer try_allocate(size_t bytes) override {
     // 64-byte alignment for vector loads; zero-filled so that fresh KV blocks read as zeros.
-    size_t rounded = (bytes + 63) / 64 * 64;
+    // Sizes whose rounding would overflow fail like any allocation the host cannot satisfy.
+    if (bytes > SIZE_MAX - 64) return DeviceBuffer();
+    const size_t rounded = (bytes + 63) / 64 * 64;
     void* p = rounded == 0 ? nullptr : std::aligned_alloc(64, rounded);
-    DSHPC_CHECK(rounded == 0 || p != nullptr) << "host allocation of " << bytes << " bytes failed";
-    if (p != nullptr) std::memset(p, 0, rounded);
+    if (p == nullptr) return DeviceBuffer();
+    std::memset(p, 0, rounded);
     return DeviceBuffer(this, p, bytes);
   }
   void release(void* data, size_t) override { std::free(data); }

@@ -1,5 +1,7 @@
 #include "worker/cluster.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -124,6 +126,19 @@ Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches
       liveness_(liveness),
       control_wait_s_(liveness.startup_timeout_s) {
   world_ = std::make_unique<MpiCollectives>(groups_.world.get(), "world", groups_.timeout_s);
+  if (const char* tokens = std::getenv("DSHPC_FAULT_ALLOC_FAIL_TOKENS"); tokens && *tokens) {
+    fault_alloc_fail_tokens_ = std::max<int64_t>(0, std::atoll(tokens));
+    const char* rank = std::getenv("DSHPC_FAULT_ALLOC_FAIL_RANK");
+    fault_alloc_fail_rank_ = rank && *rank ? std::atoi(rank) : -1;
+    process_logger().warn(
+        "fault injection: the workspace of steps over " + std::to_string(fault_alloc_fail_tokens_) +
+            " tokens fails on " +
+            (fault_alloc_fail_rank_ < 0 ? std::string("every rank")
+                                        : "rank " + std::to_string(fault_alloc_fail_rank_)),
+        {{"event.action", "fault.alloc_fail_configured"}});
+  }
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) host_ = host;
   const int world = world_->size();
 
   // Start-up exchange: per rank (layer_begin, layer_end, weight bytes, kv bytes, kv blocks).
@@ -220,7 +235,8 @@ void Cluster::serve() {
       finish_posted_figures();
       return;
     }
-    if (message.command == ControlCommand::kStep) execute(message);
+    // A step whose workspace the world did not get ran nowhere; rank 0 retries it smaller.
+    if (message.command == ControlCommand::kStep) (void)execute(message);
     if (message.report_figures) post_figures();
   }
 }
@@ -314,7 +330,87 @@ RankFigures Cluster::local_figures() const {
   figures.collectives += world_->stats();  // tokens and logits to rank 0
   figures.phases = phases_;
   if (gpu_sampler_) figures.gpu = gpu_sampler_();
+  figures.memory = memory_figures();
   return figures;
+}
+
+MemoryFigures Cluster::memory_figures() const {
+  MemoryFigures m;
+  m.present = true;
+  m.dp = groups_.coords.dp;
+  m.pp = groups_.coords.pp;
+  m.tp = groups_.coords.tp;
+  m.host = host_;
+  Backend& backend = runtime_.backend();
+  m.backend = backend.name();
+  m.weight_bytes = runtime_.model().weight_bytes();
+  m.kv_cache_bytes = runtime_.cache().bytes();
+  m.kv_cache_blocks = runtime_.cache().num_blocks();
+  m.workspace_bytes = runtime_.engine().workspace_bytes();
+  m.workspace_high_water_bytes = runtime_.engine().workspace_high_water_bytes();
+  m.workspace_failures = workspace_failures_;
+  const BackendMemory device = backend.memory_info();
+  m.device_total_bytes = device.device_total_bytes;
+  m.device_free_bytes = device.device_free_bytes;
+  m.pool_in_use_bytes = device.pool_in_use_bytes;
+  m.pool_cached_bytes = device.pool_cached_bytes;
+  m.process_rss_bytes = process_rss_bytes();
+  host_memory_bytes(&m.host_total_bytes, &m.host_available_bytes);
+  return m;
+}
+
+StepCapacity Cluster::step_capacity_of(const ControlMessage& message) const {
+  StepCapacity capacity;
+  for (const StepPlan& plan : message.replica_plans) {
+    const StepCapacity part = step_capacity(micro_batches(plan));
+    capacity.tokens = std::max(capacity.tokens, part.tokens);
+    capacity.sequences = std::max(capacity.sequences, part.sequences);
+    capacity.logits_rows = std::max(capacity.logits_rows, part.logits_rows);
+  }
+  return capacity;
+}
+
+int64_t Cluster::largest_plan_tokens(const ControlMessage& message) {
+  int64_t tokens = 0;
+  for (const StepPlan& plan : message.replica_plans) tokens = std::max(tokens, plan.num_tokens());
+  return tokens;
+}
+
+Status Cluster::reserve_workspace(const ControlMessage& message) {
+  const StepCapacity capacity = step_capacity_of(message);
+  const int64_t plan_tokens = largest_plan_tokens(message);
+  Status local;
+  if (fault_alloc_fail_tokens_ >= 0 && plan_tokens > fault_alloc_fail_tokens_ &&
+      (fault_alloc_fail_rank_ < 0 || fault_alloc_fail_rank_ == groups_.rank)) {
+    local = resource_exhausted("fault injection (DSHPC_FAULT_ALLOC_FAIL_TOKENS=" +
+                               std::to_string(fault_alloc_fail_tokens_) + "): a step of " +
+                               std::to_string(plan_tokens) + " tokens");
+  } else {
+    local = runtime_.engine().reserve(capacity);
+  }
+  if (!local.ok()) {
+    ++workspace_failures_;
+    process_logger().warn("step workspace not reserved: " + local.message(),
+                          {{"event.action", "engine.workspace_failed"},
+                           {"dshpc.step_tokens", plan_tokens},
+                           {"dshpc.step_sequences", capacity.sequences}});
+  }
+  // Each rank's vote at its own index, summed: afterwards every rank knows who failed.
+  const int world = world_->size();
+  std::vector<float> failed(static_cast<size_t>(world), 0.0f);
+  failed[groups_.rank] = local.ok() ? 0.0f : 1.0f;
+  if (world > 1) world_->all_reduce_sum(failed.data(), failed.size());
+  std::string ranks;
+  for (int r = 0; r < world; ++r) {
+    if (failed[r] > 0.5f) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (ranks.empty()) return ok_status();
+  runtime_.engine().release_workspace();
+  return resource_exhausted(
+      "rank" + std::string(ranks.find(',') == std::string::npos ? " " : "s ") + ranks +
+      " could not reserve the workspace of a step of " + std::to_string(plan_tokens) + " tokens (" +
+      std::to_string(capacity.sequences) + " sequences per micro-batch at most)" +
+      (local.ok() ? std::string() : ": " + local.message()));
 }
 
 std::vector<StepPlan> Cluster::micro_batches(const StepPlan& plan) const {
@@ -326,12 +422,14 @@ int Cluster::last_stage_rank(int replica) const {
   return groups_.layout.rank_of({replica, groups_.layout.pp() - 1, 0});
 }
 
-std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
+StatusOr<std::vector<StepOutput>> Cluster::execute(const ControlMessage& message) {
   const int replica = groups_.coords.dp;
   DSHPC_CHECK_EQ(static_cast<int>(message.replica_plans.size()), groups_.layout.dp())
       << "control message plans";
+  // Every rank votes, those of replicas with nothing to do included.
+  if (message.reserve_workspace) RETURN_IF_ERROR(reserve_workspace(message));
   const StepPlan& plan = message.replica_plans[replica];
-  if (plan.sequences.empty()) return {};
+  if (plan.sequences.empty()) return std::vector<StepOutput>{};
   const auto started = std::chrono::steady_clock::now();
   double sampling_s = 0.0;  // inside `started` → now, but its own phase
   bool sampled = false;
@@ -413,7 +511,7 @@ std::vector<StepOutput> Cluster::execute(const ControlMessage& message) {
     }
   }
   record_phases();
-  return {};
+  return std::vector<StepOutput>{};
 }
 
 std::vector<SampledToken> Cluster::sample(const StepPlan& part, StepOutput& out) {
@@ -447,6 +545,12 @@ void Cluster::keepalive() {
 }
 
 std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
+  StatusOr<std::vector<StepOutput>> outputs = try_step(plans);
+  DSHPC_CHECK(outputs.ok()) << outputs.status().message();
+  return std::move(*outputs);
+}
+
+StatusOr<std::vector<StepOutput>> Cluster::try_step(const std::vector<StepPlan>& plans) {
   DSHPC_CHECK(is_coordinator()) << "only rank 0 drives steps";
   DSHPC_CHECK(!stopped_) << "step after stop";
   DSHPC_CHECK_EQ(static_cast<int>(plans.size()), replicas()) << "one plan per replica";
@@ -455,8 +559,28 @@ std::vector<StepOutput> Cluster::step(const std::vector<StepPlan>& plans) {
   message.step_id = ++step_id_;
   message.report_figures = request_figures();
   message.replica_plans = plans;
+  // Reserve (and vote) only for a step larger than what every rank holds, or one the fault
+  // injection may fail.
+  const StepCapacity capacity = step_capacity_of(message);
+  const bool covered = capacity.tokens <= reserved_capacity_.tokens &&
+                       capacity.sequences <= reserved_capacity_.sequences &&
+                       capacity.logits_rows <= reserved_capacity_.logits_rows;
+  message.reserve_workspace = !covered || (fault_alloc_fail_tokens_ >= 0 &&
+                                           largest_plan_tokens(message) > fault_alloc_fail_tokens_);
   if (world_->size() > 1) broadcast(message);
-  std::vector<StepOutput> mine = execute(message);
+  StatusOr<std::vector<StepOutput>> executed = execute(message);
+  if (!executed.ok()) {
+    reserved_capacity_ = StepCapacity{};  // every rank gave its workspace back
+    if (message.report_figures) figures_.push_back(local_figures());
+    poll_figures();
+    return executed.status();
+  }
+  if (message.reserve_workspace) {
+    reserved_capacity_.tokens = std::max(reserved_capacity_.tokens, capacity.tokens);
+    reserved_capacity_.sequences = std::max(reserved_capacity_.sequences, capacity.sequences);
+    reserved_capacity_.logits_rows = std::max(reserved_capacity_.logits_rows, capacity.logits_rows);
+  }
+  std::vector<StepOutput> mine = std::move(*executed);
 
   const int64_t vocab = runtime_.config().vocab_size;
   std::vector<StepOutput> outputs(plans.size());

@@ -26,6 +26,20 @@
 // for metrics. On stop, rank 0 receives what is still on its way (bounded wait) so that no send
 // is left unmatched when MPI finalizes. Commands that never enable reports (eval-golden, bench)
 // send none.
+//
+// Memory: a step's workspace (activations, scratch, the backend's step buffers) is reserved
+// before anything of the step runs, so that running out of device memory is an answer, not a
+// crash. Rank 0 marks a step `reserve_workspace` when it is larger than any step all ranks have
+// reserved for (in tokens, sequences or logits rows: rare once the batch has reached its usual
+// size); then every rank reserves (Engine::reserve), and one all-reduce over the world tells every
+// rank which ranks could not. If any could not, no rank runs the step — none is left inside a
+// collective — every rank gives its workspace back, and try_step returns RESOURCE_EXHAUSTED so
+// that the scheduler can retry with a smaller batch (coordinator/scheduler.h, "memory pressure").
+//
+// Fault injection for tests: DSHPC_FAULT_ALLOC_FAIL_TOKENS=N makes the reservation of every step
+// whose largest replica plan has more than N tokens fail on rank DSHPC_FAULT_ALLOC_FAIL_RANK
+// (default: every rank), as if the device were out of memory. Rank 0 reads N too (to mark such
+// steps for reservation), so set it for the whole job (mpirun passes the environment on).
 #pragma once
 
 #include <mpi.h>
@@ -35,6 +49,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "parallel/collectives.h"
@@ -98,7 +113,11 @@ class Cluster {
 
   // Rank 0: runs one step, plans[r] on replica r (empty plans allowed), and returns each
   // replica's results in plan order: logits rows for plans with return_logits, else the tokens
-  // sampled on the last stage.
+  // sampled on the last stage. RESOURCE_EXHAUSTED, with nothing run on any rank, when a rank
+  // could not reserve the step's workspace (see the top of this file).
+  StatusOr<std::vector<StepOutput>> try_step(const std::vector<StepPlan>& plans);
+  // try_step for callers that cannot retry smaller (eval-golden, bench): a failed reservation
+  // stops the job with its message.
   std::vector<StepOutput> step(const std::vector<StepPlan>& plans);
   // Rank 0: tells the workers to leave serve(). Also done by the destructor.
   void stop();
@@ -122,11 +141,20 @@ class Cluster {
   void set_gpu_sampler(std::function<GpuFigures()> sampler) { gpu_sampler_ = std::move(sampler); }
   // This rank's figures now.
   RankFigures local_figures() const;
+  // Where this rank's memory goes now (part of its figures).
+  MemoryFigures memory_figures() const;
 
  private:
   // This rank's part of a step; on the coordinator also returns replica 0's outputs when rank 0
-  // is its last stage.
-  std::vector<StepOutput> execute(const ControlMessage& message);
+  // is its last stage. RESOURCE_EXHAUSTED when the world did not get the step's workspace.
+  StatusOr<std::vector<StepOutput>> execute(const ControlMessage& message);
+  // Every rank: reserves the workspace of `message`'s step and agrees with the world on the
+  // outcome (one all-reduce); on failure every rank has released its workspace.
+  Status reserve_workspace(const ControlMessage& message);
+  // The largest micro-batch of any replica's plan in `message` (the same on every rank).
+  StepCapacity step_capacity_of(const ControlMessage& message) const;
+  // The largest replica plan's tokens (what the fault injection compares with).
+  static int64_t largest_plan_tokens(const ControlMessage& message);
   // Last stage, tp rank 0: the sampled tokens of one micro-batch (one per sequence).
   std::vector<SampledToken> sample(const StepPlan& part, StepOutput& out);
   std::vector<StepPlan> micro_batches(const StepPlan& plan) const;
@@ -154,6 +182,13 @@ class Cluster {
   CoordinatorLiveness liveness_;
   bool keepalives_promised_ = false;  // rank 0
   double control_wait_s_ = 0.0;       // other ranks: the bound of the next control message
+
+  // Memory (see the top of this file).
+  StepCapacity reserved_capacity_;        // rank 0: what every rank holds a workspace for
+  int64_t fault_alloc_fail_tokens_ = -1;  // DSHPC_FAULT_ALLOC_FAIL_TOKENS; -1: off
+  int fault_alloc_fail_rank_ = -1;        // DSHPC_FAULT_ALLOC_FAIL_RANK; -1: every rank
+  int64_t workspace_failures_ = 0;        // this rank's failed reservations
+  std::string host_;
 
   // Metrics.
   std::array<DurationHistogram, kNumStepPhases> phases_{};  // this rank's, cumulative

@@ -1,5 +1,6 @@
 #include "worker/engine.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -198,6 +199,83 @@ std::vector<int32_t> Engine::download_tokens(int64_t rows) {
   std::vector<int32_t> ids(static_cast<size_t>(rows));
   backend_.download(ids.data(), argmax_.data(), ids.size() * sizeof(int32_t));
   return ids;
+}
+
+StepCapacity step_capacity(const std::vector<StepPlan>& parts) {
+  StepCapacity capacity;
+  for (const StepPlan& part : parts) {
+    int64_t rows = 0;
+    for (const SequenceStep& s : part.sequences) {
+      rows += s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
+    }
+    capacity.tokens = std::max(capacity.tokens, part.num_tokens());
+    capacity.sequences = std::max(capacity.sequences, static_cast<int64_t>(part.sequences.size()));
+    capacity.logits_rows = std::max(capacity.logits_rows, rows);
+  }
+  return capacity;
+}
+
+namespace {
+
+// Grows `buffer` to at least `bytes` with try_allocate (the smaller block is given back first).
+Status grow(Backend& backend, DeviceBuffer& buffer, size_t bytes, const char* what) {
+  if (buffer.bytes() >= bytes) return ok_status();
+  buffer = DeviceBuffer();
+  buffer = backend.try_allocate(bytes);
+  if (buffer.data() != nullptr) return ok_status();
+  return resource_exhausted(std::string(what) + " of " + std::to_string(bytes) +
+                            " bytes could not be allocated");
+}
+
+}  // namespace
+
+Status Engine::reserve(const StepCapacity& capacity) {
+  const int64_t h = model_.config().hidden_size;
+  const size_t element = dtype_size(backend_.activation_dtype());
+  const auto fail = [&](const Status& status) {
+    return resource_exhausted("the workspace of a step of " + std::to_string(capacity.tokens) +
+                              " tokens, " + std::to_string(capacity.sequences) +
+                              " sequences: " + status.message());
+  };
+  Status grown =
+      grow(backend_, hidden_, static_cast<size_t>(capacity.tokens * h) * element, "activations");
+  if (grown.ok() && model_.shard().last_stage(model_.config())) {
+    const int64_t rows = capacity.logits_rows;
+    const int64_t vocab = model_.config().vocab_size;
+    grown = grow(backend_, selected_, static_cast<size_t>(rows * h) * element, "logits inputs");
+    if (grown.ok()) {
+      grown = grow(backend_, logits_, static_cast<size_t>(rows * vocab) * sizeof(float), "logits");
+    }
+    if (grown.ok()) {
+      grown = grow(backend_, argmax_, static_cast<size_t>(rows) * sizeof(int32_t), "token ids");
+    }
+  }
+  if (grown.ok()) grown = model_.reserve_workspace(capacity);
+  workspace_high_water_ = std::max(workspace_high_water_, workspace_bytes());
+  return grown.ok() ? grown : fail(grown);
+}
+
+void Engine::release_workspace() {
+  workspace_high_water_ = std::max(workspace_high_water_, workspace_bytes());
+  hidden_ = DeviceBuffer();
+  selected_ = DeviceBuffer();
+  logits_ = DeviceBuffer();
+  argmax_ = DeviceBuffer();
+  model_.release_workspace();
+  graph_attempts_.clear();  // captured graphs named the buffers just freed
+}
+
+int64_t Engine::workspace_bytes() {
+  int64_t bytes = model_.workspace_bytes() + backend_.memory_info().step_buffers_bytes;
+  for (const DeviceBuffer* buffer : {&hidden_, &selected_, &logits_, &argmax_}) {
+    bytes += static_cast<int64_t>(buffer->bytes());
+  }
+  return bytes;
+}
+
+int64_t Engine::workspace_high_water_bytes() {
+  workspace_high_water_ = std::max(workspace_high_water_, workspace_bytes());
+  return workspace_high_water_;
 }
 
 StepOutput Engine::run(const StepPlan& plan) {

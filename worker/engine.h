@@ -100,6 +100,18 @@ class Engine {
   Model& model() { return model_; }
   KvCache& cache() { return cache_; }
 
+  // ---- Workspace. Everything a step of up to `capacity` needs on this rank — the activations,
+  // the logits rows, the model's scratch and the backend's step buffers — grown before the step
+  // runs, with Backend::try_allocate (see Model::reserve_workspace). RESOURCE_EXHAUSTED when the
+  // memory is not there; nothing has run, and the step can be retried smaller.
+  Status reserve(const StepCapacity& capacity);
+  // Gives the whole workspace back (after a failed reservation, so that a smaller step starts
+  // from what the device really has free).
+  void release_workspace();
+  // Bytes of workspace held now, and the most ever held at once.
+  int64_t workspace_bytes();
+  int64_t workspace_high_water_bytes();
+
  private:
   // Final norm and output head for the rows the plan needs; `out` gets the row layout.
   Mat logits_on_device(const StepPlan& plan, Mat hidden, StepOutput& out);
@@ -124,6 +136,12 @@ class Engine {
   // them off. Captures tried per key.
   bool graphs_enabled_ = true;
   std::unordered_map<uint64_t, int> graph_attempts_;
+
+  int64_t workspace_high_water_ = 0;
 };
+
+// What the largest of a plan's micro-batches needs: its tokens, sequences and logits rows (each
+// the largest over `parts`; Engine::reserve of it covers every part).
+StepCapacity step_capacity(const std::vector<StepPlan>& parts);
 
 }  // namespace dshpc

@@ -75,8 +75,104 @@ Mat Model::scratch(ScratchSlot slot, int64_t rows, int64_t cols) {
 
 Mat Model::scratch(ScratchSlot slot, int64_t rows, int64_t cols, DType dtype) {
   const size_t bytes = static_cast<size_t>(rows * cols) * dtype_size(dtype);
-  if (scratch_[slot].bytes() < bytes) scratch_[slot] = backend_.allocate(bytes);
+  if (scratch_[slot].bytes() < bytes) {
+    const bool logits_slot = slot == kLocalLogits || slot == kGatheredLogits;
+    const int64_t step_rows = slot == kGatheredLogits ? rows / shard_.tp_size : rows;
+    const int64_t reserved = logits_slot ? reserved_logits_rows_ : reserved_tokens_;
+    DSHPC_CHECK(step_rows > reserved)
+        << "scratch slot " << static_cast<int>(slot) << " needs " << bytes << " bytes for "
+        << step_rows << " rows, within the reserved step of " << reserved
+        << " rows but more than reserve_workspace gave it (" << scratch_[slot].bytes()
+        << " bytes): Model::scratch_row_bytes is out of date";
+    scratch_[slot] = backend_.allocate(bytes);
+  }
   return Mat::of(scratch_[slot].data(), dtype, rows, cols);
+}
+
+std::vector<size_t> Model::scratch_row_bytes() const {
+  const ModelConfig& c = config_;
+  const size_t a = dtype_size(backend_.activation_dtype());
+  const size_t f32 = sizeof(float);
+  std::vector<size_t> width(kNumScratch, 0);
+  width[kNormed] = width[kDelta] = c.hidden_size * a;
+  if (c.is_mla()) {  // mla_attention.cpp
+    const int64_t qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+    const int64_t entry = c.kv_lora_rank + c.qk_rope_head_dim;
+    if (c.q_lora_rank > 0) width[kWork0] = c.q_lora_rank * a;
+    width[kWork1] = heads_local_ * qk * a;
+    width[kWork2] = entry * a;
+    width[kWork3] = heads_local_ * entry * a;
+    width[kWork4] = heads_local_ * c.kv_lora_rank * a;
+    width[kWork5] = heads_local_ * c.v_head_dim * a;
+  } else {  // llama_attention.cpp
+    const int64_t q_width = heads_local_ * c.head_dim;
+    const int64_t kv_width = kv_heads_local_ * c.head_dim;
+    width[kWork0] = (q_width + 2 * kv_width) * a;
+    width[kWork1] = width[kWork2] = q_width * a;
+  }
+  int64_t inter = 0;  // the widest dense MLP or shared expert
+  for (const LayerWeights& layer : layers_) {
+    if (!layer.moe) {
+      inter = std::max(inter, layer.mlp.inter_local);
+      continue;
+    }
+    if (layer.moe_weights.has_shared) inter = std::max(inter, layer.moe_weights.shared.inter_local);
+    width[kRouterLogits] = c.routing.num_experts * f32;
+    width[kExpertIds] = c.routing.top_k * sizeof(int32_t);
+    width[kExpertWeights] = c.routing.top_k * f32;
+  }
+  width[kMlpGateUp] = 2 * inter * a;
+  width[kMlpAct] = inter * a;
+  if (shard_.last_stage(config_) && tp_.size() > 1) {  // logits(), float32 (Engine)
+    width[kLocalLogits] = vocab_local_ * f32;
+    width[kGatheredLogits] = tp_.size() * vocab_local_ * f32;
+  }
+  return width;
+}
+
+Status Model::reserve_workspace(StepCapacity capacity) {
+  const bool last = shard_.last_stage(config_);
+  if (!last) capacity.logits_rows = 0;
+  const std::vector<size_t> width = scratch_row_bytes();
+  for (int slot = 0; slot < kNumScratch; ++slot) {
+    const bool logits_slot = slot == kLocalLogits || slot == kGatheredLogits;
+    const size_t bytes =
+        width[slot] * static_cast<size_t>(logits_slot ? capacity.logits_rows : capacity.tokens);
+    if (bytes == 0 || scratch_[slot].bytes() >= bytes) continue;
+    scratch_[slot] = DeviceBuffer();  // give the smaller block back before asking for the larger
+    scratch_[slot] = backend_.try_allocate(bytes);
+    if (scratch_[slot].data() == nullptr) {
+      return resource_exhausted("scratch buffer " + std::to_string(slot) + " of " +
+                                std::to_string(bytes) + " bytes (a step of " +
+                                std::to_string(capacity.tokens) +
+                                " tokens) could not be allocated");
+    }
+  }
+  for (const LayerWeights& layer : layers_) {
+    if (!layer.moe) continue;
+    capacity.moe_rows = capacity.tokens * config_.routing.top_k;
+    capacity.moe_hidden = config_.hidden_size;
+    for (const MlpWeights& expert : layer.moe_weights.experts) {
+      capacity.moe_inter = std::max(capacity.moe_inter, expert.inter_local);
+    }
+  }
+  RETURN_IF_ERROR(backend_.reserve_step(capacity));
+  reserved_tokens_ = std::max(reserved_tokens_, capacity.tokens);
+  reserved_logits_rows_ = std::max(reserved_logits_rows_, capacity.logits_rows);
+  return ok_status();
+}
+
+void Model::release_workspace() {
+  for (DeviceBuffer& buffer : scratch_) buffer = DeviceBuffer();
+  backend_.release_step_buffers();
+  reserved_tokens_ = 0;
+  reserved_logits_rows_ = 0;
+}
+
+int64_t Model::workspace_bytes() const {
+  int64_t bytes = 0;
+  for (const DeviceBuffer& buffer : scratch_) bytes += static_cast<int64_t>(buffer.bytes());
+  return bytes;
 }
 
 void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {

@@ -171,6 +171,19 @@ class Model {
   // `hidden_rows` is overwritten with its final norm.
   void logits(Mat hidden_rows, Mat logits_out);
 
+  // ---- Workspace: the scratch activations of a step, and the backend's per-step buffers.
+  // Grows every scratch buffer to what a step of up to `capacity.tokens` tokens and
+  // `capacity.logits_rows` logits rows needs (float32 logits), and the backend's own buffers
+  // (Backend::reserve_step, with this model's MoE sizes), all with Backend::try_allocate, so that
+  // forward() and logits() of such a step allocate nothing. RESOURCE_EXHAUSTED naming the buffer
+  // when the memory is not there; nothing has run then, and what was grown stays until
+  // release_workspace(). While a reservation holds, a scratch buffer that a step within it finds
+  // too small is a broken invariant (the widths below are out of date), not a lazy allocation.
+  Status reserve_workspace(StepCapacity capacity);
+  void release_workspace();
+  // Scratch bytes held now (the backend's own buffers not included).
+  int64_t workspace_bytes() const;
+
  private:
   Model(const ModelConfig& config, ModelShard shard, Backend& backend, Collectives& tp);
 
@@ -206,6 +219,9 @@ class Model {
   };
   Mat scratch(ScratchSlot slot, int64_t rows, int64_t cols);  // activation dtype
   Mat scratch(ScratchSlot slot, int64_t rows, int64_t cols, DType dtype);
+  // Bytes per step row of each slot: the widest use in forward() and logits(). A step row is a
+  // token, or a logits row for kLocalLogits and kGatheredLogits (which holds tp of them).
+  std::vector<size_t> scratch_row_bytes() const;
 
   ModelConfig config_;
   ModelShard shard_;
@@ -227,6 +243,9 @@ class Model {
   int64_t weight_bytes_ = 0;
 
   std::vector<DeviceBuffer> scratch_;
+  // The step the workspace is reserved for (0: none; scratch then grows on demand).
+  int64_t reserved_tokens_ = 0;
+  int64_t reserved_logits_rows_ = 0;
 };
 
 }  // namespace dshpc

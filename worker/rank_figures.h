@@ -8,6 +8,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/duration_histogram.h"
@@ -34,17 +35,47 @@ struct GpuFigures {
   double utilization_ratio = 0.0;  // 0..1
 };
 
+// Where a rank's memory goes, for GET /debug/memory (the deployment guide's memory summary).
+// Figures that are not gauges of this moment (weights, the KV cache) are repeated in every
+// report so that the latest report alone describes the rank. -1: not known on this backend.
+struct MemoryFigures {
+  bool present = false;  // false: the rank sent no memory figures
+  int32_t dp = 0, pp = 0, tp = 0;
+  std::string host;
+  std::string backend;  // Backend::name()
+  int64_t weight_bytes = 0;
+  int64_t kv_cache_bytes = 0;   // the rank's KV cache, as allocated
+  int64_t kv_cache_blocks = 0;  // blocks allocated on this rank (the scheduler uses the agreed
+                                // number, the smallest over the ranks)
+  int64_t workspace_bytes = 0;  // activations, scratch and step buffers held now
+  int64_t workspace_high_water_bytes = 0;
+  int64_t workspace_failures = 0;  // step workspace reservations that failed on this rank
+  int64_t device_total_bytes = -1;
+  int64_t device_free_bytes = -1;
+  int64_t pool_in_use_bytes = -1;
+  int64_t pool_cached_bytes = -1;
+  int64_t process_rss_bytes = -1;     // /proc/self/statm
+  int64_t host_total_bytes = -1;      // /proc/meminfo MemTotal
+  int64_t host_available_bytes = -1;  // /proc/meminfo MemAvailable
+};
+
+// This process's resident set, and the host's total and available memory (-1 where /proc does
+// not say).
+int64_t process_rss_bytes();
+void host_memory_bytes(int64_t* total, int64_t* available);
+
 struct RankFigures {
   int rank = 0;                 // MPI world rank
   CollectiveStats collectives;  // summed over the rank's groups (tp, pp, dp, world transfers)
   std::array<DurationHistogram, kNumStepPhases> phases{};
   GpuFigures gpu;
+  MemoryFigures memory;
 
   DurationHistogram& phase(StepPhase p) { return phases[static_cast<int>(p)]; }
   const DurationHistogram& phase(StepPhase p) const { return phases[static_cast<int>(p)]; }
 };
 
-// A little-endian binary form for the MPI message (about 1.5 KB).
+// A little-endian binary form for the MPI message (about 1.6 KB).
 std::vector<uint8_t> encode_rank_figures(const RankFigures& figures);
 // INVALID_ARGUMENT when the bytes are not exactly one encoded RankFigures.
 StatusOr<RankFigures> decode_rank_figures(const uint8_t* data, size_t size);

@@ -61,7 +61,8 @@ std::vector<uint8_t> encode_control(const ControlMessage& message) {
   w.put<uint32_t>(kMagic);
   w.put<uint32_t>(static_cast<uint32_t>(message.command));
   w.put<uint64_t>(message.step_id);
-  w.put<uint8_t>(message.report_figures ? 1 : 0);
+  w.put<uint8_t>(
+      static_cast<uint8_t>((message.report_figures ? 1 : 0) | (message.reserve_workspace ? 2 : 0)));
   w.put<double>(message.next_message_within_s);
   w.put<uint32_t>(static_cast<uint32_t>(message.replica_plans.size()));
   for (const StepPlan& plan : message.replica_plans) {
@@ -97,7 +98,9 @@ ControlMessage decode_control(const std::vector<uint8_t>& bytes) {
   DSHPC_CHECK(command >= 1 && command <= 3) << "unknown control command " << command;
   message.command = static_cast<ControlCommand>(command);
   message.step_id = r.get<uint64_t>();
-  message.report_figures = r.get<uint8_t>() != 0;
+  const uint8_t flags = r.get<uint8_t>();
+  message.report_figures = (flags & 1) != 0;
+  message.reserve_workspace = (flags & 2) != 0;
   message.next_message_within_s = r.get<double>();
   DSHPC_CHECK(std::isfinite(message.next_message_within_s) && message.next_message_within_s >= 0)
       << "control message promises the next one within " << message.next_message_within_s << " s";

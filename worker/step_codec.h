@@ -26,6 +26,10 @@ struct ControlMessage {
   // (the other ranks wait that long, then abort the job naming rank 0 as unresponsive).
   // 0: no promise; the receivers keep their start-up bound (Cluster, CoordinatorLiveness).
   double next_message_within_s = 0.0;
+  // kStep: before running anything, every rank reserves the step's workspace (Engine::reserve)
+  // and the world agrees on the outcome; when a rank could not, no rank runs the step (see
+  // Cluster::try_step). Rank 0 sets it when the step is larger than any reserved before.
+  bool reserve_workspace = false;
   std::vector<StepPlan> replica_plans;  // index = dp index
 };
 

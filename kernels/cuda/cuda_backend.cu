@@ -14,7 +14,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -97,6 +99,16 @@ class CudaBackend final : public Backend {
     return DeviceBuffer(this, block, bytes);
   }
 
+  DeviceBuffer try_allocate(size_t bytes) override {
+    if (bytes == 0) return DeviceBuffer(this, nullptr, 0);
+    DSHPC_CHECK(!capturing_) << "try_allocate during a graph capture";
+    memory_changed();
+    void* block = pool_.try_allocate(bytes);
+    if (block == nullptr) return DeviceBuffer();
+    DSHPC_CUDA_CHECK(cudaMemsetAsync(block, 0, bytes, stream_));
+    return DeviceBuffer(this, block, bytes);
+  }
+
   void release(void* data, size_t) override {
     memory_changed();
     pool_.release(data);
@@ -149,6 +161,61 @@ class CudaBackend final : public Backend {
     size_t free_bytes = 0, total_bytes = 0;
     DSHPC_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     return static_cast<int64_t>(free_bytes) + pool_.stats().cached_bytes;
+  }
+
+  BackendMemory memory_info() override {
+    const cuda::PoolStats pool = pool_.stats();
+    size_t free_bytes = 0, total_bytes = 0;
+    DSHPC_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    BackendMemory m;
+    m.device_total_bytes = static_cast<int64_t>(total_bytes);
+    m.device_free_bytes = static_cast<int64_t>(free_bytes);
+    m.pool_in_use_bytes = pool.in_use_bytes;
+    m.pool_cached_bytes = pool.cached_bytes;
+    for (const DeviceBuffer* buffer : step_buffers()) {
+      m.step_buffers_bytes += static_cast<int64_t>(buffer->bytes());
+    }
+    for (const TileList& list : tile_lists_) {
+      m.step_buffers_bytes += static_cast<int64_t>(list.buffer.bytes());
+    }
+    return m;
+  }
+
+  Status reserve_step(const StepCapacity& c) override {
+    // upload_step's blob without the block tables (small; they grow on demand), the sampling
+    // rows, and moe_experts' buffers for every pair routed to this rank's experts.
+    const size_t element = dtype_size(dtype_);
+    const size_t metadata = align_up(c.tokens * sizeof(int32_t), 16) * 2 +
+                            align_up(c.tokens * sizeof(int64_t), 16) +
+                            align_up(c.sequences * sizeof(PagedSequence), 16);
+    const struct {
+      DeviceBuffer* buffer;
+      size_t bytes;
+      const char* what;
+    } wanted[] = {
+        {&step_device_, metadata, "step metadata"},
+        {&sampling_device_, c.logits_rows * sizeof(SamplingRow), "sampling rows"},
+        {&moe_index_, 2 * c.moe_rows * sizeof(int32_t), "MoE permutation"},
+        {&moe_rows_, c.moe_rows * c.moe_hidden * element, "MoE gathered rows"},
+        {&moe_gate_up_, c.moe_rows * 2 * c.moe_inter * element, "MoE gate/up"},
+        {&moe_act_, c.moe_rows * c.moe_inter * element, "MoE activations"},
+        {&moe_out_, c.moe_rows * c.moe_hidden * element, "MoE expert outputs"},
+    };
+    for (const auto& w : wanted) {
+      if (w.buffer->bytes() >= w.bytes) continue;
+      *w.buffer = DeviceBuffer();  // give the smaller block back first
+      *w.buffer = try_allocate(w.bytes);
+      if (w.bytes > 0 && w.buffer->data() == nullptr) {
+        return resource_exhausted(std::string(w.what) + " buffer of " + std::to_string(w.bytes) +
+                                  " bytes could not be allocated on " + name_);
+      }
+    }
+    return ok_status();
+  }
+
+  void release_step_buffers() override {
+    for (DeviceBuffer* buffer : step_buffers()) *buffer = DeviceBuffer();
+    tile_lists_.clear();
   }
 
   // ---- step metadata
@@ -483,6 +550,12 @@ class CudaBackend final : public Backend {
   static int make_current(int device) {
     DSHPC_CUDA_CHECK(cudaSetDevice(device));
     return device;
+  }
+
+  // The per-step buffers reserve_step grows and release_step_buffers frees.
+  std::array<DeviceBuffer*, 8> step_buffers() {
+    return {&step_device_, &sampling_device_, &decode_partial_, &moe_index_,
+            &moe_rows_,    &moe_gate_up_,     &moe_act_,        &moe_out_};
   }
 
   // Graphs hold raw pointers: any allocation or release may invalidate them.

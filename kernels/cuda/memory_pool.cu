@@ -12,9 +12,7 @@ DevicePool::~DevicePool() {
   in_use_.clear();
 }
 
-void* DevicePool::allocate(size_t bytes) {
-  const size_t rounded = (bytes + kGranularity - 1) / kGranularity * kGranularity;
-  std::lock_guard<std::mutex> lock(mutex_);
+void* DevicePool::allocate_locked(size_t rounded, cudaError_t* status) {
   auto it = free_.lower_bound(rounded);
   if (it != free_.end() && it->first <= 2 * rounded) {
     void* block = it->second;
@@ -26,23 +24,46 @@ void* DevicePool::allocate(size_t bytes) {
     return block;
   }
   void* block = nullptr;
-  cudaError_t status = cudaMalloc(&block, rounded);
-  if (status == cudaErrorMemoryAllocation) {
+  *status = cudaMalloc(&block, rounded);
+  if (*status == cudaErrorMemoryAllocation) {
     cudaGetLastError();  // clear the error before retrying with the cache given back
     trim_locked();
-    status = cudaMalloc(&block, rounded);
+    *status = cudaMalloc(&block, rounded);
   }
-  if (status != cudaSuccess) {
-    size_t free_bytes = 0, total_bytes = 0;
+  if (*status != cudaSuccess) {
     cudaGetLastError();
+    return nullptr;
+  }
+  ++stats_.device_allocations;
+  in_use_[block] = rounded;
+  stats_.in_use_bytes += static_cast<int64_t>(rounded);
+  return block;
+}
+
+void* DevicePool::allocate(size_t bytes) {
+  const size_t rounded = (bytes + kGranularity - 1) / kGranularity * kGranularity;
+  std::lock_guard<std::mutex> lock(mutex_);
+  cudaError_t status = cudaSuccess;
+  void* block = allocate_locked(rounded, &status);
+  if (block == nullptr) {
+    size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
     DSHPC_FATAL() << "cudaMalloc of " << rounded << " bytes failed: " << cudaGetErrorName(status)
                   << " (" << cudaGetErrorString(status) << "); device free " << free_bytes << " of "
                   << total_bytes << " bytes, pool in use " << stats_.in_use_bytes << " bytes";
   }
-  ++stats_.device_allocations;
-  in_use_[block] = rounded;
-  stats_.in_use_bytes += static_cast<int64_t>(rounded);
+  return block;
+}
+
+void* DevicePool::try_allocate(size_t bytes) {
+  const size_t rounded = (bytes + kGranularity - 1) / kGranularity * kGranularity;
+  std::lock_guard<std::mutex> lock(mutex_);
+  cudaError_t status = cudaSuccess;
+  void* block = allocate_locked(rounded, &status);
+  if (block == nullptr && status != cudaErrorMemoryAllocation) {
+    DSHPC_FATAL() << "cudaMalloc of " << rounded << " bytes failed: " << cudaGetErrorName(status)
+                  << " (" << cudaGetErrorString(status) << ")";
+  }
   return block;
 }
 

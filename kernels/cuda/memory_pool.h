@@ -5,6 +5,8 @@
 // queued can be reused at once: the next user's work is queued behind them.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -29,6 +31,9 @@ class DevicePool {
   // A block of at least `bytes` (256-byte aligned). On out-of-memory the cache is returned to the
   // driver and the allocation retried once; then the job stops with the sizes in the message.
   void* allocate(size_t bytes);
+  // The same, but nullptr instead of stopping when the device is out of memory after the retry
+  // (any other CUDA error still stops the job). For a step's workspace (Backend::try_allocate).
+  void* try_allocate(size_t bytes);
   void release(void* block);
   // Returns cached blocks to the driver (synchronises the device: not for the step loop).
   void trim();
@@ -41,6 +46,8 @@ class DevicePool {
 
  private:
   void trim_locked();
+  // nullptr with `status` set when cudaMalloc failed even after the cache was given back.
+  void* allocate_locked(size_t rounded, cudaError_t* status);
 
   mutable std::mutex mutex_;
   std::multimap<size_t, void*> free_;         // block size → block

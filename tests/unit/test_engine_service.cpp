@@ -2,6 +2,7 @@
 // tokens), driven from test threads the way the gateway's I/O threads drive it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -181,6 +182,79 @@ TEST(EngineService, StopEndsOpenRequestsWithTheError) {
   loop.join();
   EXPECT_EQ(sink->finish, FinishReason::kError);
   EXPECT_NE(sink->error.message().find("rank 3 died"), std::string::npos);
+}
+
+// A cluster whose workspace holds at most 4 tokens per step: the loop shrinks the batch and
+// every request completes with the tokens it would have had.
+TEST(EngineService, OutOfMemoryStepsShrinkTheBatchAndLoseNothing) {
+  struct Observer : StepObserver {
+    void on_memory_failure(const MemoryFailureReport& report) override {
+      failures.push_back(report);
+    }
+    std::vector<MemoryFailureReport> failures;  // the loop thread only, read after join
+  } observer;
+  EngineService service(options());
+  service.set_observer(&observer);
+  std::atomic<int64_t> largest_run{0};
+  service.set_ready(
+      [&](const std::vector<StepPlan>& plans) -> StatusOr<std::vector<StepOutput>> {
+        for (const StepPlan& plan : plans) {
+          if (plan.num_tokens() > 4) return resource_exhausted("rank 1: workspace too small");
+          largest_run = std::max<int64_t>(largest_run, plan.num_tokens());
+        }
+        return fake_step(plans);
+      },
+      [] {});
+  std::thread loop([&] { service.run(); });
+  std::vector<std::shared_ptr<CollectingSink>> sinks;
+  for (int i = 0; i < 6; ++i) {
+    sinks.push_back(std::make_shared<CollectingSink>());
+    ASSERT_TRUE(service.submit(request("r" + std::to_string(i), 5), sinks.back()).ok());
+  }
+  for (const auto& sink : sinks) {
+    ASSERT_TRUE(sink->wait(std::chrono::seconds(10)));
+    EXPECT_EQ(sink->finish, FinishReason::kLength);
+    EXPECT_EQ(sink->tokens, (std::vector<int32_t>{10, 11, 12, 13, 14}));
+  }
+  const ServiceStatus status = service.status();
+  EXPECT_GE(status.memory_failures, 1);
+  EXPECT_LE(status.step_token_cap, 4);
+  EXPECT_EQ(status.step_token_limit, 64);
+  EXPECT_EQ(status.kv_blocks_used, 0);
+  service.stop();
+  loop.join();
+  EXPECT_EQ(largest_run.load(), 4);
+  ASSERT_FALSE(observer.failures.empty());
+  EXPECT_GT(observer.failures[0].failed_tokens, 4);
+  EXPECT_EQ(observer.failures[0].requests_failed, 0);
+  EXPECT_NE(observer.failures[0].message.find("rank 1"), std::string::npos);
+}
+
+// Not even one token fits: the request ends with an error that says so; the service goes on.
+TEST(EngineService, RequestThatNeverFitsEndsWithAnError) {
+  EngineService service(options());
+  std::atomic<bool> memory_back{false};
+  service.set_ready(
+      [&](const std::vector<StepPlan>& plans) -> StatusOr<std::vector<StepOutput>> {
+        if (!memory_back) return resource_exhausted("device out of memory");
+        return fake_step(plans);
+      },
+      [] {});
+  std::thread loop([&] { service.run(); });
+  auto sink = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(service.submit(request("huge", 3), sink).ok());
+  ASSERT_TRUE(sink->wait(std::chrono::seconds(10)));
+  EXPECT_EQ(sink->finish, FinishReason::kError);
+  EXPECT_EQ(sink->error.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(sink->error.message().find("does not fit in device memory"), std::string::npos);
+  EXPECT_EQ(service.status().step_token_cap, 1);
+  memory_back = true;
+  auto next = std::make_shared<CollectingSink>();
+  ASSERT_TRUE(service.submit(request("next", 2), next).ok());
+  ASSERT_TRUE(next->wait(std::chrono::seconds(10)));
+  EXPECT_EQ(next->tokens, (std::vector<int32_t>{10, 11}));
+  service.stop();
+  loop.join();
 }
 
 }  // namespace
