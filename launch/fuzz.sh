@@ -40,7 +40,10 @@ targets=()
 cmake --build "$build" -j "$jobs" --target "${targets[@]}"
 
 # Leaks are reported by LeakSanitizer at exit; a sanitizer finding fails the test.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1}
+# allocator_may_return_null: a host allocation the machine cannot satisfy returns null, as it does
+# without ASan, so that the tests of that path (a workspace reservation of 2^40 tokens fails
+# cleanly) test it; operator new still throws.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 # The reference-model sweep is the slowest unit test under the sanitizers; 3 random

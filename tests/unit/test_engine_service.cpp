@@ -205,12 +205,15 @@ TEST(EngineService, OutOfMemoryStepsShrinkTheBatchAndLoseNothing) {
         return fake_step(plans);
       },
       [] {});
-  std::thread loop([&] { service.run(); });
+  // Every request is queued before the loop starts, so that its first step holds more than 4
+  // tokens whatever the timing (submitted one by one to a running loop, each could be stepped
+  // alone and no step would ever fail).
   std::vector<std::shared_ptr<CollectingSink>> sinks;
   for (int i = 0; i < 6; ++i) {
     sinks.push_back(std::make_shared<CollectingSink>());
     ASSERT_TRUE(service.submit(request("r" + std::to_string(i), 5), sinks.back()).ok());
   }
+  std::thread loop([&] { service.run(); });
   for (const auto& sink : sinks) {
     ASSERT_TRUE(sink->wait(std::chrono::seconds(10)));
     EXPECT_EQ(sink->finish, FinishReason::kLength);
