@@ -305,12 +305,7 @@ int run_batch(int argc, char** argv, int first) {
 
   // Signals go to one waiting thread on rank 0, never to the MPI or client threads; the other
   // ranks keep them blocked (Slurm's scancel --signal=TERM reaches every task; rank 0 stops them).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGUSR1);  // what launch/mpirun.sh sends for a stop
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = block_stop_signals();
 
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
@@ -336,48 +331,30 @@ int run_batch(int argc, char** argv, int first) {
   std::condition_variable state_cv;
   bool draining = false;
   bool clients_done = false;
-  bool finished_all = false;  // the signal thread leaves
-  std::thread signal_thread([&] {
-    int received = 0;
-    siginfo_t info;
-    for (;;) {
-      const int signal_number = sigwaitinfo(&signals, &info);
-      if (signal_number < 0) {
-        if (errno == EINTR) continue;
-        return;
-      }
-      {
-        std::lock_guard<std::mutex> lock(state_mutex);
-        if (finished_all) return;
-      }
-      if (signal_number == SIGTERM) {
-        if (std::string launcher = signal_from_mpi_launcher(info); !launcher.empty()) {
-          // The launcher kills the job a moment later: what is finished is in the output already.
-          process_logger().error("dshpc batch: SIGTERM from " + launcher +
-                                     ": the launcher is ending the job; aborting (finished "
-                                     "requests are in the output; a rerun resumes)",
-                                 {{"event.action", "batch.launcher_stop"}});
-          fatal_abort(143, "SIGTERM from " + launcher);
-        }
-      }
-      if (++received == 1) {
-        process_logger().info("dshpc batch: signal " + std::to_string(signal_number) +
-                                  ": draining — no new requests; those in flight get up to " +
-                                  std::to_string(*drain_timeout) + " s",
-                              {{"event.action", "batch.drain"}, {"dshpc.signal", signal_number}});
-        stop_taking = true;
-        {
-          std::lock_guard<std::mutex> lock(state_mutex);
-          draining = true;
-        }
-        state_cv.notify_all();
-      } else {
-        process_logger().warn("dshpc batch: second signal: cutting the requests in flight",
-                              {{"event.action", "batch.stop"}, {"dshpc.signal", signal_number}});
-        service.stop(unavailable("the batch job was stopped"));
-      }
-    }
-  });
+  auto signal_thread = std::make_unique<StopSignals>(
+      signals,
+      StopSignals::Actions{
+          "dshpc batch", "batch",
+          "aborting (finished requests are in the output; a rerun resumes)",
+          [&](int signal_number) {
+            process_logger().info("dshpc batch: signal " + std::to_string(signal_number) +
+                                      ": draining — no new requests; those in flight get up to " +
+                                      std::to_string(*drain_timeout) + " s",
+                                  {{"event.action", "batch.drain"},
+                                   {"dshpc.signal", signal_number}});
+            stop_taking = true;
+            {
+              std::lock_guard<std::mutex> lock(state_mutex);
+              draining = true;
+            }
+            state_cv.notify_all();
+          },
+          [&](int signal_number) {
+            process_logger().warn(
+                "dshpc batch: second signal: cutting the requests in flight",
+                {{"event.action", "batch.stop"}, {"dshpc.signal", signal_number}});
+            service.stop(unavailable("the batch job was stopped"));
+          }});
   std::thread drain_watch([&] {
     std::unique_lock<std::mutex> lock(state_mutex);
     state_cv.wait(lock, [&] { return draining || clients_done; });
@@ -399,13 +376,10 @@ int run_batch(int argc, char** argv, int first) {
     {
       std::lock_guard<std::mutex> lock(state_mutex);
       clients_done = true;
-      finished_all = true;
     }
     state_cv.notify_all();
     drain_watch.join();
-    // Wakes sigwaitinfo; the thread sees finished_all and leaves.
-    pthread_kill(signal_thread.native_handle(), SIGTERM);
-    signal_thread.join();
+    signal_thread.reset();
   };
 
   const std::string output_path = opts.get("output");

@@ -16,7 +16,10 @@
 
 #include <signal.h>
 
+#include <atomic>
+#include <functional>
 #include <string>
+#include <thread>
 
 namespace dshpc {
 
@@ -37,5 +40,39 @@ class RequestFailer {
 // MPI's mpirun/orted/…, Hydra's hydra_pmi_proxy/mpiexec; never Slurm's slurmstepd), its name;
 // else "".
 std::string signal_from_mpi_launcher(const siginfo_t& info);
+
+// The signals that stop `dshpc serve` and `dshpc batch`: SIGTERM, SIGINT and SIGUSR1 (what
+// launch/mpirun.sh sends, since mpirun does not forward SIGTERM without a SIGKILL after it),
+// blocked in the calling thread and so in every thread it starts later: call it before any
+// thread starts, so that they reach only StopSignals' thread (rank 0) or nobody (other ranks).
+sigset_t block_stop_signals();
+
+// One thread waiting for the signals of block_stop_signals(). A SIGTERM from the MPI launcher
+// (signal_from_mpi_launcher: it kills the job a second later) is logged as
+// `<event_prefix>.launcher_stop` with `launcher_consequence` and aborts the job at once (exit 143);
+// the first other signal calls on_first, every later one on_again. The destructor wakes the
+// thread and joins it.
+class StopSignals {
+ public:
+  struct Actions {
+    std::string command;               // "dshpc serve", for the log
+    std::string event_prefix;          // "server", "batch"
+    std::string launcher_consequence;  // what the launcher's SIGTERM does, for the log
+    std::function<void(int signal_number)> on_first;
+    std::function<void(int signal_number)> on_again;
+  };
+  StopSignals(const sigset_t& signals, Actions actions);
+  ~StopSignals();
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  void wait_for_signals();
+
+  sigset_t signals_;
+  Actions actions_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
 
 }  // namespace dshpc

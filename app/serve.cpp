@@ -119,14 +119,7 @@ int run_serve(int argc, char** argv, int first) {
   if (!drain_timeout.ok()) return fail(drain_timeout.status(), 2);
 
   // Signals go to one waiting thread (rank 0), never to the MPI or I/O threads.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  // mpirun forwards SIGUSR1 to every rank at once (its SIGTERM handling ends in SIGKILL), so
-  // launch/mpirun.sh turns a stop into SIGUSR1: it drains like SIGTERM.
-  sigaddset(&signals, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = block_stop_signals();
 
   Frontend front;
   auto before_load = [&](const ProcessGroups& groups) -> Status {
@@ -176,40 +169,19 @@ int run_serve(int argc, char** argv, int first) {
   std::mutex shutdown_mutex;
   std::condition_variable shutdown_cv;
   bool done = false;
-  std::thread signal_thread([&] {
-    int received = 0;
-    siginfo_t info;
-    for (;;) {
-      const int signal_number = sigwaitinfo(&signals, &info);
-      if (signal_number < 0) {
-        if (errno == EINTR) continue;
-        return;
-      }
-      {
-        std::lock_guard<std::mutex> lock(shutdown_mutex);
-        if (done) return;
-      }
-      if (signal_number == SIGTERM) {
-        if (std::string launcher = signal_from_mpi_launcher(info); !launcher.empty()) {
-          process_logger().error("dshpc serve: SIGTERM from " + launcher + " (pid " +
-                                     std::to_string(info.si_pid) +
-                                     "): the launcher is ending the job; failing the open "
-                                     "requests and aborting",
-                                 {{"event.action", "server.launcher_stop"}});
-          fatal_abort(143, "SIGTERM from " + launcher);
-        }
-      }
-      if (++received == 1) {
-        process_logger().info("dshpc serve: signal " + std::to_string(signal_number) +
-                                  ": draining (up to " + std::to_string(*drain_timeout) + " s)",
-                              {{"event.action", "server.drain"}, {"dshpc.signal", signal_number}});
-        front.gateway->begin_drain();
-        front.service->begin_drain();
-      } else {
-        front.service->stop();
-      }
-    }
-  });
+  auto signal_thread = std::make_unique<StopSignals>(
+      signals,
+      StopSignals::Actions{
+          "dshpc serve", "server", "failing the open requests and aborting",
+          [&](int signal_number) {
+            process_logger().info(
+                "dshpc serve: signal " + std::to_string(signal_number) + ": draining (up to " +
+                    std::to_string(*drain_timeout) + " s)",
+                {{"event.action", "server.drain"}, {"dshpc.signal", signal_number}});
+            front.gateway->begin_drain();
+            front.service->begin_drain();
+          },
+          [&](int) { front.service->stop(); }});
   std::thread drain_watch([&] {
     // Once draining, requests in flight get --drain-timeout-s; then the rest end with an error.
     std::unique_lock<std::mutex> lock(shutdown_mutex);
@@ -232,8 +204,7 @@ int run_serve(int argc, char** argv, int first) {
   }
   shutdown_cv.notify_all();
   drain_watch.join();
-  pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes sigwait; it sees done
-  signal_thread.join();
+  signal_thread.reset();
   // The other ranks first: they expect rank 0's next message within the control timeout, and
   // the gateway may take its 2 s to close the connections.
   cluster.stop();

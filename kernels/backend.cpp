@@ -65,6 +65,15 @@ double best_seconds(Backend& backend, int repetitions, F body) {
 
 }  // namespace
 
+Status Backend::try_grow(DeviceBuffer& buffer, size_t bytes, const std::string& what) {
+  if (buffer.bytes() >= bytes) return ok_status();
+  buffer = DeviceBuffer();
+  buffer = try_allocate(bytes);
+  if (buffer.data() != nullptr) return ok_status();
+  return resource_exhausted(what + " of " + std::to_string(bytes) +
+                            " bytes could not be allocated");
+}
+
 double Backend::measure_copy_bandwidth(size_t bytes) {
   const DType dtype = activation_dtype();
   const int64_t elements = static_cast<int64_t>(bytes / dtype_size(dtype));

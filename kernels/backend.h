@@ -142,6 +142,10 @@ class Backend {
   // so that running out of memory shrinks the batch instead of killing the server. The default
   // cannot fail more gracefully than allocate().
   virtual DeviceBuffer try_allocate(size_t bytes) { return allocate(bytes); }
+  // Grows `buffer` to at least `bytes` with try_allocate, giving the smaller block back first;
+  // RESOURCE_EXHAUSTED "<what> of <bytes> bytes could not be allocated" when that fails (the
+  // buffer is then empty). A buffer already large enough is left as it is.
+  Status try_grow(DeviceBuffer& buffer, size_t bytes, const std::string& what);
   virtual void release(void* data, size_t bytes) = 0;  // called by DeviceBuffer
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
   virtual void download(void* dst, const void* src, size_t bytes) = 0;

@@ -215,20 +215,6 @@ StepCapacity step_capacity(const std::vector<StepPlan>& parts) {
   return capacity;
 }
 
-namespace {
-
-// Grows `buffer` to at least `bytes` with try_allocate (the smaller block is given back first).
-Status grow(Backend& backend, DeviceBuffer& buffer, size_t bytes, const char* what) {
-  if (buffer.bytes() >= bytes) return ok_status();
-  buffer = DeviceBuffer();
-  buffer = backend.try_allocate(bytes);
-  if (buffer.data() != nullptr) return ok_status();
-  return resource_exhausted(std::string(what) + " of " + std::to_string(bytes) +
-                            " bytes could not be allocated");
-}
-
-}  // namespace
-
 Status Engine::reserve(const StepCapacity& capacity) {
   const int64_t h = model_.config().hidden_size;
   const size_t element = dtype_size(backend_.activation_dtype());
@@ -238,16 +224,16 @@ Status Engine::reserve(const StepCapacity& capacity) {
                               " sequences: " + status.message());
   };
   Status grown =
-      grow(backend_, hidden_, static_cast<size_t>(capacity.tokens * h) * element, "activations");
+      backend_.try_grow(hidden_, static_cast<size_t>(capacity.tokens * h) * element, "activations");
   if (grown.ok() && model_.shard().last_stage(model_.config())) {
     const int64_t rows = capacity.logits_rows;
     const int64_t vocab = model_.config().vocab_size;
-    grown = grow(backend_, selected_, static_cast<size_t>(rows * h) * element, "logits inputs");
+    grown = backend_.try_grow(selected_, static_cast<size_t>(rows * h) * element, "logits inputs");
     if (grown.ok()) {
-      grown = grow(backend_, logits_, static_cast<size_t>(rows * vocab) * sizeof(float), "logits");
+      grown = backend_.try_grow(logits_, static_cast<size_t>(rows * vocab) * sizeof(float), "logits");
     }
     if (grown.ok()) {
-      grown = grow(backend_, argmax_, static_cast<size_t>(rows) * sizeof(int32_t), "token ids");
+      grown = backend_.try_grow(argmax_, static_cast<size_t>(rows) * sizeof(int32_t), "token ids");
     }
   }
   if (grown.ok()) grown = model_.reserve_workspace(capacity);

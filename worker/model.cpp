@@ -138,15 +138,9 @@ Status Model::reserve_workspace(StepCapacity capacity) {
     const bool logits_slot = slot == kLocalLogits || slot == kGatheredLogits;
     const size_t bytes =
         width[slot] * static_cast<size_t>(logits_slot ? capacity.logits_rows : capacity.tokens);
-    if (bytes == 0 || scratch_[slot].bytes() >= bytes) continue;
-    scratch_[slot] = DeviceBuffer();  // give the smaller block back before asking for the larger
-    scratch_[slot] = backend_.try_allocate(bytes);
-    if (scratch_[slot].data() == nullptr) {
-      return resource_exhausted("scratch buffer " + std::to_string(slot) + " of " +
-                                std::to_string(bytes) + " bytes (a step of " +
-                                std::to_string(capacity.tokens) +
-                                " tokens) could not be allocated");
-    }
+    RETURN_IF_ERROR(backend_.try_grow(scratch_[slot], bytes,
+                                      "scratch buffer " + std::to_string(slot) + " (a step of " +
+                                          std::to_string(capacity.tokens) + " tokens)"));
   }
   for (const LayerWeights& layer : layers_) {
     if (!layer.moe) continue;

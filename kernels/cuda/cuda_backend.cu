@@ -202,13 +202,7 @@ class CudaBackend final : public Backend {
         {&moe_out_, c.moe_rows * c.moe_hidden * element, "MoE expert outputs"},
     };
     for (const auto& w : wanted) {
-      if (w.buffer->bytes() >= w.bytes) continue;
-      *w.buffer = DeviceBuffer();  // give the smaller block back first
-      *w.buffer = try_allocate(w.bytes);
-      if (w.bytes > 0 && w.buffer->data() == nullptr) {
-        return resource_exhausted(std::string(w.what) + " buffer of " + std::to_string(w.bytes) +
-                                  " bytes could not be allocated on " + name_);
-      }
+      RETURN_IF_ERROR(try_grow(*w.buffer, w.bytes, std::string(w.what) + " buffer on " + name_));
     }
     return ok_status();
   }
