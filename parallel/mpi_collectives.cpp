@@ -86,17 +86,21 @@ size_t num_pieces(size_t total) {
 
 }  // namespace
 
-StatusOr<double> collective_timeout_from_env() {
-  const char* text = std::getenv(kCollectiveTimeoutEnv);
-  if (text == nullptr || *text == '\0') return kDefaultCollectiveTimeoutS;
+StatusOr<double> seconds_from_env(const char* name, double fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
   char* end = nullptr;
   errno = 0;
   const double value = std::strtod(text, &end);
   if (errno != 0 || end == text || *end != '\0' || !std::isfinite(value) || value <= 0) {
-    return invalid_argument(std::string(kCollectiveTimeoutEnv) + "=\"" + text +
+    return invalid_argument(std::string(name) + "=\"" + text +
                             "\": expected a positive number of seconds");
   }
   return value;
+}
+
+StatusOr<double> collective_timeout_from_env() {
+  return seconds_from_env(kCollectiveTimeoutEnv, kDefaultCollectiveTimeoutS);
 }
 
 void wait_until(MPI_Request* request, MPI_Status* status, MPI_Comm comm, Clock::time_point started,

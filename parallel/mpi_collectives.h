@@ -25,6 +25,10 @@ namespace dshpc {
 inline constexpr double kDefaultCollectiveTimeoutS = 300.0;
 inline constexpr const char* kCollectiveTimeoutEnv = "DSHPC_COLLECTIVE_TIMEOUT_S";
 
+// A positive number of seconds from the environment variable `name`, or `fallback` when it is
+// unset or empty. A malformed value is an error that names the variable.
+StatusOr<double> seconds_from_env(const char* name, double fallback);
+
 // The timeout from DSHPC_COLLECTIVE_TIMEOUT_S (seconds, a positive number) when it is set, else
 // kDefaultCollectiveTimeoutS. A malformed value is an error that names the variable.
 StatusOr<double> collective_timeout_from_env();

@@ -3,8 +3,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
@@ -22,20 +20,6 @@ namespace {
 // Rows of logits a sequence asks for.
 int64_t logits_rows(const SequenceStep& s) {
   return s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
-}
-
-// A positive number of seconds from `name`, or `fallback` when it is unset or empty.
-StatusOr<double> seconds_from_env(const char* name, double fallback) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
-  char* end = nullptr;
-  errno = 0;
-  const double value = std::strtod(text, &end);
-  if (errno != 0 || end == text || *end != '\0' || !std::isfinite(value) || value <= 0) {
-    return invalid_argument(std::string(name) + "=\"" + text +
-                            "\": expected a positive number of seconds");
-  }
-  return value;
 }
 
 // The headline of a worker's fatal message when rank 0's promised control message is late.
@@ -360,14 +344,11 @@ MemoryFigures Cluster::memory_figures() const {
 }
 
 StepCapacity Cluster::step_capacity_of(const ControlMessage& message) const {
-  StepCapacity capacity;
+  std::vector<StepPlan> parts;  // every micro-batch of every replica
   for (const StepPlan& plan : message.replica_plans) {
-    const StepCapacity part = step_capacity(micro_batches(plan));
-    capacity.tokens = std::max(capacity.tokens, part.tokens);
-    capacity.sequences = std::max(capacity.sequences, part.sequences);
-    capacity.logits_rows = std::max(capacity.logits_rows, part.logits_rows);
+    for (StepPlan& part : micro_batches(plan)) parts.push_back(std::move(part));
   }
-  return capacity;
+  return step_capacity(parts);
 }
 
 int64_t Cluster::largest_plan_tokens(const ControlMessage& message) {
