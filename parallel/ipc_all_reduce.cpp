@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -15,8 +14,6 @@
 
 namespace dshpc {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 std::atomic<int64_t> g_launches{0};
 
@@ -40,11 +37,7 @@ std::vector<T> gather(const T& mine, MPI_Comm comm, double timeout_s, const std:
   int size = 0;
   MPI_Comm_size(comm, &size);
   std::vector<T> all(size);
-  MPI_Request request;
-  const auto started = Clock::now();
-  MPI_Iallgather(&mine, sizeof(T), MPI_BYTE, all.data(), sizeof(T), MPI_BYTE, comm, &request);
-  wait_until(&request, MPI_STATUS_IGNORE, comm, started, timeout_s,
-             PendingRequest{group, CollectiveOp::kAllGather, sizeof(T) * size, -1, -1});
+  all_gather_bytes(&mine, all.data(), sizeof(T), comm, timeout_s, group);
   return all;
 }
 

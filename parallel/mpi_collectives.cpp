@@ -220,6 +220,19 @@ void MpiCollectives::broadcast_bytes(std::vector<uint8_t>& buffer, int root) {
   record(CollectiveOp::kBroadcast, buffer.size(), started);
 }
 
+void all_gather_bytes(const void* send, void* recv, size_t bytes, MPI_Comm comm, double timeout_s,
+                      std::string_view group) {
+  DSHPC_CHECK_LE(bytes, size_t{INT_MAX}) << "all_gather_bytes in group '" << group << "'";
+  int size = 0;
+  DSHPC_MPI_CHECK(MPI_Comm_size(comm, &size));
+  const auto started = Clock::now();
+  MPI_Request request;
+  DSHPC_MPI_CHECK(MPI_Iallgather(send, static_cast<int>(bytes), MPI_BYTE, recv,
+                                 static_cast<int>(bytes), MPI_BYTE, comm, &request));
+  wait_until(&request, MPI_STATUS_IGNORE, comm, started, timeout_s,
+             {.group = group, .op = CollectiveOp::kAllGather, .bytes = bytes * size});
+}
+
 void broadcast_bytes(std::vector<uint8_t>& buffer, int root, MPI_Comm comm, double timeout_s,
                      std::string_view group, const char* timeout_headline,
                      const char* timeout_setting) {

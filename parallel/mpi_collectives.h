@@ -92,6 +92,12 @@ class MpiCollectives final : public Collectives {
   CollectiveCounters counters_;
 };
 
+// Every rank's `bytes` bytes at `send`, in rank order into `recv` (size(comm) × bytes), with the
+// polled wait of every call here; `group` names comm in messages. For small structs exchanged
+// at start-up.
+void all_gather_bytes(const void* send, void* recv, size_t bytes, MPI_Comm comm, double timeout_s,
+                      std::string_view group);
+
 // The root's `buffer` reaches every rank of `comm`: first its size, then the bytes (MPI_Ibcast,
 // polled with the same timeout). For step plans from rank 0; `group` names comm in messages.
 // `headline` and `setting`, when given, replace the timeout message's (PendingRequest).

@@ -131,10 +131,8 @@ Cluster::Cluster(ProcessGroups& groups, ModelRuntime& runtime, int micro_batches
   const int64_t mine[5] = {model.shard().layer_begin, model.shard().layer_end, model.weight_bytes(),
                            runtime_.cache().bytes(), runtime_.cache().num_blocks()};
   std::vector<uint8_t> all(static_cast<size_t>(world) * sizeof(mine));
-  MpiCollectives startup(groups_.world.get(), "world (start-up)", liveness_.startup_timeout_s);
-  // Gather as bytes through an all-gather of floats-sized words: 5 int64 = 10 floats.
-  startup.all_gather(reinterpret_cast<const float*>(mine), reinterpret_cast<float*>(all.data()),
-                     sizeof(mine) / (sizeof(float)));
+  all_gather_bytes(mine, all.data(), sizeof(mine), groups_.world.get(),
+                   liveness_.startup_timeout_s, "world (start-up)");
   kv_blocks_ = INT64_MAX;
   for (int r = 0; r < world; ++r) {
     int64_t v[5];
