@@ -74,6 +74,17 @@ Status Backend::try_grow(DeviceBuffer& buffer, size_t bytes, const std::string& 
                             " bytes could not be allocated");
 }
 
+void Backend::matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int64_t x_offset,
+                           int64_t w_offset, int64_t y_offset, bool w_transposed) {
+  auto moved = [](Mat m, int64_t elements) {
+    m.data = static_cast<char*>(m.data) + elements * static_cast<int64_t>(dtype_size(m.dtype));
+    return m;
+  };
+  for (int64_t h = 0; h < heads; ++h) {
+    matmul(moved(x, h * x_offset), moved(w, h * w_offset), moved(y, h * y_offset), w_transposed);
+  }
+}
+
 double Backend::measure_copy_bandwidth(size_t bytes) {
   const DType dtype = activation_dtype();
   const int64_t elements = static_cast<int64_t>(bytes / dtype_size(dtype));

@@ -181,6 +181,11 @@ class Backend {
   // y = x · wᵀ (w as [n, k]) or x · w (transpose_w = false, w as [k, n]); y += … if accumulate.
   virtual void matmul(const Mat& x, const Mat& w, Mat y, bool w_transposed = true,
                       bool accumulate = false) = 0;
+  // The same product for `heads` heads at once: for h < heads, y_h = x_h · w_hᵀ (or x_h · w_h),
+  // where x_h, w_h and y_h are x, w and y moved by h times x_offset, w_offset and y_offset
+  // elements (MLA's per-head absorption through kv_b). The default runs one matmul per head.
+  virtual void matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int64_t x_offset,
+                            int64_t w_offset, int64_t y_offset, bool w_transposed = true);
   // out = rmsnorm(x) · weight, row-wise; out may alias x.
   virtual void rmsnorm(const Mat& x, const void* weight, float eps, Mat out) = 0;
   // residual += delta; out = rmsnorm(residual) · weight.

@@ -55,6 +55,7 @@ struct CudaPathCounters {
   int64_t prefill_attention = 0;  // attention through the tensor-core prefill kernel
   int64_t graph_captures = 0;     // decode steps captured as CUDA graphs
   int64_t graph_launches = 0;     // decode steps replayed from a graph
+  int64_t moe_small = 0;          // MoE layers through the device-only small-step path
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

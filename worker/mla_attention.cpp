@@ -49,12 +49,16 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step, const 
                 c.rope_style);
   Mat q_absorbed = scratch(kWork3, tokens, heads * entry);
   const Mat& kv_b = w.mla.kv_b.mat;  // [heads · (nope + v), lora]
-  for (int64_t h = 0; h < heads; ++h) {
-    Mat w_uk = kv_b.row_slice(h * (nope + vdim), nope);  // [nope, lora]
-    backend_.matmul(q.col_slice(h * qk, nope), w_uk, q_absorbed.col_slice(h * entry, lora),
-                    /*w_transposed=*/false);
-    backend_.copy(q.col_slice(h * qk + nope, rope), q_absorbed.col_slice(h * entry + lora, rope));
-  }
+  const int64_t head_rows = (nope + vdim) * kv_b.stride;  // kv_b elements from head to head
+  // Head h: q_nope_h [T, nope] · W_UK_h [nope, lora] → q_absorbed columns [h·entry, +lora).
+  backend_.matmul_heads(q.col_slice(0, nope), kv_b.row_slice(0, nope),
+                        q_absorbed.col_slice(0, lora), heads, qk, head_rows, entry,
+                        /*w_transposed=*/false);
+  // The rotated q_pe of every head in one copy: q and q_absorbed as one row per (token, head).
+  DSHPC_CHECK(q.contiguous() && q_absorbed.contiguous());
+  const Mat q_rows = Mat::of(q.data, q.dtype, tokens * heads, qk);
+  const Mat absorbed_rows = Mat::of(q_absorbed.data, q_absorbed.dtype, tokens * heads, entry);
+  backend_.copy(q_rows.col_slice(nope, rope), absorbed_rows.col_slice(lora, rope));
 
   // Attention in latent space: [T, heads, lora].
   Mat attn_latent = scratch(kWork4, tokens, heads * lora);
@@ -62,10 +66,9 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step, const 
 
   // Back to per-head values [T, heads, v] with W_UV, then the row-parallel o_proj.
   Mat values = scratch(kWork5, tokens, heads * vdim);
-  for (int64_t h = 0; h < heads; ++h) {
-    Mat w_uv = kv_b.row_slice(h * (nope + vdim) + nope, vdim);  // [v, lora]
-    backend_.matmul(attn_latent.col_slice(h * lora, lora), w_uv, values.col_slice(h * vdim, vdim));
-  }
+  // Head h: latent_h [T, lora] · W_UV_hᵀ ([v, lora]) → values columns [h·v, +v).
+  backend_.matmul_heads(attn_latent.col_slice(0, lora), kv_b.row_slice(nope, vdim),
+                        values.col_slice(0, vdim), heads, lora, head_rows, vdim);
   backend_.matmul(values, w.mla.o.mat, out);  // partial sum over tp
 }
 

@@ -212,11 +212,7 @@ void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
 }
 
 bool Model::graph_capturable() const {
-  if (config_.is_mla() || (tp_.size() > 1 && !tp_.stream_ordered())) return false;
-  for (const LayerWeights& layer : layers_) {
-    if (layer.moe) return false;
-  }
-  return true;
+  return tp_.size() == 1 || tp_.stream_ordered();
 }
 
 void Model::mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate) {

@@ -161,10 +161,11 @@ class Model {
   // return it holds this stage's output (pre-final-norm residual stream).
   void forward(const StepTensors& step, KvCache& cache, Mat hidden);
 
-  // True when forward() on a decode step queues only stream-ordered device work that a CUDA graph
-  // can replay: dense layers (MoE layers bring expert counts to the host), attention other than
-  // the MLA latent cache (whose kernel uploads a tile list per step), and tensor-parallel
-  // collectives that run on the stream (NCCL).
+  // True when forward() on a decode step may queue only stream-ordered device work that a CUDA
+  // graph can replay: tensor-parallel collectives that run on the stream (NCCL). Decode attention
+  // (MLA included) and the MoE layers' small-step path stay on the device; a step that needs the
+  // host anyway (a MoE step too large for that path) makes the backend discard the capture and
+  // the step runs eagerly.
   bool graph_capturable() const;
 
   // Last stage: logits[rows, vocab] (full vocabulary, gathered over tp) of the given hidden rows.

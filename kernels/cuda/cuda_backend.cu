@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -335,6 +336,19 @@ class CudaBackend final : public Backend {
     cuda::gemm(cublas_, x, w, y, w_transposed, accumulate);
   }
 
+  void matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int64_t x_offset,
+                    int64_t w_offset, int64_t y_offset, bool w_transposed) override {
+    const int64_t n = w_transposed ? w.rows : w.cols;
+    DSHPC_CHECK_EQ(w_transposed ? w.cols : w.rows, x.cols) << "matmul_heads inner dimension";
+    DSHPC_CHECK(y.rows == x.rows && y.cols == n)
+        << "matmul_heads output " << y.rows << "x" << y.cols << ", expected " << x.rows << "x" << n;
+    if (x.cols == 0) {
+      Backend::matmul_heads(x, w, y, heads, x_offset, w_offset, y_offset, w_transposed);
+      return;
+    }
+    cuda::gemm_heads(cublas_, x, w, y, heads, x_offset, w_offset, y_offset, w_transposed);
+  }
+
   void rmsnorm(const Mat& x, const void* weight, float eps, Mat out) override {
     DSHPC_CHECK(x.rows == out.rows && x.cols == out.cols) << "rmsnorm shape mismatch";
     cuda::launch_rmsnorm(x, weight, dtype_, eps, out, stream_);
@@ -435,13 +449,26 @@ class CudaBackend final : public Backend {
       ++counters_.decode_attention;
       return;
     }
+    const bool prefill_kernel = cuda::prefill_attention_supported(q, cache, dtype_);
+    if (decode_step_ && !prefill_kernel) {
+      // A decode step's tiles are {s, 0} for every sequence s: a list that depends on the number
+      // of sequences only, built once and kept, so that such steps (MLA's latent cache, head
+      // sizes the split-key kernel does not take) are captured too.
+      const cuda::AttentionShape shape =
+          cuda::attention_shape(q_heads, cache.kv_heads, cache.v_dim);
+      if (const cuda::AttentionTile* tiles = decode_tiles(step.num_sequences)) {
+        cuda::launch_paged_attention(q, out, step.sequences, tiles, step.num_sequences, q_heads,
+                                     cache, dtype_, scale, shape, stream_);
+        return;
+      }
+    }
     if (capturing_) {
       // The kernels below upload a tile list from the host: not replayable. The capture is
       // discarded (end_capture returns false) and the step runs eagerly.
       capture_unusable_ = true;
       return;
     }
-    if (cuda::prefill_attention_supported(q, cache, dtype_)) {
+    if (prefill_kernel) {
       const TileList& tiles = attention_tiles(cuda::prefill_attention_rows_per_cta());
       cuda::launch_prefill_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads,
                                      cache, scale, stream_);
@@ -577,6 +604,23 @@ class CudaBackend final : public Backend {
 
   // The CTA work list of this step for one tokens_per_cta, built once per step on the host and
   // uploaded; every layer's attention of the step reuses it.
+  // Tiles {s, 0} for s < at least `sequences`; nullptr while capturing when the list must grow.
+  const cuda::AttentionTile* decode_tiles(int64_t sequences) {
+    if (decode_tile_count_ < sequences) {
+      if (capturing_) return nullptr;
+      const int64_t count = std::max<int64_t>(sequences, 2 * decode_tile_count_);
+      std::vector<cuda::AttentionTile> tiles(count);
+      for (int64_t s = 0; s < count; ++s) tiles[s] = {static_cast<int32_t>(s), 0};
+      DeviceBuffer buffer = allocate(count * sizeof(cuda::AttentionTile));
+      // Synchronous: the old list may still be read by queued work, and it is released after.
+      DSHPC_CUDA_CHECK(cudaMemcpy(buffer.data(), tiles.data(), count * sizeof(cuda::AttentionTile),
+                                  cudaMemcpyHostToDevice));
+      decode_tiles_ = std::move(buffer);
+      decode_tile_count_ = count;
+    }
+    return static_cast<const cuda::AttentionTile*>(decode_tiles_.data());
+  }
+
   const TileList& attention_tiles(int tokens_per_cta) {
     for (TileList& list : tile_lists_) {
       if (list.generation == step_generation_ && list.tokens_per_cta == tokens_per_cta) {
@@ -629,6 +673,8 @@ class CudaBackend final : public Backend {
   bool decode_step_ = false;  // every sequence of the step has one new token
   int64_t max_context_ = 0;
   DeviceBuffer decode_partial_;  // split-key partial results of decode attention
+  DeviceBuffer decode_tiles_;    // {s, 0} for s < decode_tile_count_ (decode_tiles)
+  int64_t decode_tile_count_ = 0;
 
   // Captured decode steps, by key (step_graph_key and the caller's part).
   uint64_t graph_key_ = 0;
@@ -643,7 +689,96 @@ class CudaBackend final : public Backend {
   // MoE scratch, grown to the largest step seen.
   DeviceBuffer moe_index_, moe_rows_, moe_gate_up_, moe_act_, moe_out_;
   std::vector<int32_t> moe_counts_, moe_cursor_;
+
+  // The small-step MoE path: per layer (keyed by its local expert array), a device array of the
+  // experts' gate_up pointers followed by their down pointers; nullptr when the layer's experts
+  // do not qualify (different sizes, strided or unaligned weights; checked on every call, which
+  // costs a few comparisons per layer).
+  bool moe_small(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
+                 const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
+                 const Mat& out);
+  const void* const* moe_pointer_table(const ExpertWeights* local_experts, int64_t num_local,
+                                       int64_t hidden);
+  struct MoeTable {
+    DeviceBuffer device;
+    std::vector<const void*> host;
+  };
+  std::unordered_map<const ExpertWeights*, MoeTable> moe_tables_;
+  DeviceBuffer moe_small_index_;
+  bool moe_small_enabled_ = [] {
+    const char* env = std::getenv("DSHPC_MOE_SMALL");
+    return env == nullptr || std::string(env) != "0";
+  }();
 };
+
+const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_experts,
+                                                  int64_t num_local, int64_t hidden) {
+  const int64_t inter = local_experts[0].down.cols;
+  // A table is keyed by the address of the layer's expert array; it is used only while that
+  // array still holds the same weights (another model may reuse the address).
+  if (const auto it = moe_tables_.find(local_experts); it != moe_tables_.end()) {
+    const std::vector<const void*>& held = it->second.host;
+    bool same = static_cast<int64_t>(held.size()) == 2 * num_local;
+    for (int64_t e = 0; same && e < num_local; ++e) {
+      same = held[e] == local_experts[e].gate_up.data &&
+             held[num_local + e] == local_experts[e].down.data &&
+             local_experts[e].down.cols == inter;
+    }
+    if (same) return static_cast<const void* const*>(it->second.device.data());
+    if (capturing_) return nullptr;
+    moe_tables_.erase(it);
+  }
+  if (capturing_) return nullptr;
+  std::vector<const void*> pointers(2 * num_local);
+  for (int64_t e = 0; e < num_local; ++e) {
+    const ExpertWeights& w = local_experts[e];
+    const bool fits = w.gate_up.dtype == dtype_ && w.down.dtype == dtype_ &&
+                      w.gate_up.rows == 2 * inter && w.gate_up.cols == hidden &&
+                      w.gate_up.contiguous() && w.down.rows == hidden && w.down.cols == inter &&
+                      w.down.contiguous() && reinterpret_cast<uintptr_t>(w.gate_up.data) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(w.down.data) % 16 == 0;
+    if (!fits) return nullptr;
+    pointers[e] = w.gate_up.data;
+    pointers[num_local + e] = w.down.data;
+  }
+  MoeTable table{allocate(pointers.size() * sizeof(void*)), pointers};
+  DSHPC_CUDA_CHECK(cudaMemcpy(table.device.data(), pointers.data(),
+                              pointers.size() * sizeof(void*), cudaMemcpyHostToDevice));
+  const void* const* device = static_cast<const void* const*>(table.device.data());
+  moe_tables_.emplace(local_experts, std::move(table));
+  return device;
+}
+
+bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float* weights,
+                            int64_t top_k, const ExpertWeights* local_experts,
+                            int64_t expert_begin, int64_t num_local, const Mat& out) {
+  const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
+  const int64_t inter = local_experts[0].down.cols;
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype_));
+  if (!moe_small_enabled_ || !cuda::moe_small_supported(pairs, num_local, hidden, inter, dtype_) ||
+      x.stride % vec != 0 || reinterpret_cast<uintptr_t>(x.data) % 16 != 0) {
+    return false;
+  }
+  const void* const* table = moe_pointer_table(local_experts, num_local, hidden);
+  if (table == nullptr) return false;
+  const size_t element = dtype_size(dtype_);
+  ensure(moe_small_index_, (num_local + 1 + 2 * pairs) * sizeof(int32_t));
+  ensure(moe_act_, pairs * inter * element);
+  ensure(moe_out_, pairs * hidden * element);
+  auto* offsets = moe_small_index_.as<int32_t>();
+  int32_t* pair_of_row = offsets + num_local + 1;
+  int32_t* row_of_pair = pair_of_row + pairs;
+  const Mat act = Mat::of(moe_act_.data(), dtype_, pairs, inter);
+  const Mat expert_out = Mat::of(moe_out_.data(), dtype_, pairs, hidden);
+  cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, offsets, pair_of_row,
+                         row_of_pair, stream_);
+  cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, pair_of_row, top_k, act,
+                                 stream_);
+  cuda::launch_moe_down_small(act, table + num_local, num_local, offsets, expert_out, stream_);
+  cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k, out, stream_);
+  ++counters_.moe_small;
+  return true;
+}
 
 // Routed experts. The number of rows each expert gets decides the shapes of its matrix products,
 // so the expert ids come to the host once per MoE layer (a few KB; the one host wait of the
@@ -658,6 +793,9 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
       << out.cols << "]";
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   if (tokens == 0 || num_local == 0 || top_k == 0) return;
+  if (moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, out)) {
+    return;
+  }
   if (capturing_) {  // the expert counts come to the host: not replayable
     capture_unusable_ = true;
     return;

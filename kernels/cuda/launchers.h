@@ -112,6 +112,28 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
                         int64_t top_k, const Mat& out, cudaStream_t stream);
 
+// The small-step path (decode): everything on the device, no host round trip, so graphs can
+// capture it. moe_small_supported says whether a step qualifies; then
+//   launch_moe_index: offsets[num_local + 1] of each local expert's rows, pair_of_row[rows] and
+//     row_of_pair[pairs] (−1: not local), rows sorted by expert, stable (the host path's order);
+//   launch_moe_gate_up_small: act[row] = swiglu(W_gate_up[e] · x[pair_of_row[row] / top_k]);
+//   launch_moe_down_small: y[row] = W_down[e] · act[row];
+// then launch_moe_combine(y, row_of_pair, …). gate_up / down: device arrays of the local
+// experts' contiguous weight matrices ([2·inter, hidden] and [hidden, inter]).
+inline constexpr int64_t kMoeSmallMaxPairs = 512;
+inline constexpr int64_t kMoeSmallMaxExperts = 1024;
+bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64_t inter,
+                         DType dtype);
+void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
+                      int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
+                      int32_t* row_of_pair, cudaStream_t stream);
+void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
+                              int64_t num_local, const int32_t* offsets,
+                              const int32_t* pair_of_row, int64_t top_k, const Mat& act,
+                              cudaStream_t stream);
+void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
+                           const int32_t* offsets, const Mat& y, cudaStream_t stream);
+
 // sampling.cu: ids[r] = argmax of row r (ties to the lowest index, NaN never wins).
 void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream);
 // ids[r] = the token sample_token_cpu draws from float32 row r with rows[r] (device memory).
@@ -121,5 +143,8 @@ void launch_sample(const Mat& logits, const SamplingRow* rows, int32_t* ids, cud
 // float32 accumulation. x and w share a type; y is that type or float32.
 void gemm(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y, bool w_transposed,
           bool accumulate);
+// Backend::matmul_heads in one strided-batched cuBLAS call (one head per batch entry).
+void gemm_heads(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y, int64_t heads,
+                int64_t x_offset, int64_t w_offset, int64_t y_offset, bool w_transposed);
 
 }  // namespace dshpc::cuda

@@ -59,4 +59,21 @@ void gemm(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y, bool 
       ldb, &beta, y.data, cuda_type(y.dtype, "y"), ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+void gemm_heads(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y, int64_t heads,
+                int64_t x_offset, int64_t w_offset, int64_t y_offset, bool w_transposed) {
+  const int64_t m = x.rows, k = x.cols;
+  const int64_t n = w_transposed ? w.rows : w.cols;
+  if (m == 0 || n == 0 || heads == 0) return;
+  DSHPC_CHECK(x.dtype == w.dtype && y.dtype == x.dtype && k > 0)
+      << "matmul_heads: x " << dtype_name(x.dtype) << ", w " << dtype_name(w.dtype) << ", y "
+      << dtype_name(y.dtype) << ", k " << k;
+  const float alpha = 1.0f, beta = 0.0f;
+  DSHPC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      handle, w_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, as_int(n, "n"), as_int(m, "m"),
+      as_int(k, "k"), &alpha, w.data, cuda_type(w.dtype, "w"), as_int(w.stride, "w stride"),
+      w_offset, x.data, cuda_type(x.dtype, "x"), as_int(x.stride, "x stride"), x_offset, &beta,
+      y.data, cuda_type(y.dtype, "y"), as_int(y.stride, "y stride"), y_offset,
+      as_int(heads, "heads"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 }  // namespace dshpc::cuda

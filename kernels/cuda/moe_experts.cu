@@ -73,4 +73,188 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
   });
 }
 
+
+// ---- The small-step path: no host round trip, so that decode steps of MoE models are captured
+// in CUDA graphs. The (token, slot) pairs are sorted by local expert on the device (stable:
+// within an expert, pairs keep their order, as on the host path), then one grid per matrix reads
+// each active expert's weights once for all of its rows: a warp per output row, up to
+// kSmallRowsPerPass of the expert's rows per pass over the weight row.
+namespace {
+
+constexpr int kIndexThreads = 1024;
+constexpr int kSmallRowsPerPass = 4;
+constexpr int kWarpRows = 8;  // output rows (warps) per CTA
+
+__global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin, int num_local,
+                                 int32_t* offsets, int32_t* pair_of_row, int32_t* row_of_pair) {
+  extern __shared__ int32_t shared[];  // counts[num_local], then base[num_local + 1]
+  int32_t* counts = shared;
+  int32_t* base = shared + num_local;
+  for (int e = threadIdx.x; e < num_local; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int e = ids[p] - expert_begin;
+    if (e >= 0 && e < num_local) atomicAdd(&counts[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t running = 0;
+    for (int e = 0; e < num_local; ++e) {
+      base[e] = running;
+      offsets[e] = running;
+      running += counts[e];
+    }
+    base[num_local] = running;
+    offsets[num_local] = running;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int32_t id = ids[p];
+    const int e = id - expert_begin;
+    if (e < 0 || e >= num_local) {
+      row_of_pair[p] = -1;
+      continue;
+    }
+    int rank = 0;
+    for (int q = 0; q < p; ++q) rank += ids[q] == id;
+    const int32_t row = base[e] + rank;
+    row_of_pair[p] = row;
+    pair_of_row[row] = p;
+  }
+}
+
+// Σ over k of w[k] · x_c[k] for the rows c < n of a pass, 16 bytes at a time per lane.
+template <typename T, int kRows>
+__device__ __forceinline__ void warp_dots(const T* w, const T* const* xs, int n, int64_t len,
+                                          float (&acc)[kRows]) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  for (int64_t k = static_cast<int64_t>(lane) * kVec; k < len; k += 32 * kVec) {
+    const uint4 wv = __ldcs(reinterpret_cast<const uint4*>(w + k));  // read once: stream it
+    const T* we = reinterpret_cast<const T*>(&wv);
+#pragma unroll
+    for (int c = 0; c < kRows; ++c) {
+      if (c >= n) break;
+      const uint4 xv = *reinterpret_cast<const uint4*>(xs[c] + k);
+      const T* xe = reinterpret_cast<const T*>(&xv);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) acc[c] = fmaf(to_float(we[i]), to_float(xe[i]), acc[c]);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kRows; ++c) acc[c] = warp_sum(acc[c]);
+}
+
+// act[row, j] = swiglu(gate_j · x, up_j · x) for every row of expert blockIdx.y, with gate and up
+// rounded to T first (as the unfused path stores them).
+template <typename T>
+__global__ void __launch_bounds__(kWarpRows * 32)
+    moe_gate_up_small_kernel(const T* x, int64_t x_stride, const T* const* gate_up, int64_t hidden,
+                             int64_t inter, const int32_t* offsets, const int32_t* pair_of_row,
+                             int top_k, T* act, int64_t act_stride) {
+  const int e = blockIdx.y;
+  const int begin = offsets[e], count = offsets[e + 1] - begin;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
+  if (count == 0 || j >= inter) return;
+  const T* wg = gate_up[e] + j * hidden;
+  const T* wu = gate_up[e] + (inter + j) * hidden;
+  for (int first = 0; first < count; first += kSmallRowsPerPass) {
+    const int n = min(kSmallRowsPerPass, count - first);
+    const T* xs[kSmallRowsPerPass];
+#pragma unroll
+    for (int c = 0; c < kSmallRowsPerPass; ++c) {
+      xs[c] = x + static_cast<int64_t>(pair_of_row[begin + first + min(c, n - 1)] / top_k) * x_stride;
+    }
+    float g[kSmallRowsPerPass] = {}, u[kSmallRowsPerPass] = {};
+    warp_dots<T, kSmallRowsPerPass>(wg, xs, n, hidden, g);
+    warp_dots<T, kSmallRowsPerPass>(wu, xs, n, hidden, u);
+    if ((threadIdx.x & 31) == 0) {
+      for (int c = 0; c < n; ++c) {
+        const float gr = to_float(from_float<T>(g[c])), ur = to_float(from_float<T>(u[c]));
+        act[static_cast<int64_t>(begin + first + c) * act_stride + j] =
+            from_float<T>(gr / (1.0f + expf(-gr)) * ur);
+      }
+    }
+  }
+}
+
+// y[row, r] = down_r · act[row] for every row of expert blockIdx.y.
+template <typename T>
+__global__ void __launch_bounds__(kWarpRows * 32)
+    moe_down_small_kernel(const T* act, int64_t act_stride, const T* const* down, int64_t hidden,
+                          int64_t inter, const int32_t* offsets, T* y, int64_t y_stride) {
+  const int e = blockIdx.y;
+  const int begin = offsets[e], count = offsets[e + 1] - begin;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
+  if (count == 0 || r >= hidden) return;
+  const T* w = down[e] + r * inter;
+  for (int first = 0; first < count; first += kSmallRowsPerPass) {
+    const int n = min(kSmallRowsPerPass, count - first);
+    const T* xs[kSmallRowsPerPass];
+#pragma unroll
+    for (int c = 0; c < kSmallRowsPerPass; ++c) {
+      xs[c] = act + static_cast<int64_t>(begin + first + min(c, n - 1)) * act_stride;
+    }
+    float acc[kSmallRowsPerPass] = {};
+    warp_dots<T, kSmallRowsPerPass>(w, xs, n, inter, acc);
+    if ((threadIdx.x & 31) == 0) {
+      for (int c = 0; c < n; ++c) {
+        y[static_cast<int64_t>(begin + first + c) * y_stride + r] = from_float<T>(acc[c]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64_t inter,
+                         DType dtype) {
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));
+  return (dtype == DType::kF32 || dtype == DType::kBF16) && pairs > 0 &&
+         pairs <= kMoeSmallMaxPairs && num_local > 0 && num_local <= kMoeSmallMaxExperts &&
+         hidden % vec == 0 && inter % vec == 0;
+}
+
+void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
+                      int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
+                      int32_t* row_of_pair, cudaStream_t stream) {
+  DSHPC_CHECK(pairs > 0 && pairs <= kMoeSmallMaxPairs && num_local > 0 &&
+              num_local <= kMoeSmallMaxExperts)
+      << "moe_index: " << pairs << " pairs, " << num_local << " local experts";
+  const size_t shared = (2 * num_local + 1) * sizeof(int32_t);
+  moe_index_kernel<<<1, kIndexThreads, shared, stream>>>(
+      expert_ids, static_cast<int>(pairs), static_cast<int>(expert_begin),
+      static_cast<int>(num_local), offsets, pair_of_row, row_of_pair);
+  DSHPC_CUDA_LAUNCH_CHECK("moe_index_kernel");
+}
+
+void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
+                              int64_t num_local, const int32_t* offsets,
+                              const int32_t* pair_of_row, int64_t top_k, const Mat& act,
+                              cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((inter + kWarpRows - 1) / kWarpRows),
+                  static_cast<unsigned>(num_local));
+  dispatch_float(x.dtype, "moe_gate_up_small", [&](auto tag) {
+    using T = decltype(tag);
+    moe_gate_up_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(
+        static_cast<const T*>(x.data), x.stride, reinterpret_cast<const T* const*>(gate_up),
+        x.cols, inter, offsets, pair_of_row, static_cast<int>(top_k), static_cast<T*>(act.data),
+        act.stride);
+    DSHPC_CUDA_LAUNCH_CHECK("moe_gate_up_small_kernel");
+  });
+}
+
+void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
+                           const int32_t* offsets, const Mat& y, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((y.cols + kWarpRows - 1) / kWarpRows),
+                  static_cast<unsigned>(num_local));
+  dispatch_float(act.dtype, "moe_down_small", [&](auto tag) {
+    using T = decltype(tag);
+    moe_down_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(
+        static_cast<const T*>(act.data), act.stride, reinterpret_cast<const T* const*>(down),
+        y.cols, act.cols, offsets, static_cast<T*>(y.data), y.stride);
+    DSHPC_CUDA_LAUNCH_CHECK("moe_down_small_kernel");
+  });
+}
+
 }  // namespace dshpc::cuda

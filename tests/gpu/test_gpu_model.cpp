@@ -31,6 +31,7 @@ struct Trace {
   int64_t allocations_after_warmup = -1;
   int64_t allocations_at_end = -1;
   int64_t graph_launches = 0;
+  int64_t moe_small = 0;  // MoE layers run through the small-step path
 };
 
 Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
@@ -80,6 +81,7 @@ Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
   if (is_cuda) {
     trace.allocations_at_end = cuda_memory_stats(rt.backend()).device_allocations;
     trace.graph_launches = cuda_path_counters(rt.backend()).graph_launches;
+    trace.moe_small = cuda_path_counters(rt.backend()).moe_small;
   }
   return trace;
 }
@@ -155,19 +157,17 @@ TEST_P(GpuModel, LogitsMatchCpuAndStepsAllocateNothing) {
 }
 
 // Decode steps replayed from CUDA graphs give bit-identical logits to the same steps run eagerly
-// (the same kernels on the same data), and replays do happen. A random-weight Llama config with
-// head_dim 64 (the fixtures' 16 is below the split-key decode kernel, so their steps run eagerly).
-TEST(GpuGraphs, DecodeReplayEqualsEagerBitForBit) {
-  const std::string config = testing::TempDir() + "/graph_llama_config.json";
+// (the same kernels on the same data), and replays do happen. Random-weight configs: a Llama with
+// head_dim 64 (split-key decode attention), and a DeepSeek-V2 with MLA (the generic attention
+// kernel over the latent cache, its decode tile list kept on the device) and MoE (the
+// device-only small-step path, 3 of 8 experts per token).
+void expect_graph_replay_equals_eager(const std::string& name, const char* config_json,
+                                      int64_t vocab, bool expect_moe_small) {
+  const std::string config = testing::TempDir() + "/graph_" + name + "_config.json";
   {
     std::FILE* f = std::fopen(config.c_str(), "w");
     ASSERT_NE(f, nullptr);
-    std::fputs(R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-      "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4,
-      "num_key_value_heads": 2, "num_hidden_layers": 3, "vocab_size": 1000,
-      "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-      "hidden_act": "silu", "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
-               f);
+    std::fputs(config_json, f);
     std::fclose(f);
   }
   const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4, 5, 6, 7}, {9, 8, 7}, {100}};
@@ -181,8 +181,8 @@ TEST(GpuGraphs, DecodeReplayEqualsEagerBitForBit) {
     int64_t row = 0;
     for (size_t s = 0; s < prompts.size(); ++s) {
       row += step == 0 ? static_cast<int64_t>(prompts[s].size()) : 1;
-      const float* r = eager.logits[step].data() + (row - 1) * 1000;
-      forced[s].push_back(static_cast<int32_t>(std::max_element(r, r + 1000) - r));
+      const float* r = eager.logits[step].data() + (row - 1) * vocab;
+      forced[s].push_back(static_cast<int32_t>(std::max_element(r, r + vocab) - r));
     }
   }
   std::unique_ptr<Backend> graph_backend = cuda_backend(DType::kBF16);
@@ -190,10 +190,38 @@ TEST(GpuGraphs, DecodeReplayEqualsEagerBitForBit) {
                                   /*random_weights=*/true, /*graphs=*/true);
   ASSERT_EQ(graphed.logits.size(), eager.logits.size());
   for (size_t step = 0; step < eager.logits.size(); ++step) {
-    EXPECT_EQ(graphed.logits[step], eager.logits[step]) << "step " << step;
+    EXPECT_EQ(graphed.logits[step], eager.logits[step]) << name << ", step " << step;
   }
-  EXPECT_GE(graphed.graph_launches, kDecodeSteps - 2) << "decode steps were not replayed";
+  EXPECT_GE(graphed.graph_launches, kDecodeSteps - 2) << name << ": decode steps were not replayed";
   EXPECT_EQ(eager.graph_launches, 0);
+  if (expect_moe_small) {
+    EXPECT_GT(eager.moe_small, 0) << name << ": the MoE layers did not take the small-step path";
+  }
+}
+
+TEST(GpuGraphs, DecodeReplayEqualsEagerBitForBitLlama) {
+  expect_graph_replay_equals_eager("llama", R"({"architectures": ["LlamaForCausalLM"],
+      "model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 3,
+      "vocab_size": 1000, "max_position_embeddings": 1024, "rms_norm_eps": 1e-6,
+      "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
+      "torch_dtype": "bfloat16"})",
+                                   1000, false);
+}
+
+TEST(GpuGraphs, DecodeReplayEqualsEagerBitForBitDeepseekV2MlaMoe) {
+  expect_graph_replay_equals_eager("deepseek_v2", R"({"architectures": ["DeepseekV2ForCausalLM"],
+      "model_type": "deepseek_v2", "vocab_size": 1024, "hidden_size": 256,
+      "intermediate_size": 512, "moe_intermediate_size": 128, "num_hidden_layers": 3,
+      "num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": null,
+      "kv_lora_rank": 64, "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+      "n_routed_experts": 8, "n_shared_experts": 2, "num_experts_per_tok": 3,
+      "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 1, "topk_group": 1,
+      "topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": false,
+      "routed_scaling_factor": 1.0, "max_position_embeddings": 1024, "rms_norm_eps": 1e-6,
+      "rope_theta": 10000.0, "rope_scaling": null, "hidden_act": "silu",
+      "tie_word_embeddings": false, "torch_dtype": "bfloat16"})",
+                                   1024, true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GpuModel,

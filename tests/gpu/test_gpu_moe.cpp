@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "gpu_test_util.h"
+#include "kernels/cuda/launchers.h"
 
 namespace dshpc::gpu_test {
 namespace {
@@ -119,9 +120,15 @@ TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
   }
 }
 
-TEST_P(GpuMoe, ExpertsOfOneRankEndToEnd) {
-  // 16 experts in all, this rank holds [4, 12); top-4 routing, so some tokens have none here.
-  const int64_t tokens = 41, hidden = 256, inter = 128, total = 16, begin = 4, local = 8, top_k = 4;
+// 16 experts in all, this rank holds [4, 12); top-4 routing, so some tokens have none here.
+// Steps of up to kMoeSmallMaxPairs (token, expert) pairs take the device-only small-step path
+// (several passes per expert once it has more than 4 rows), larger ones the host-sorted path.
+void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t tokens,
+                         bool small_path) {
+  auto values = [gpu_dtype](size_t n, uint32_t seed, float scale = 1.0f) {
+    return representable(random_values(n, seed, scale), gpu_dtype);
+  };
+  const int64_t hidden = 256, inter = 128, total = 16, begin = 4, local = 8, top_k = 4;
   std::vector<int32_t> ids(tokens * top_k);
   std::vector<float> weights(tokens * top_k);
   std::mt19937 rng(130);
@@ -160,11 +167,27 @@ TEST_P(GpuMoe, ExpertsOfOneRankEndToEnd) {
                   local, out2.mat);
     return std::pair{download_tensor(b, out.mat), download_tensor(b, out2.mat)};
   };
-  const auto [cpu_out, cpu_again] = run(*cpu_, DType::kF32);
-  const auto [gpu_out, gpu_again] = run(*gpu_, dtype());
+  const auto [cpu_out, cpu_again] = run(cpu, DType::kF32);
+  const int64_t small_before = cuda_path_counters(gpu).moe_small;
+  const auto [gpu_out, gpu_again] = run(gpu, gpu_dtype);
+  EXPECT_EQ(cuda_path_counters(gpu).moe_small - small_before, small_path ? 2 : 0)
+      << tokens << " tokens";
   // bf16: gate_up, swiglu, down and the scatter-add each round once.
-  EXPECT_CLOSE(gpu_out, cpu_out, tol(4));
+  EXPECT_CLOSE(gpu_out, cpu_out, tolerance(gpu_dtype, 4));
   EXPECT_EQ(gpu_out, gpu_again) << "the combine is deterministic";
+}
+
+TEST_P(GpuMoe, ExpertsOfOneRankEndToEnd) {
+  experts_of_one_rank(*cpu_, *gpu_, dtype(), 41, true);
+}
+
+TEST_P(GpuMoe, ExpertsOfOneTokenOnTheSmallPath) {
+  experts_of_one_rank(*cpu_, *gpu_, dtype(), 1, true);
+}
+
+TEST_P(GpuMoe, ExpertsOfALargeStepOnTheHostSortedPath) {
+  const int64_t tokens = cuda::kMoeSmallMaxPairs / 4 + 3;  // just over the small path's limit
+  experts_of_one_rank(*cpu_, *gpu_, dtype(), tokens, false);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, GpuMoe, ::testing::Values(DType::kF32, DType::kBF16),

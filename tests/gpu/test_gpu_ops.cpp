@@ -259,6 +259,43 @@ TEST_P(GpuOps, FewRowProductsDecodeShapes) {
   }
 }
 
+// MLA's per-head products through kv_b (Backend::matmul_heads, one strided-batched cuBLAS call
+// on the GPU) against the CPU's one matmul per head: both directions of W, V2-Lite's shapes.
+TEST_P(GpuOps, MatmulHeadsEqualsOneMatmulPerHead) {
+  const int64_t tokens = 3, heads = 16, nope = 128, vdim = 128, lora = 512, rope = 64;
+  const int64_t qk = nope + rope, entry = lora + rope;
+  const std::vector<float> q = values(tokens * heads * qk, 80);
+  const std::vector<float> kv_b = values(heads * (nope + vdim) * lora, 81, 0.05f);
+  const std::vector<float> zeros(tokens * heads * entry, 0.0f);
+  Tensor cpu_q = upload_tensor(*cpu_, q, tokens, heads * qk, DType::kF32);
+  Tensor gpu_q = upload_tensor(*gpu_, q, tokens, heads * qk, dtype());
+  Tensor cpu_w = upload_tensor(*cpu_, kv_b, heads * (nope + vdim), lora, DType::kF32);
+  Tensor gpu_w = upload_tensor(*gpu_, kv_b, heads * (nope + vdim), lora, dtype());
+  Tensor cpu_y = upload_tensor(*cpu_, zeros, tokens, heads * entry, DType::kF32);
+  Tensor gpu_y = upload_tensor(*gpu_, zeros, tokens, heads * entry, dtype());
+  const int64_t head_rows = (nope + vdim) * lora;
+  // q_nope_h · W_UK_h (w as [k, n]) into columns [h · entry, + lora).
+  for (Backend* b : {cpu_.get(), gpu_.get()}) {
+    Tensor& qt = b == cpu_.get() ? cpu_q : gpu_q;
+    Tensor& wt = b == cpu_.get() ? cpu_w : gpu_w;
+    Tensor& yt = b == cpu_.get() ? cpu_y : gpu_y;
+    b->matmul_heads(qt.mat.col_slice(0, nope), wt.mat.row_slice(0, nope), yt.mat.col_slice(0, lora),
+                    heads, qk, head_rows, entry, /*w_transposed=*/false);
+  }
+  EXPECT_CLOSE(download_tensor(*gpu_, gpu_y.mat), download_tensor(*cpu_, cpu_y.mat), tol(1));
+  // latent_h · W_UV_hᵀ (w as [n, k]) into columns [h · vdim, + vdim).
+  const std::vector<float> latent = values(tokens * heads * lora, 82);
+  Tensor cpu_l = upload_tensor(*cpu_, latent, tokens, heads * lora, DType::kF32);
+  Tensor gpu_l = upload_tensor(*gpu_, latent, tokens, heads * lora, dtype());
+  Tensor cpu_v = upload_tensor(*cpu_, zeros, tokens, heads * vdim, DType::kF32);
+  Tensor gpu_v = upload_tensor(*gpu_, zeros, tokens, heads * vdim, dtype());
+  cpu_->matmul_heads(cpu_l.mat.col_slice(0, lora), cpu_w.mat.row_slice(nope, vdim),
+                     cpu_v.mat.col_slice(0, vdim), heads, lora, head_rows, vdim);
+  gpu_->matmul_heads(gpu_l.mat.col_slice(0, lora), gpu_w.mat.row_slice(nope, vdim),
+                     gpu_v.mat.col_slice(0, vdim), heads, lora, head_rows, vdim);
+  EXPECT_CLOSE(download_tensor(*gpu_, gpu_v.mat), download_tensor(*cpu_, cpu_v.mat), tol(1));
+}
+
 TEST_P(GpuOps, MatmulFloat32OutputOfBf16Inputs) {
   // The logits and router logits: bf16 (or f32) inputs, float32 output.
   const int64_t m = 7, k = 512, n = 1024;
