@@ -612,9 +612,12 @@ class CudaBackend final : public Backend {
       std::vector<cuda::AttentionTile> tiles(count);
       for (int64_t s = 0; s < count; ++s) tiles[s] = {static_cast<int32_t>(s), 0};
       DeviceBuffer buffer = allocate(count * sizeof(cuda::AttentionTile));
-      // Synchronous: the old list may still be read by queued work, and it is released after.
-      DSHPC_CUDA_CHECK(cudaMemcpy(buffer.data(), tiles.data(), count * sizeof(cuda::AttentionTile),
-                                  cudaMemcpyHostToDevice));
+      // In stream order: the pool may hand out a block that queued kernels still use (its reuse
+      // is stream-ordered), so a host-ordered cudaMemcpy could be overwritten by them, or
+      // overwrite what they read. Pageable memory is staged before the call returns.
+      DSHPC_CUDA_CHECK(cudaMemcpyAsync(buffer.data(), tiles.data(),
+                                       count * sizeof(cuda::AttentionTile), cudaMemcpyHostToDevice,
+                                       stream_));
       decode_tiles_ = std::move(buffer);
       decode_tile_count_ = count;
     }
@@ -742,8 +745,11 @@ const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_exp
     pointers[num_local + e] = w.down.data;
   }
   MoeTable table{allocate(pointers.size() * sizeof(void*)), pointers};
-  DSHPC_CUDA_CHECK(cudaMemcpy(table.device.data(), pointers.data(),
-                              pointers.size() * sizeof(void*), cudaMemcpyHostToDevice));
+  // In stream order (see decode_tiles): a host-ordered copy into a block the pool just handed
+  // back can race with queued kernels that still write it.
+  DSHPC_CUDA_CHECK(cudaMemcpyAsync(table.device.data(), table.host.data(),
+                                   pointers.size() * sizeof(void*), cudaMemcpyHostToDevice,
+                                   stream_));
   const void* const* device = static_cast<const void* const*>(table.device.data());
   moe_tables_.emplace(local_experts, std::move(table));
   return device;

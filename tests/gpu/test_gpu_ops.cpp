@@ -287,8 +287,9 @@ TEST_P(GpuOps, MatmulHeadsEqualsOneMatmulPerHead) {
   const std::vector<float> latent = values(tokens * heads * lora, 82);
   Tensor cpu_l = upload_tensor(*cpu_, latent, tokens, heads * lora, DType::kF32);
   Tensor gpu_l = upload_tensor(*gpu_, latent, tokens, heads * lora, dtype());
-  Tensor cpu_v = upload_tensor(*cpu_, zeros, tokens, heads * vdim, DType::kF32);
-  Tensor gpu_v = upload_tensor(*gpu_, zeros, tokens, heads * vdim, dtype());
+  const std::vector<float> zero_values(tokens * heads * vdim, 0.0f);
+  Tensor cpu_v = upload_tensor(*cpu_, zero_values, tokens, heads * vdim, DType::kF32);
+  Tensor gpu_v = upload_tensor(*gpu_, zero_values, tokens, heads * vdim, dtype());
   cpu_->matmul_heads(cpu_l.mat.col_slice(0, lora), cpu_w.mat.row_slice(nope, vdim),
                      cpu_v.mat.col_slice(0, vdim), heads, lora, head_rows, vdim);
   gpu_->matmul_heads(gpu_l.mat.col_slice(0, lora), gpu_w.mat.row_slice(nope, vdim),
