@@ -240,6 +240,199 @@ __global__ void decode_attention_combine(const float* partial, const PagedSequen
   }
 }
 
+// MLA (multi-head latent attention) decode: one cache entry per token, [latent (L) | rope (R)],
+// shared by every query head (kv_heads 1), and the value is the latent part of the same entry.
+// The query is the absorbed one, [latent | rope] per head. Lane l holds latent dims
+// [l·LPL, l·LPL + LPL) and, with RPL > 0, rope dims [L + l·RPL, …+RPL); with RPL == 0 (R < 32, the
+// tiny fixtures) lanes l < R hold rope dim L + l. Latent registers serve as key and value at
+// once, so each entry is read once per (CTA, key). grid (sequence, head chunk of G, split).
+struct MlaDecodeArgs {
+  const void* q;
+  void* out;
+  const void* cache;
+  const PagedSequence* sequences;
+  float* partial;  // [seqs, q_heads, splits, L + 2] (splits > 1)
+  int64_t token_stride;
+  int q_heads;
+  int rope;
+  int block_size;
+  int splits;
+  float scale_log2;
+};
+
+constexpr int kMlaUnroll = 2;
+constexpr int kMlaHeads = 4;  // query heads per CTA
+
+template <typename T, int LPL, int RPL, int G>
+__global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
+  constexpr int L = 32 * LPL;
+  constexpr int RP = RPL > 0 ? RPL : 1;
+  __shared__ float red_m[kWarps][G];
+  __shared__ float red_l[kWarps][G];
+  __shared__ float red_acc[kWarps][G][L];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int s = blockIdx.x;
+  const int first = blockIdx.y * G;
+  const int heads = min(G, a.q_heads - first);
+  const int split = blockIdx.z;
+  const PagedSequence seq = a.sequences[s];
+  const int context = seq.context_len;
+  const int per_split = (context + a.splits - 1) / a.splits;
+  const int begin = split * per_split;
+  const int end = min(context, begin + per_split);
+  const int token = seq.query_begin;
+  const int entry = L + a.rope;
+  const bool rope_lane = RPL > 0 || lane < a.rope;
+  const int rope_at = L + (RPL > 0 ? lane * RPL : lane);
+
+  const T* q = static_cast<const T*>(a.q);
+  const T* cache = static_cast<const T*>(a.cache);
+  float ql[G][LPL], qr[G][RP];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const T* qh = q + (static_cast<int64_t>(token) * a.q_heads + first + min(g, heads - 1)) * entry;
+    load_vec<T, LPL>(qh + lane * LPL, ql[g]);
+    if constexpr (RPL > 0) {
+      load_vec<T, RPL>(qh + rope_at, qr[g]);
+    } else {
+      qr[g][0] = rope_lane ? to_float(qh[rope_at]) : 0.0f;
+    }
+#pragma unroll
+    for (int d = 0; d < LPL; ++d) ql[g][d] *= a.scale_log2;
+#pragma unroll
+    for (int d = 0; d < RP; ++d) qr[g][d] *= a.scale_log2;
+  }
+  float m[G], l[G], acc[G][LPL];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < LPL; ++d) acc[g][d] = 0.0f;
+  }
+
+  for (int key0 = begin + warp; key0 < end; key0 += kWarps * kMlaUnroll) {
+    float kl[kMlaUnroll][LPL], kr[kMlaUnroll][RP];
+#pragma unroll
+    for (int u = 0; u < kMlaUnroll; ++u) {
+      const int position = key0 + u * kWarps;
+      if (position < end) {
+        const int64_t slot =
+            static_cast<int64_t>(seq.block_table[position / a.block_size]) * a.block_size +
+            position % a.block_size;
+        const T* e = cache + slot * a.token_stride;
+        load_vec<T, LPL>(e + lane * LPL, kl[u]);
+        if constexpr (RPL > 0) {
+          load_vec<T, RPL>(e + rope_at, kr[u]);
+        } else {
+          kr[u][0] = rope_lane ? to_float(e[rope_at]) : 0.0f;
+        }
+      } else {
+#pragma unroll
+        for (int d = 0; d < LPL; ++d) kl[u][d] = 0.0f;  // finite: p = 0 multiplies it
+#pragma unroll
+        for (int d = 0; d < RP; ++d) kr[u][d] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float score[kMlaUnroll];
+#pragma unroll
+      for (int u = 0; u < kMlaUnroll; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int d = 0; d < LPL; ++d) dot = fmaf(ql[g][d], kl[u][d], dot);
+#pragma unroll
+        for (int d = 0; d < RP; ++d) dot = fmaf(qr[g][d], kr[u][d], dot);
+        score[u] = dot;
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) {
+#pragma unroll
+        for (int u = 0; u < kMlaUnroll; ++u) {
+          score[u] += __shfl_xor_sync(0xffffffffu, score[u], offset);
+        }
+      }
+      float m_new = m[g];
+#pragma unroll
+      for (int u = 0; u < kMlaUnroll; ++u) {
+        if (key0 + u * kWarps >= end) score[u] = -INFINITY;  // uniform across the warp
+        m_new = fmaxf(m_new, score[u]);
+      }
+      const float corr = exp2f(m[g] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int d = 0; d < LPL; ++d) acc[g][d] *= corr;
+#pragma unroll
+      for (int u = 0; u < kMlaUnroll; ++u) {
+        const float p = exp2f(score[u] - m_new);
+        sum += p;
+#pragma unroll
+        for (int d = 0; d < LPL; ++d) acc[g][d] = fmaf(p, kl[u][d], acc[g][d]);
+      }
+      l[g] = l[g] * corr + sum;
+      m[g] = m_new;
+    }
+  }
+
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      red_m[warp][g] = m[g];
+      red_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int d = 0; d < LPL; ++d) red_acc[warp][g][lane * LPL + d] = acc[g][d];
+  }
+  __syncthreads();
+  T* out = static_cast<T*>(a.out);
+  for (int i = threadIdx.x; i < heads * L; i += kThreads) {
+    const int g = i / L, d = i % L;
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, red_m[w][g]);
+    float l_all = 0.0f, o = 0.0f;
+    if (m_all != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(red_m[w][g] - m_all);
+        l_all = fmaf(red_l[w][g], f, l_all);
+        o = fmaf(red_acc[w][g][d], f, o);
+      }
+    }
+    const int head = first + g;
+    if (a.splits == 1) {
+      out[(static_cast<int64_t>(token) * a.q_heads + head) * L + d] = from_float<T>(o / l_all);
+    } else {
+      float* part =
+          a.partial + ((static_cast<int64_t>(s) * a.q_heads + head) * a.splits + split) * (L + 2);
+      part[d] = o;
+      if (d == 0) {
+        part[L] = m_all;
+        part[L + 1] = l_all;
+      }
+    }
+  }
+}
+
+template <typename T, int LPL, int RPL>
+void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
+                       cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned int>(num_seqs), static_cast<unsigned int>(head_chunks),
+                  static_cast<unsigned int>(args.splits));
+  mla_decode_kernel<T, LPL, RPL, kMlaHeads><<<grid, kThreads, 0, stream>>>(args);
+  DSHPC_CUDA_LAUNCH_CHECK("mla_decode_kernel");
+  if (args.splits > 1) {
+    const dim3 combine_grid(static_cast<unsigned int>(num_seqs),
+                            static_cast<unsigned int>(args.q_heads));
+    decode_attention_combine<T><<<combine_grid, 32 * LPL, 0, stream>>>(
+        args.partial, args.sequences, static_cast<T*>(args.out), args.q_heads, args.splits,
+        32 * LPL);
+    DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
+  }
+}
+
 template <typename T, int DPL, int G>
 void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(num_seqs),
@@ -296,9 +489,9 @@ bool decode_attention_supported(const PagedKvView& cache, DType dtype) {
          aligned(cache.k, cache.k_token_stride) && aligned(cache.v, cache.v_token_stride);
 }
 
-int decode_split_cap(int64_t max_context) {
+int decode_split_cap(int64_t max_context, int64_t min_keys) {
   int cap = 1;
-  while (cap < 64 && int64_t{32} * cap * 2 <= max_context) cap *= 2;
+  while (cap < 64 && min_keys * cap * 2 <= max_context) cap *= 2;
   return cap;
 }
 
@@ -311,7 +504,7 @@ DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int
   // Enough CTAs for two waves over the SMs, but at least 32 keys per split (8 per warp, two
   // unrolled groups) so that the combine's extra pass stays small beside the keys read.
   const int64_t ctas = num_seqs * kv_heads * plan.head_chunks;
-  const int cap = decode_split_cap(max_context);
+  const int cap = decode_split_cap(max_context, kDecodeMinSplitKeys);
   plan.splits = 1;
   while (plan.splits < cap && ctas * plan.splits < 2 * static_cast<int64_t>(num_sms)) {
     plan.splits *= 2;
@@ -358,6 +551,74 @@ void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
       default:
         return dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, stream);
     }
+  });
+}
+
+// MLA shapes the kernel takes: the DeepSeek models' latent 512 + rope 64 and the tiny fixtures'
+// 64 + 16.
+bool mla_decode_attention_supported(const Mat& q, const Mat& out, const PagedKvView& cache,
+                                    DType dtype) {
+  const int64_t latent = cache.v_dim, rope = cache.head_dim - cache.v_dim;
+  const bool shape = (latent == 512 && rope == 64) || (latent == 64 && rope == 16);
+  if (!shape || (dtype != DType::kBF16 && dtype != DType::kF32) || cache.kv_heads != 1 ||
+      cache.v != cache.k || cache.v_token_stride != cache.k_token_stride) {
+    return false;
+  }
+  const size_t element = dtype_size(dtype);
+  const size_t vector_bytes = static_cast<size_t>(latent / 32) * element;
+  const auto aligned = [&](const void* p, int64_t stride) {
+    return reinterpret_cast<uintptr_t>(p) % vector_bytes == 0 &&
+           (static_cast<size_t>(stride) * element) % vector_bytes == 0;
+  };
+  // The rope part is read in 2-element vectors (512 + 64) or by element (64 + 16): the latent
+  // alignment covers both, as L + 2l is even.
+  return aligned(cache.k, cache.k_token_stride) && q.contiguous() && out.contiguous() &&
+         aligned(q.data, cache.head_dim) && aligned(out.data, latent);
+}
+
+DecodeAttentionPlan mla_decode_attention_plan(int64_t num_seqs, int64_t q_heads,
+                                              int64_t max_context, int num_sms) {
+  DecodeAttentionPlan plan;
+  plan.heads_per_cta = kMlaHeads;
+  plan.head_chunks = static_cast<int>((q_heads + kMlaHeads - 1) / kMlaHeads);
+  // As decode_attention_plan, but down to 16 keys per split: a CTA does G heads' work per key.
+  const int64_t ctas = num_seqs * plan.head_chunks;
+  const int cap = decode_split_cap(max_context, kMlaMinSplitKeys);
+  plan.splits = 1;
+  while (plan.splits < cap && ctas * plan.splits < 2 * static_cast<int64_t>(num_sms)) {
+    plan.splits *= 2;
+  }
+  return plan;
+}
+
+void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+                                 int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
+                                 DType dtype, float scale, const DecodeAttentionPlan& plan,
+                                 float* partial, cudaStream_t stream) {
+  if (num_seqs == 0) return;
+  DSHPC_CHECK(mla_decode_attention_supported(q, out, cache, dtype))
+      << "MLA decode attention: unsupported shape";
+  DSHPC_CHECK(num_seqs <= 0x7fffffff && plan.head_chunks <= 65535 && plan.splits <= 65535 &&
+              plan.heads_per_cta == kMlaHeads && (plan.splits == 1 || partial != nullptr))
+      << "MLA decode attention: grid " << num_seqs << " x " << plan.head_chunks << " x "
+      << plan.splits;
+  MlaDecodeArgs args{};
+  args.q = q.data;
+  args.out = out.data;
+  args.cache = cache.k;
+  args.sequences = sequences;
+  args.partial = partial;
+  args.token_stride = cache.k_token_stride;
+  args.q_heads = static_cast<int>(q_heads);
+  args.rope = static_cast<int>(cache.head_dim - cache.v_dim);
+  args.block_size = static_cast<int>(cache.block_size);
+  args.splits = plan.splits;
+  args.scale_log2 = scale * kLog2e;
+  const int n = static_cast<int>(num_seqs);
+  dispatch_float(dtype, "mla_decode_attention", [&](auto tag) {
+    using T = decltype(tag);
+    if (cache.v_dim == 512) return launch_mla_decode<T, 16, 2>(args, n, plan.head_chunks, stream);
+    return launch_mla_decode<T, 2, 0>(args, n, plan.head_chunks, stream);
   });
 }
 

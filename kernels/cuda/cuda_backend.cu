@@ -286,10 +286,14 @@ class CudaBackend final : public Backend {
     decode_step_ = decode;
     max_context_ = max_context;
     // The decode launches depend on the batch and, through the key splits of the attention,
-    // on the longest context's split cap (decode_attention_plan).
-    graph_key_ = decode ? 1 + static_cast<uint64_t>(num_seqs) * 128 +
-                              static_cast<uint64_t>(cuda::decode_split_cap(max_context))
-                        : 0;
+    // on the longest context's split caps (decode_attention_plan, mla_decode_attention_plan).
+    graph_key_ =
+        decode ? 1 + (static_cast<uint64_t>(num_seqs) << 16) +
+                     (static_cast<uint64_t>(
+                          cuda::decode_split_cap(max_context, cuda::kDecodeMinSplitKeys))
+                      << 8) +
+                     static_cast<uint64_t>(cuda::decode_split_cap(max_context, cuda::kMlaMinSplitKeys))
+               : 0;
     return step;
   }
 
@@ -433,6 +437,21 @@ class CudaBackend final : public Backend {
           << "sequence " << s << ": query rows end at " << seq.query_begin + seq.query_len << " of "
           << q.rows << ", context_len " << seq.context_len << " needs more than its "
           << host_block_table_lengths_[s] << " blocks of " << cache.block_size;
+    }
+    if (decode_step_ && cuda::mla_decode_attention_supported(q, out, cache, dtype_)) {
+      const cuda::DecodeAttentionPlan plan =
+          cuda::mla_decode_attention_plan(step.num_sequences, q_heads, max_context_, num_sms_);
+      float* partial = nullptr;
+      if (plan.splits > 1) {
+        ensure(decode_partial_,
+               static_cast<size_t>(step.num_sequences * q_heads * plan.splits * (cache.v_dim + 2)) *
+                   sizeof(float));
+        partial = decode_partial_.as<float>();
+      }
+      cuda::launch_mla_decode_attention(q, out, step.sequences, step.num_sequences, q_heads,
+                                        cache, dtype_, scale, plan, partial, stream_);
+      ++counters_.decode_attention;
+      return;
     }
     if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {
       const cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
@@ -768,7 +787,8 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   const void* const* table = moe_pointer_table(local_experts, num_local, hidden);
   if (table == nullptr) return false;
   const size_t element = dtype_size(dtype_);
-  ensure(moe_small_index_, (num_local + 1 + 2 * pairs) * sizeof(int32_t));
+  ensure(moe_small_index_,
+         (num_local + 1 + 2 * pairs + cuda::moe_active_slots(pairs, num_local)) * sizeof(int32_t));
   ensure(moe_act_, pairs * inter * element);
   ensure(moe_out_, pairs * hidden * element);
   auto* offsets = moe_small_index_.as<int32_t>();
@@ -776,11 +796,13 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   int32_t* row_of_pair = pair_of_row + pairs;
   const Mat act = Mat::of(moe_act_.data(), dtype_, pairs, inter);
   const Mat expert_out = Mat::of(moe_out_.data(), dtype_, pairs, hidden);
+  int32_t* active = row_of_pair + pairs;
   cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, offsets, pair_of_row,
-                         row_of_pair, stream_);
-  cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, pair_of_row, top_k, act,
-                                 stream_);
-  cuda::launch_moe_down_small(act, table + num_local, num_local, offsets, expert_out, stream_);
+                         row_of_pair, active, stream_);
+  cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, active, pair_of_row, top_k,
+                                 act, stream_);
+  cuda::launch_moe_down_small(act, table + num_local, num_local, offsets, active, expert_out,
+                              stream_);
   cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k, out, stream_);
   ++counters_.moe_small;
   return true;

@@ -73,9 +73,12 @@ struct DecodeAttentionPlan {
   int splits = 1;         // key ranges per (sequence, head); > 1 needs the partial workspace
 };
 bool decode_attention_supported(const PagedKvView& cache, DType dtype);
-// The most key splits a step whose longest context is max_context may use (a power of two ≤ 64,
-// at least 32 keys per split); the plan depends on the context only through it.
-int decode_split_cap(int64_t max_context);
+// The most key splits a step whose longest context is max_context may use: a power of two ≤ 64
+// with at least min_keys keys per split (kDecodeMinSplitKeys for the kernel above,
+// kMlaMinSplitKeys for MLA's); a plan depends on the context only through it.
+inline constexpr int64_t kDecodeMinSplitKeys = 32;
+inline constexpr int64_t kMlaMinSplitKeys = 16;
+int decode_split_cap(int64_t max_context, int64_t min_keys);
 DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
                                           int64_t max_context, int num_sms);
 // Workspace floats for a plan with splits > 1: num_seqs · q_heads · splits · (v_dim + 2).
@@ -83,6 +86,19 @@ void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
                              int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                              DType dtype, float scale, const DecodeAttentionPlan& plan,
                              float* partial, cudaStream_t stream);
+
+// MLA decode steps (attention_decode.cu): the latent cache (kv_heads 1, v = the first v_dim dims
+// of each k entry) with latent 512 + rope 64 (DeepSeek-V2/V3) or 64 + 16 (the tiny fixtures), the
+// absorbed query [tokens, q_heads, head_dim] and output [tokens, q_heads, v_dim]; split along the
+// keys as above (heads_per_cta 4; workspace q_heads · splits · (v_dim + 2) floats per sequence).
+bool mla_decode_attention_supported(const Mat& q, const Mat& out, const PagedKvView& cache,
+                                    DType dtype);
+DecodeAttentionPlan mla_decode_attention_plan(int64_t num_seqs, int64_t q_heads,
+                                              int64_t max_context, int num_sms);
+void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+                                 int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
+                                 DType dtype, float scale, const DecodeAttentionPlan& plan,
+                                 float* partial, cudaStream_t stream);
 
 // attention_prefill.cu: prefill and mixed steps on the tensor cores (FlashAttention-2 schedule,
 // mma.sync), bf16, head_dim = v_dim ∈ {64, 128}, separate K and V caches; a CTA takes
@@ -124,15 +140,21 @@ inline constexpr int64_t kMoeSmallMaxPairs = 512;
 inline constexpr int64_t kMoeSmallMaxExperts = 1024;
 bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64_t inter,
                          DType dtype);
+// active[moe_active_slots(pairs, num_local)]: the local experts with rows, in order, then −1
+// (the product kernels' grid rows).
+inline int64_t moe_active_slots(int64_t pairs, int64_t num_local) {
+  return pairs < num_local ? pairs : num_local;
+}
 void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
                       int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
-                      int32_t* row_of_pair, cudaStream_t stream);
+                      int32_t* row_of_pair, int32_t* active, cudaStream_t stream);
 void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
-                              int64_t num_local, const int32_t* offsets,
+                              int64_t num_local, const int32_t* offsets, const int32_t* active,
                               const int32_t* pair_of_row, int64_t top_k, const Mat& act,
                               cudaStream_t stream);
 void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
-                           const int32_t* offsets, const Mat& y, cudaStream_t stream);
+                           const int32_t* offsets, const int32_t* active, const Mat& y,
+                           cudaStream_t stream);
 
 // sampling.cu: ids[r] = argmax of row r (ties to the lowest index, NaN never wins).
 void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream);

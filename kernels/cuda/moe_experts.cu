@@ -7,6 +7,8 @@
 //   combine: out[t] += Σ_j weight[t, j] · y[row_of_pair[t, j]]  (weighted scatter-add back)
 // The combine is a gather per token rather than atomics, so the sum order is fixed and the
 // result deterministic; the accumulation is in float32 with one rounding into out.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
@@ -32,7 +34,10 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
   const int32_t* rows = row_of_pair + t * top_k;
   const float* w = weights + t * top_k;
   T* dst = out + t * out_stride;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+  // blockIdx.y splits the columns: a decode step has one or a few tokens, and one CTA per token
+  // would leave the GPU idle while each thread walks a long row.
+  for (int64_t c = blockIdx.y * blockDim.x + threadIdx.x; c < cols;
+       c += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     float sum = to_float(dst[c]);
     for (int j = 0; j < top_k; ++j) {
       const int32_t row = rows[j];
@@ -66,7 +71,9 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
       << "moe_combine: " << out.rows << " tokens, top_k " << top_k;
   dispatch_float(out.dtype, "moe_combine", [&](auto tag) {
     using T = decltype(tag);
-    moe_combine_kernel<T><<<static_cast<unsigned int>(out.rows), kThreads, 0, stream>>>(
+    const dim3 grid(static_cast<unsigned int>(out.rows),
+                    static_cast<unsigned int>(std::min<int64_t>(8, (out.cols + kThreads - 1) / kThreads)));
+    moe_combine_kernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
         static_cast<int>(top_k), static_cast<T*>(out.data), out.stride, out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("moe_combine_kernel");
@@ -82,11 +89,12 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
 namespace {
 
 constexpr int kIndexThreads = 1024;
-constexpr int kSmallRowsPerPass = 4;
+constexpr int kSmallRowsPerPass = 8;
 constexpr int kWarpRows = 8;  // output rows (warps) per CTA
 
 __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin, int num_local,
-                                 int32_t* offsets, int32_t* pair_of_row, int32_t* row_of_pair) {
+                                 int32_t* offsets, int32_t* pair_of_row, int32_t* row_of_pair,
+                                 int32_t* active) {
   extern __shared__ int32_t shared[];  // counts[num_local], then base[num_local + 1]
   int32_t* counts = shared;
   int32_t* base = shared + num_local;
@@ -106,6 +114,14 @@ __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin
     }
     base[num_local] = running;
     offsets[num_local] = running;
+    // The experts with rows, in order, then −1 up to min(pairs, num_local) slots: the product
+    // kernels' grid rows, so that a decode step's few experts do not launch a CTA column for
+    // every local expert.
+    int used = 0;
+    for (int e = 0; e < num_local; ++e) {
+      if (counts[e] > 0) active[used++] = e;
+    }
+    for (int i = used; i < min(pairs, num_local); ++i) active[i] = -1;
   }
   __syncthreads();
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
@@ -123,26 +139,51 @@ __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin
   }
 }
 
-// Σ over k of w[k] · x_c[k] for the rows c < n of a pass, 16 bytes at a time per lane.
-template <typename T, int kRows>
-__device__ __forceinline__ void warp_dots(const T* w, const T* const* xs, int n, int64_t len,
-                                          float (&acc)[kRows]) {
+// acc[m][c] = Σ over k of w_m[k] · x_c[k] for the kMats weight rows w_m and the rows c < n of a
+// pass, 16 bytes at a time per lane, two steps per iteration: 2 · kMats weight loads in flight
+// per lane, issued before any arithmetic.
+template <typename T, int kMats, int kRows>
+__device__ __forceinline__ void warp_dots(const T* const (&w)[kMats], const T* const* xs, int n,
+                                          int64_t len, float (&acc)[kMats][kRows]) {
   constexpr int kVec = 16 / sizeof(T);
+  constexpr int64_t kStep = 32 * kVec;
   const int lane = threadIdx.x & 31;
-  for (int64_t k = static_cast<int64_t>(lane) * kVec; k < len; k += 32 * kVec) {
-    const uint4 wv = __ldcs(reinterpret_cast<const uint4*>(w + k));  // read once: stream it
-    const T* we = reinterpret_cast<const T*>(&wv);
+  auto accumulate = [&](const uint4 (&wv)[kMats], int64_t k) {
 #pragma unroll
     for (int c = 0; c < kRows; ++c) {
       if (c >= n) break;
       const uint4 xv = *reinterpret_cast<const uint4*>(xs[c] + k);
       const T* xe = reinterpret_cast<const T*>(&xv);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) acc[c] = fmaf(to_float(we[i]), to_float(xe[i]), acc[c]);
+      for (int m = 0; m < kMats; ++m) {
+        const T* we = reinterpret_cast<const T*>(&wv[m]);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) acc[m][c] = fmaf(to_float(we[i]), to_float(xe[i]), acc[m][c]);
+      }
     }
+  };
+  int64_t k = static_cast<int64_t>(lane) * kVec;
+  for (; k + kStep < len; k += 2 * kStep) {
+    uint4 w0[kMats], w1[kMats];
+#pragma unroll
+    for (int m = 0; m < kMats; ++m) {
+      w0[m] = __ldcs(reinterpret_cast<const uint4*>(w[m] + k));  // read once: stream it
+      w1[m] = __ldcs(reinterpret_cast<const uint4*>(w[m] + k + kStep));
+    }
+    accumulate(w0, k);
+    accumulate(w1, k + kStep);
+  }
+  if (k < len) {
+    uint4 w0[kMats];
+#pragma unroll
+    for (int m = 0; m < kMats; ++m) w0[m] = __ldcs(reinterpret_cast<const uint4*>(w[m] + k));
+    accumulate(w0, k);
   }
 #pragma unroll
-  for (int c = 0; c < kRows; ++c) acc[c] = warp_sum(acc[c]);
+  for (int m = 0; m < kMats; ++m) {
+#pragma unroll
+    for (int c = 0; c < kRows; ++c) acc[m][c] = warp_sum(acc[m][c]);
+  }
 }
 
 // act[row, j] = swiglu(gate_j · x, up_j · x) for every row of expert blockIdx.y, with gate and up
@@ -150,14 +191,13 @@ __device__ __forceinline__ void warp_dots(const T* w, const T* const* xs, int n,
 template <typename T>
 __global__ void __launch_bounds__(kWarpRows * 32)
     moe_gate_up_small_kernel(const T* x, int64_t x_stride, const T* const* gate_up, int64_t hidden,
-                             int64_t inter, const int32_t* offsets, const int32_t* pair_of_row,
-                             int top_k, T* act, int64_t act_stride) {
-  const int e = blockIdx.y;
-  const int begin = offsets[e], count = offsets[e + 1] - begin;
+                             int64_t inter, const int32_t* offsets, const int32_t* active,
+                             const int32_t* pair_of_row, int top_k, T* act, int64_t act_stride) {
+  const int e = active[blockIdx.y];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
-  if (count == 0 || j >= inter) return;
-  const T* wg = gate_up[e] + j * hidden;
-  const T* wu = gate_up[e] + (inter + j) * hidden;
+  if (e < 0 || j >= inter) return;
+  const int begin = offsets[e], count = offsets[e + 1] - begin;
+  const T* const w[2] = {gate_up[e] + j * hidden, gate_up[e] + (inter + j) * hidden};
   for (int first = 0; first < count; first += kSmallRowsPerPass) {
     const int n = min(kSmallRowsPerPass, count - first);
     const T* xs[kSmallRowsPerPass];
@@ -165,12 +205,11 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     for (int c = 0; c < kSmallRowsPerPass; ++c) {
       xs[c] = x + static_cast<int64_t>(pair_of_row[begin + first + min(c, n - 1)] / top_k) * x_stride;
     }
-    float g[kSmallRowsPerPass] = {}, u[kSmallRowsPerPass] = {};
-    warp_dots<T, kSmallRowsPerPass>(wg, xs, n, hidden, g);
-    warp_dots<T, kSmallRowsPerPass>(wu, xs, n, hidden, u);
+    float gu[2][kSmallRowsPerPass] = {};
+    warp_dots<T, 2, kSmallRowsPerPass>(w, xs, n, hidden, gu);
     if ((threadIdx.x & 31) == 0) {
       for (int c = 0; c < n; ++c) {
-        const float gr = to_float(from_float<T>(g[c])), ur = to_float(from_float<T>(u[c]));
+        const float gr = to_float(from_float<T>(gu[0][c])), ur = to_float(from_float<T>(gu[1][c]));
         act[static_cast<int64_t>(begin + first + c) * act_stride + j] =
             from_float<T>(gr / (1.0f + expf(-gr)) * ur);
       }
@@ -182,12 +221,13 @@ __global__ void __launch_bounds__(kWarpRows * 32)
 template <typename T>
 __global__ void __launch_bounds__(kWarpRows * 32)
     moe_down_small_kernel(const T* act, int64_t act_stride, const T* const* down, int64_t hidden,
-                          int64_t inter, const int32_t* offsets, T* y, int64_t y_stride) {
-  const int e = blockIdx.y;
-  const int begin = offsets[e], count = offsets[e + 1] - begin;
+                          int64_t inter, const int32_t* offsets, const int32_t* active, T* y,
+                          int64_t y_stride) {
+  const int e = active[blockIdx.y];
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
-  if (count == 0 || r >= hidden) return;
-  const T* w = down[e] + r * inter;
+  if (e < 0 || r >= hidden) return;
+  const int begin = offsets[e], count = offsets[e + 1] - begin;
+  const T* const w[1] = {down[e] + r * inter};
   for (int first = 0; first < count; first += kSmallRowsPerPass) {
     const int n = min(kSmallRowsPerPass, count - first);
     const T* xs[kSmallRowsPerPass];
@@ -195,11 +235,11 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     for (int c = 0; c < kSmallRowsPerPass; ++c) {
       xs[c] = act + static_cast<int64_t>(begin + first + min(c, n - 1)) * act_stride;
     }
-    float acc[kSmallRowsPerPass] = {};
-    warp_dots<T, kSmallRowsPerPass>(w, xs, n, inter, acc);
+    float acc[1][kSmallRowsPerPass] = {};
+    warp_dots<T, 1, kSmallRowsPerPass>(w, xs, n, inter, acc);
     if ((threadIdx.x & 31) == 0) {
       for (int c = 0; c < n; ++c) {
-        y[static_cast<int64_t>(begin + first + c) * y_stride + r] = from_float<T>(acc[c]);
+        y[static_cast<int64_t>(begin + first + c) * y_stride + r] = from_float<T>(acc[0][c]);
       }
     }
   }
@@ -217,42 +257,44 @@ bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64
 
 void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
                       int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
-                      int32_t* row_of_pair, cudaStream_t stream) {
+                      int32_t* row_of_pair, int32_t* active, cudaStream_t stream) {
   DSHPC_CHECK(pairs > 0 && pairs <= kMoeSmallMaxPairs && num_local > 0 &&
               num_local <= kMoeSmallMaxExperts)
       << "moe_index: " << pairs << " pairs, " << num_local << " local experts";
   const size_t shared = (2 * num_local + 1) * sizeof(int32_t);
   moe_index_kernel<<<1, kIndexThreads, shared, stream>>>(
       expert_ids, static_cast<int>(pairs), static_cast<int>(expert_begin),
-      static_cast<int>(num_local), offsets, pair_of_row, row_of_pair);
+      static_cast<int>(num_local), offsets, pair_of_row, row_of_pair, active);
   DSHPC_CUDA_LAUNCH_CHECK("moe_index_kernel");
 }
 
 void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
-                              int64_t num_local, const int32_t* offsets,
+                              int64_t num_local, const int32_t* offsets, const int32_t* active,
                               const int32_t* pair_of_row, int64_t top_k, const Mat& act,
                               cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((inter + kWarpRows - 1) / kWarpRows),
-                  static_cast<unsigned>(num_local));
+                  static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local)));
   dispatch_float(x.dtype, "moe_gate_up_small", [&](auto tag) {
     using T = decltype(tag);
     moe_gate_up_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(
         static_cast<const T*>(x.data), x.stride, reinterpret_cast<const T* const*>(gate_up),
-        x.cols, inter, offsets, pair_of_row, static_cast<int>(top_k), static_cast<T*>(act.data),
+        x.cols, inter, offsets, active, pair_of_row, static_cast<int>(top_k),
+        static_cast<T*>(act.data),
         act.stride);
     DSHPC_CUDA_LAUNCH_CHECK("moe_gate_up_small_kernel");
   });
 }
 
 void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
-                           const int32_t* offsets, const Mat& y, cudaStream_t stream) {
+                           const int32_t* offsets, const int32_t* active, const Mat& y,
+                           cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((y.cols + kWarpRows - 1) / kWarpRows),
-                  static_cast<unsigned>(num_local));
+                  static_cast<unsigned>(moe_active_slots(y.rows, num_local)));
   dispatch_float(act.dtype, "moe_down_small", [&](auto tag) {
     using T = decltype(tag);
     moe_down_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(
         static_cast<const T*>(act.data), act.stride, reinterpret_cast<const T* const*>(down),
-        y.cols, act.cols, offsets, static_cast<T*>(y.data), y.stride);
+        y.cols, act.cols, offsets, active, static_cast<T*>(y.data), y.stride);
     DSHPC_CUDA_LAUNCH_CHECK("moe_down_small_kernel");
   });
 }

@@ -65,7 +65,34 @@ __device__ __forceinline__ Best better(Best a, Best b) {
 template <typename T>
 __device__ int block_argmax(const T* row, int vocab, Best* scratch) {
   Best best{NAN, INT_MAX};  // loses to every element
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+  // `better` is associative and commutative, so any visiting order gives the CPU's choice. The
+  // row is read in 16-byte vectors, kUnroll loads in flight per thread: one CTA must pull a whole
+  // vocabulary's logits (400 KB for 102,400 floats), and scalar loads left it latency-bound.
+  int tail = 0;
+  if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+    constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+    constexpr int kUnroll = 4;
+    const int vecs = vocab / kVec;
+    const uint4* v = reinterpret_cast<const uint4*>(row);
+    for (int base = threadIdx.x; base < vecs; base += kUnroll * blockDim.x) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * static_cast<int>(blockDim.x);
+        if (i < vecs) raw[u] = __ldg(v + i);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * static_cast<int>(blockDim.x);
+        if (i >= vecs) break;
+        const T* e = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) best = better(best, Best{to_float(e[j]), i * kVec + j});
+      }
+    }
+    tail = vecs * kVec;
+  }
+  for (int i = tail + threadIdx.x; i < vocab; i += blockDim.x) {
     best = better(best, Best{to_float(row[i]), i});
   }
 #pragma unroll

@@ -239,6 +239,25 @@ TEST_P(GpuAttention, DecodeOddGroupsHeadDimsAndBlockSizes) {
   run_case({"decode_d256", 8, 4, 256, 256, false, 32, 1.0f}, kDecodeBatch, kDecode);
 }
 
+// MLA decode steps (the latent kernel of attention_decode.cu): V2/V3's 512 + 64 with 16 heads
+// (V2-Lite, V3 under tp 8) and 128 (V3 under tp 1), and the tiny fixtures' 64 + 16 with 4 heads
+// and with 2 (a head chunk only half used); long contexts split the keys, sharp softmax too.
+TEST_P(GpuAttention, DecodeMlaLatent) {
+  run_case({"decode_mla16", 16, 1, 576, 512, true, 16, 1.0f}, kDecodeBatch, kDecode);
+  run_case({"decode_mla16_one", 16, 1, 576, 512, true, 16, 1.0f}, {{3001, 1}}, kDecode);
+  run_case({"decode_mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{1, 1}, {90, 1}, {700, 1}},
+           kDecode);
+  run_case({"decode_mla_sharp", 16, 1, 576, 512, true, 7, 8.0f}, {{333, 1}, {17, 1}}, kDecode);
+  run_case({"decode_mla_tiny", 4, 1, 80, 64, true, 16, 1.0f}, kDecodeBatch, kDecode);
+  run_case({"decode_mla_tiny2", 2, 1, 80, 64, true, 16, 1.0f}, kDecodeBatch, kDecode);
+}
+
+TEST_P(GpuAttention, DecodeMlaLargeBatch) {
+  std::vector<SequenceShape> batch;
+  for (int i = 0; i < 64; ++i) batch.push_back({100 + 7 * i, 1});
+  run_case({"decode_mla_batch64", 16, 1, 576, 512, true, 16, 1.0f}, batch, kDecode);
+}
+
 TEST_P(GpuAttention, DecodeLargeBatch) {
   std::vector<SequenceShape> batch;
   for (int i = 0; i < 64; ++i) batch.push_back({100 + 7 * i, 1});
