@@ -270,14 +270,17 @@ int run_bench(int argc, char** argv, int first) {
     const CudaPathCounters paths = cuda_path_counters(backend);
     std::printf(
         "\nrank 0 paths: %lld gemv products, %lld split-key decode attentions, %lld graph "
-        "captures, %lld graph replays\n",
+        "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores)\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
-        static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches));
+        static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
+        static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
                             {"graph_captures", paths.graph_captures},
-                            {"graph_launches", paths.graph_launches}};
+                            {"graph_launches", paths.graph_launches},
+                            {"moe_small", paths.moe_small},
+                            {"moe_mma", paths.moe_mma}};
   }
 
   // ---- prefill / time to first token

@@ -56,6 +56,7 @@ struct CudaPathCounters {
   int64_t graph_captures = 0;     // decode steps captured as CUDA graphs
   int64_t graph_launches = 0;     // decode steps replayed from a graph
   int64_t moe_small = 0;          // MoE layers through the device-only small-step path
+  int64_t moe_mma = 0;            // … of which on the tensor-core kernels (bf16)
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

@@ -731,6 +731,12 @@ class CudaBackend final : public Backend {
     const char* env = std::getenv("DSHPC_MOE_SMALL");
     return env == nullptr || std::string(env) != "0";
   }();
+  // DSHPC_MOE_MMA=0: the small path's CUDA-core kernels even where the tensor-core ones apply
+  // (for comparison).
+  bool moe_mma_enabled_ = [] {
+    const char* env = std::getenv("DSHPC_MOE_MMA");
+    return env == nullptr || std::string(env) != "0";
+  }();
 };
 
 const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_experts,
@@ -799,10 +805,12 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   int32_t* active = row_of_pair + pairs;
   cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, offsets, pair_of_row,
                          row_of_pair, active, stream_);
+  const bool mma = moe_mma_enabled_ && cuda::moe_small_mma_supported(hidden, inter, dtype_);
   cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, active, pair_of_row, top_k,
-                                 act, stream_);
-  cuda::launch_moe_down_small(act, table + num_local, num_local, offsets, active, expert_out,
+                                 act, mma, stream_);
+  cuda::launch_moe_down_small(act, table + num_local, num_local, offsets, active, expert_out, mma,
                               stream_);
+  if (mma) ++counters_.moe_mma;
   cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k, out, stream_);
   ++counters_.moe_small;
   return true;

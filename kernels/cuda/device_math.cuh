@@ -34,6 +34,19 @@ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// c += a · b for one m16n8k16 tile (bf16 inputs, float32 accumulators; sm_80 and later). Lane
+// l = 4g + q holds a = {A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]} (pairs of
+// consecutive k, the lower k in the low half), b = {B[2q..][g], B[2q+8..][g]} and
+// c = {C[g][2q], C[g][2q+1], C[g+8][2q], C[g+8][2q+1]}.
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -148,13 +148,16 @@ inline int64_t moe_active_slots(int64_t pairs, int64_t num_local) {
 void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
                       int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
                       int32_t* row_of_pair, int32_t* active, cudaStream_t stream);
+// tensor_cores: the mma.sync kernels (moe_small_mma_supported: bf16, hidden and inter multiples
+// of 32), else the CUDA-core ones.
+bool moe_small_mma_supported(int64_t hidden, int64_t inter, DType dtype);
 void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
                               int64_t num_local, const int32_t* offsets, const int32_t* active,
                               const int32_t* pair_of_row, int64_t top_k, const Mat& act,
-                              cudaStream_t stream);
+                              bool tensor_cores, cudaStream_t stream);
 void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
                            const int32_t* offsets, const int32_t* active, const Mat& y,
-                           cudaStream_t stream);
+                           bool tensor_cores, cudaStream_t stream);
 
 // sampling.cu: ids[r] = argmax of row r (ties to the lowest index, NaN never wins).
 void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream);

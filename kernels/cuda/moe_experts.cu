@@ -245,6 +245,180 @@ __global__ void __launch_bounds__(kWarpRows * 32)
   }
 }
 
+// ---- The same two products on the tensor cores (bf16): a decode step gives an expert a few
+// rows (tokens), too few for cuBLAS's tiles but enough that the CUDA-core dot products above run
+// out of issue slots before memory bandwidth (six rows per expert at batch 64). Here a CTA takes
+// 16 (gate_up: 16 gate and the matching 16 up rows) or 32 (down) weight rows of one expert as
+// the M side of mma.m16n8k16 and the expert's tokens as N (two n8 tiles: 16 tokens a pass), and
+// its kMmaWarps warps split K, reduced through shared memory at the end.
+//
+// Fragments come straight from global memory, 16 bytes per lane: lane 4g + q reads elements
+// [8q, 8q + 8) of each 32-element block of weight rows g and g + 8 and of token g's row. The
+// mma's k slots {2q, 2q+1, 2q+8, 2q+9} of step s take elements 4s + {0, 1, 2, 3}: a permutation
+// of k applied to both operands alike, so the dot products are unchanged.
+constexpr int kMmaWarps = 4;
+constexpr int kMmaTokens = 16;
+constexpr int kMmaBlock = 32;  // k elements per block
+
+template <int kMats>
+struct MmaLoads {
+  uint4 lo[kMats], hi[kMats], x[2];
+};
+
+template <int kMats>
+__device__ __forceinline__ void mma_load(MmaLoads<kMats>& r, const bf16* const (&w)[kMats],
+                                         int64_t k_len, const bf16* const (&x)[2], int block) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int64_t k = static_cast<int64_t>(block) * kMmaBlock + q * 8;
+#pragma unroll
+  for (int m = 0; m < kMats; ++m) {
+    r.lo[m] = __ldcs(reinterpret_cast<const uint4*>(w[m] + g * k_len + k));  // read once
+    r.hi[m] = __ldcs(reinterpret_cast<const uint4*>(w[m] + (g + 8) * k_len + k));
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) r.x[h] = *reinterpret_cast<const uint4*>(x[h] + k);
+}
+
+template <int kMats>
+__device__ __forceinline__ void mma_block(const MmaLoads<kMats>& r, float (&d)[kMats][2][4]) {
+#pragma unroll
+  for (int s = 0; s < 2; ++s) {
+#pragma unroll
+    for (int m = 0; m < kMats; ++m) {
+      const uint32_t* lo = reinterpret_cast<const uint32_t*>(&r.lo[m]);
+      const uint32_t* hi = reinterpret_cast<const uint32_t*>(&r.hi[m]);
+      const uint32_t a[4] = {lo[2 * s], hi[2 * s], lo[2 * s + 1], hi[2 * s + 1]};
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t* xb = reinterpret_cast<const uint32_t*>(&r.x[h]);
+        mma_16816(d[m][h], a, xb[2 * s], xb[2 * s + 1]);
+      }
+    }
+  }
+}
+
+// d[m][h] = (16 rows of w[m]) · (tokens 8h … 8h + 7)ᵀ over all of K, complete in warp 0 (the other
+// warps' d are partial). x[h]: this lane's token row (token 8h + g). `red` is the CTA's scratch;
+// the caller syncs before reusing it.
+template <int kMats>
+__device__ __forceinline__ void mma_rows(const bf16* const (&w)[kMats], int64_t k_len,
+                                         const bf16* const (&x)[2], float (&d)[kMats][2][4],
+                                         float (*red)[kMats * 8][32]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int blocks = static_cast<int>(k_len / kMmaBlock);
+  int block = warp;
+  for (; block + kMmaWarps < blocks; block += 2 * kMmaWarps) {  // two blocks' loads in flight
+    MmaLoads<kMats> r0, r1;
+    mma_load(r0, w, k_len, x, block);
+    mma_load(r1, w, k_len, x, block + kMmaWarps);
+    mma_block(r0, d);
+    mma_block(r1, d);
+  }
+  if (block < blocks) {
+    MmaLoads<kMats> r0;
+    mma_load(r0, w, k_len, x, block);
+    mma_block(r0, d);
+  }
+  float* flat = &d[0][0][0];
+#pragma unroll
+  for (int i = 0; i < kMats * 8; ++i) red[warp][i][lane] = flat[i];
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int i = 0; i < kMats * 8; ++i) {
+      float sum = red[0][i][lane];
+#pragma unroll
+      for (int v = 1; v < kMmaWarps; ++v) sum += red[v][i][lane];
+      flat[i] = sum;
+    }
+  }
+}
+
+// The token rows of a pass for this lane: tokens 8h + g (clamped to the pass's last row).
+template <typename RowOf>
+__device__ __forceinline__ void mma_token_rows(const bf16* (&x)[2], int n, RowOf row_of) {
+  const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) x[h] = row_of(min(8 * h + g, n - 1));
+}
+
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    moe_gate_up_mma_kernel(const bf16* x, int64_t x_stride, const bf16* const* gate_up,
+                           int64_t hidden, int64_t inter, const int32_t* offsets,
+                           const int32_t* active, const int32_t* pair_of_row, int top_k, bf16* act,
+                           int64_t act_stride) {
+  __shared__ float red[kMmaWarps][2 * 8][32];
+  const int e = active[blockIdx.y];
+  if (e < 0) return;  // uniform over the CTA
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * 16;
+  const int begin = offsets[e], count = offsets[e + 1] - begin;
+  const bf16* const w[2] = {gate_up[e] + j0 * hidden, gate_up[e] + (inter + j0) * hidden};
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  for (int first = 0; first < count; first += kMmaTokens) {
+    const int n = min(kMmaTokens, count - first);
+    const bf16* xr[2];
+    mma_token_rows(xr, n, [&](int c) {
+      return x + static_cast<int64_t>(pair_of_row[begin + first + c] / top_k) * x_stride;
+    });
+    float d[2][2][4] = {};
+    mma_rows<2>(w, hidden, {xr[0], xr[1]}, d, red);
+    if (threadIdx.x < 32) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int token = 8 * h + 2 * q + (i & 1);
+          if (token >= n) continue;
+          // gate and up rounded to bf16 first, as the unfused path stores them
+          const float gr = to_float(from_float<bf16>(d[0][h][i]));
+          const float ur = to_float(from_float<bf16>(d[1][h][i]));
+          act[static_cast<int64_t>(begin + first + token) * act_stride + j0 + g + (i >> 1) * 8] =
+              from_float<bf16>(gr / (1.0f + expf(-gr)) * ur);
+        }
+      }
+    }
+    __syncthreads();  // red is reused by the next pass
+  }
+}
+
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    moe_down_mma_kernel(const bf16* act, int64_t act_stride, const bf16* const* down,
+                        int64_t hidden, int64_t inter, const int32_t* offsets,
+                        const int32_t* active, bf16* y, int64_t y_stride) {
+  __shared__ float red[kMmaWarps][2 * 8][32];
+  const int e = active[blockIdx.y];
+  if (e < 0) return;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int begin = offsets[e], count = offsets[e + 1] - begin;
+  const bf16* const w[2] = {down[e] + r0 * inter, down[e] + (r0 + 16) * inter};
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  for (int first = 0; first < count; first += kMmaTokens) {
+    const int n = min(kMmaTokens, count - first);
+    const bf16* xr[2];
+    mma_token_rows(xr, n, [&](int c) {
+      return act + static_cast<int64_t>(begin + first + c) * act_stride;
+    });
+    float d[2][2][4] = {};
+    mma_rows<2>(w, inter, {xr[0], xr[1]}, d, red);
+    if (threadIdx.x < 32) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int token = 8 * h + 2 * q + (i & 1);
+            if (token >= n) continue;
+            y[static_cast<int64_t>(begin + first + token) * y_stride + r0 + 16 * m + g +
+              (i >> 1) * 8] = from_float<bf16>(d[m][h][i]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace
 
 bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64_t inter,
@@ -268,10 +442,25 @@ void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_b
   DSHPC_CUDA_LAUNCH_CHECK("moe_index_kernel");
 }
 
+bool moe_small_mma_supported(int64_t hidden, int64_t inter, DType dtype) {
+  return dtype == DType::kBF16 && hidden % 32 == 0 && inter % 32 == 0;
+}
+
 void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
                               int64_t num_local, const int32_t* offsets, const int32_t* active,
                               const int32_t* pair_of_row, int64_t top_k, const Mat& act,
-                              cudaStream_t stream) {
+                              bool tensor_cores, cudaStream_t stream) {
+  if (tensor_cores) {
+    DSHPC_CHECK(moe_small_mma_supported(x.cols, inter, x.dtype)) << "moe_gate_up_mma: shape";
+    const dim3 grid(static_cast<unsigned>(inter / 16),
+                    static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local)));
+    moe_gate_up_mma_kernel<<<grid, kMmaWarps * 32, 0, stream>>>(
+        static_cast<const bf16*>(x.data), x.stride, reinterpret_cast<const bf16* const*>(gate_up),
+        x.cols, inter, offsets, active, pair_of_row, static_cast<int>(top_k),
+        static_cast<bf16*>(act.data), act.stride);
+    DSHPC_CUDA_LAUNCH_CHECK("moe_gate_up_mma_kernel");
+    return;
+  }
   const dim3 grid(static_cast<unsigned>((inter + kWarpRows - 1) / kWarpRows),
                   static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local)));
   dispatch_float(x.dtype, "moe_gate_up_small", [&](auto tag) {
@@ -287,7 +476,17 @@ void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t 
 
 void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
                            const int32_t* offsets, const int32_t* active, const Mat& y,
-                           cudaStream_t stream) {
+                           bool tensor_cores, cudaStream_t stream) {
+  if (tensor_cores) {
+    DSHPC_CHECK(moe_small_mma_supported(y.cols, act.cols, act.dtype)) << "moe_down_mma: shape";
+    const dim3 grid(static_cast<unsigned>(y.cols / 32),
+                    static_cast<unsigned>(moe_active_slots(y.rows, num_local)));
+    moe_down_mma_kernel<<<grid, kMmaWarps * 32, 0, stream>>>(
+        static_cast<const bf16*>(act.data), act.stride, reinterpret_cast<const bf16* const*>(down),
+        y.cols, act.cols, offsets, active, static_cast<bf16*>(y.data), y.stride);
+    DSHPC_CUDA_LAUNCH_CHECK("moe_down_mma_kernel");
+    return;
+  }
   const dim3 grid(static_cast<unsigned>((y.cols + kWarpRows - 1) / kWarpRows),
                   static_cast<unsigned>(moe_active_slots(y.rows, num_local)));
   dispatch_float(act.dtype, "moe_down_small", [&](auto tag) {

@@ -122,7 +122,8 @@ TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
 
 // 16 experts in all, this rank holds [4, 12); top-4 routing, so some tokens have none here.
 // Steps of up to kMoeSmallMaxPairs (token, expert) pairs take the device-only small-step path
-// (several passes per expert once it has more than 4 rows), larger ones the host-sorted path.
+// (several passes per expert once it has more than 8 rows, 16 on the tensor cores), larger ones
+// the host-sorted path.
 void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t tokens,
                          bool small_path) {
   auto values = [gpu_dtype](size_t n, uint32_t seed, float scale = 1.0f) {
@@ -168,9 +169,12 @@ void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t to
     return std::pair{download_tensor(b, out.mat), download_tensor(b, out2.mat)};
   };
   const auto [cpu_out, cpu_again] = run(cpu, DType::kF32);
-  const int64_t small_before = cuda_path_counters(gpu).moe_small;
+  const CudaPathCounters before = cuda_path_counters(gpu);
   const auto [gpu_out, gpu_again] = run(gpu, gpu_dtype);
-  EXPECT_EQ(cuda_path_counters(gpu).moe_small - small_before, small_path ? 2 : 0)
+  const CudaPathCounters after = cuda_path_counters(gpu);
+  EXPECT_EQ(after.moe_small - before.moe_small, small_path ? 2 : 0) << tokens << " tokens";
+  // bf16 small steps run on the tensor cores (hidden 256, inter 128 qualify).
+  EXPECT_EQ(after.moe_mma - before.moe_mma, small_path && gpu_dtype == DType::kBF16 ? 2 : 0)
       << tokens << " tokens";
   // bf16: gate_up, swiglu, down and the scatter-add each round once.
   EXPECT_CLOSE(gpu_out, cpu_out, tolerance(gpu_dtype, 4));
@@ -183,6 +187,12 @@ TEST_P(GpuMoe, ExpertsOfOneRankEndToEnd) {
 
 TEST_P(GpuMoe, ExpertsOfOneTokenOnTheSmallPath) {
   experts_of_one_rank(*cpu_, *gpu_, dtype(), 1, true);
+}
+
+// About 25 rows per local expert: two passes of the tensor-core kernels (16 tokens each) and
+// four of the CUDA-core ones, the last pass partial.
+TEST_P(GpuMoe, ExpertsOfManyTokensPerExpertOnTheSmallPath) {
+  experts_of_one_rank(*cpu_, *gpu_, dtype(), 100, true);
 }
 
 TEST_P(GpuMoe, ExpertsOfALargeStepOnTheHostSortedPath) {
