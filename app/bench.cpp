@@ -7,6 +7,7 @@
 // Runs under any layout (mpirun -np tp×pp×dp); rank 0 drives it through the Cluster, so it
 // measures exactly what serving runs (plans, micro-batches, sampling on the last stage).
 #include <algorithm>
+#include <cmath>
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
@@ -49,18 +50,30 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Matrix parameters a step of `batch` tokens multiplies by: everything but the embedding table
-// (a lookup of a few rows) and the routed experts no token of the batch uses. The output head
-// is included (every sequence's last row goes through it).
+// Parameters a decode step of `batch` tokens reads: everything but the embedding table (a lookup
+// of a few rows) and the routed experts no token of the batch uses. The output head is included
+// (every sequence's last row goes through it). Which experts a batch uses depends on the router;
+// with random weights routing is close to uniform, so a token picks top_k of n experts and the
+// batch is expected to use n · (1 − (1 − top_k/n)^batch) of them (top_k at batch 1; at batch 16
+// of V2-Lite's 6 of 64 about 51, not 64).
 double active_parameters(const ModelConfig& c, int64_t batch) {
   double total =
       static_cast<double>(c.num_parameters()) - static_cast<double>(c.vocab_size) * c.hidden_size;
   if (c.num_routed_experts == 0) return total;
   const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
-  const double used = std::min<double>(c.num_routed_experts, batch * c.routing.top_k);
+  const double n = static_cast<double>(c.num_routed_experts);
+  const double used =
+      n * (1.0 - std::pow(1.0 - static_cast<double>(c.routing.top_k) / n, static_cast<double>(batch)));
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
-  return total - moe_layers * (c.num_routed_experts - used) * expert;
+  return total - moe_layers * (n - used) * expert;
+}
+
+// Parameters one token multiplies by (its FLOPs are twice this): as active_parameters at batch 1
+// (the dense layers, the shared experts and its top_k routed experts of each MoE layer), without
+// the output head.
+double parameters_per_token(const ModelConfig& c) {
+  return active_parameters(c, 1) - static_cast<double>(c.vocab_size) * c.hidden_size;
 }
 
 // KV cache elements read per token of context, per layer (the whole model).
@@ -314,7 +327,9 @@ int run_bench(int argc, char** argv, int first) {
     for (int i = 0; i < 3; ++i) best = std::min(best, run_once());
     // The output head runs on the last row only.
     const double head = static_cast<double>(config.vocab_size) * config.hidden_size;
-    const double params = active_parameters(config, len) - head;
+    // Every token passes through its own experts only: an MoE prompt's FLOPs are those of its
+    // tokens, not of every expert some token used.
+    const double params = parameters_per_token(config);
     const double attention_flops =
         2.0 * len * len * config.num_heads *
         (config.is_mla() ? config.qk_head_dim() + config.v_head_dim : 2.0 * config.head_dim) *
