@@ -214,6 +214,17 @@ class Backend {
   virtual void moe_experts(const Mat& x, const int32_t* expert_ids, const float* weights,
                            int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
                            int64_t num_local, Mat out) = 0;
+  // out = shared(x) + the routed experts' moe_experts sum, where `shared` is the layer's shared
+  // experts (a SwiGLU MLP laid out as an expert, every token through it with weight 1), in the
+  // same launches as the routed experts; out is overwritten. Returns false, having done nothing,
+  // where the backend has no such path for these shapes: the caller then runs the shared MLP and
+  // moe_experts.
+  virtual bool moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,
+                                       const float* weights, int64_t top_k,
+                                       const ExpertWeights* local_experts, int64_t expert_begin,
+                                       int64_t num_local, const ExpertWeights& shared, Mat out) {
+    return false;
+  }
   // ids[r] = argmax of logits row r (ties to the lowest index).
   virtual void argmax(const Mat& logits, int32_t* ids) = 0;
   // ids[r] = the token sample_token_cpu draws from float32 logits row r with rows[r] (from

@@ -57,6 +57,7 @@ struct CudaPathCounters {
   int64_t graph_launches = 0;     // decode steps replayed from a graph
   int64_t moe_small = 0;          // MoE layers through the device-only small-step path
   int64_t moe_mma = 0;            // … of which on the tensor-core kernels (bf16)
+  int64_t moe_shared_fused = 0;   // … of which with the shared experts in the same launches
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

@@ -239,7 +239,15 @@ void Model::moe(const MoeWeights& w, Mat normed, Mat out) {
   backend_.moe_route(router_logits, static_cast<const float*>(w.bias.buffer.data()), routing,
                      expert_ids, expert_weights);
   if (w.has_shared) {
-    mlp(w.shared, normed, out, /*accumulate=*/false);  // shared experts: a tp-split dense MLP
+    // Shared experts: a tp-split dense MLP, in the routed experts' launches where the backend can.
+    if (backend_.moe_experts_with_shared(normed, expert_ids, expert_weights, routing.top_k,
+                                         w.expert_views.data(), w.expert_begin,
+                                         static_cast<int64_t>(w.experts.size()),
+                                         ExpertWeights{w.shared.gate_up.mat, w.shared.down.mat},
+                                         out)) {
+      return;
+    }
+    mlp(w.shared, normed, out, /*accumulate=*/false);
   } else {
     backend_.zero(out);
   }

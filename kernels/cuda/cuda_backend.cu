@@ -511,6 +511,10 @@ class CudaBackend final : public Backend {
   void moe_experts(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
                    const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
                    Mat out) override;
+  bool moe_experts_with_shared(const Mat& x, const int32_t* expert_ids, const float* weights,
+                               int64_t top_k, const ExpertWeights* local_experts,
+                               int64_t expert_begin, int64_t num_local, const ExpertWeights& shared,
+                               Mat out) override;
 
   void argmax(const Mat& logits, int32_t* ids) override {
     DSHPC_CHECK(logits.contiguous());
@@ -718,9 +722,9 @@ class CudaBackend final : public Backend {
   // costs a few comparisons per layer).
   bool moe_small(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
                  const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
-                 const Mat& out);
+                 const ExpertWeights* shared, const Mat& out);
   const void* const* moe_pointer_table(const ExpertWeights* local_experts, int64_t num_local,
-                                       int64_t hidden);
+                                       int64_t hidden, const ExpertWeights* shared);
   struct MoeTable {
     DeviceBuffer device;
     std::vector<const void*> host;
@@ -729,6 +733,11 @@ class CudaBackend final : public Backend {
   DeviceBuffer moe_small_index_;
   bool moe_small_enabled_ = [] {
     const char* env = std::getenv("DSHPC_MOE_SMALL");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  // DSHPC_MOE_FUSE_SHARED=0: the shared experts as a separate MLP before the routed ones.
+  bool moe_fuse_shared_enabled_ = [] {
+    const char* env = std::getenv("DSHPC_MOE_FUSE_SHARED");
     return env == nullptr || std::string(env) != "0";
   }();
   // DSHPC_MOE_MMA=0: the small path's CUDA-core kernels even where the tensor-core ones apply
@@ -740,34 +749,41 @@ class CudaBackend final : public Backend {
 };
 
 const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_experts,
-                                                  int64_t num_local, int64_t hidden) {
+                                                  int64_t num_local, int64_t hidden,
+                                                  const ExpertWeights* shared) {
+  // [gate_up of each local expert (then of the shared experts) | down of each, likewise]; the
+  // shared experts are one more expert whose inter may differ.
+  const int64_t slots = num_local + (shared != nullptr ? 1 : 0);
+  auto expert = [&](int64_t e) -> const ExpertWeights& {
+    return e < num_local ? local_experts[e] : *shared;
+  };
   const int64_t inter = local_experts[0].down.cols;
   // A table is keyed by the address of the layer's expert array; it is used only while that
   // array still holds the same weights (another model may reuse the address).
   if (const auto it = moe_tables_.find(local_experts); it != moe_tables_.end()) {
     const std::vector<const void*>& held = it->second.host;
-    bool same = static_cast<int64_t>(held.size()) == 2 * num_local;
-    for (int64_t e = 0; same && e < num_local; ++e) {
-      same = held[e] == local_experts[e].gate_up.data &&
-             held[num_local + e] == local_experts[e].down.data &&
-             local_experts[e].down.cols == inter;
+    bool same = static_cast<int64_t>(held.size()) == 2 * slots;
+    for (int64_t e = 0; same && e < slots; ++e) {
+      same = held[e] == expert(e).gate_up.data && held[slots + e] == expert(e).down.data &&
+             (e == num_local || expert(e).down.cols == inter);
     }
     if (same) return static_cast<const void* const*>(it->second.device.data());
     if (capturing_) return nullptr;
     moe_tables_.erase(it);
   }
   if (capturing_) return nullptr;
-  std::vector<const void*> pointers(2 * num_local);
-  for (int64_t e = 0; e < num_local; ++e) {
-    const ExpertWeights& w = local_experts[e];
+  std::vector<const void*> pointers(2 * slots);
+  for (int64_t e = 0; e < slots; ++e) {
+    const ExpertWeights& w = expert(e);
+    const int64_t rows = e < num_local ? inter : w.down.cols;
     const bool fits = w.gate_up.dtype == dtype_ && w.down.dtype == dtype_ &&
-                      w.gate_up.rows == 2 * inter && w.gate_up.cols == hidden &&
-                      w.gate_up.contiguous() && w.down.rows == hidden && w.down.cols == inter &&
+                      w.gate_up.rows == 2 * rows && w.gate_up.cols == hidden &&
+                      w.gate_up.contiguous() && w.down.rows == hidden && w.down.cols == rows &&
                       w.down.contiguous() && reinterpret_cast<uintptr_t>(w.gate_up.data) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(w.down.data) % 16 == 0;
     if (!fits) return nullptr;
     pointers[e] = w.gate_up.data;
-    pointers[num_local + e] = w.down.data;
+    pointers[slots + e] = w.down.data;
   }
   MoeTable table{allocate(pointers.size() * sizeof(void*)), pointers};
   // In stream order (see decode_tiles): a host-ordered copy into a block the pool just handed
@@ -782,38 +798,66 @@ const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_exp
 
 bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float* weights,
                             int64_t top_k, const ExpertWeights* local_experts,
-                            int64_t expert_begin, int64_t num_local, const Mat& out) {
+                            int64_t expert_begin, int64_t num_local, const ExpertWeights* shared,
+                            const Mat& out) {
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   const int64_t inter = local_experts[0].down.cols;
+  const int64_t shared_inter = shared != nullptr ? shared->down.cols : 0;
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype_));
   if (!moe_small_enabled_ || !cuda::moe_small_supported(pairs, num_local, hidden, inter, dtype_) ||
       x.stride % vec != 0 || reinterpret_cast<uintptr_t>(x.data) % 16 != 0) {
     return false;
   }
-  const void* const* table = moe_pointer_table(local_experts, num_local, hidden);
+  const bool mma = moe_mma_enabled_ && cuda::moe_small_mma_supported(hidden, inter, dtype_);
+  // The shared experts ride along on the tensor-core kernels only.
+  if (shared != nullptr &&
+      (!mma || !cuda::moe_small_mma_supported(hidden, shared_inter, dtype_))) {
+    return false;
+  }
+  const void* const* table = moe_pointer_table(local_experts, num_local, hidden, shared);
   if (table == nullptr) return false;
   const size_t element = dtype_size(dtype_);
-  ensure(moe_small_index_,
-         (num_local + 1 + 2 * pairs + cuda::moe_active_slots(pairs, num_local)) * sizeof(int32_t));
-  ensure(moe_act_, pairs * inter * element);
-  ensure(moe_out_, pairs * hidden * element);
+  const int64_t extra = shared != nullptr ? 1 : 0;
+  const int64_t rows = pairs + extra * tokens;  // routed rows, then one per token for the shared
+  const int64_t act_cols = std::max(inter, shared_inter);
+  const int64_t slots = cuda::moe_active_slots(pairs, num_local) + extra;
+  ensure(moe_small_index_, (num_local + 1 + extra + rows + pairs + slots) * sizeof(int32_t));
+  ensure(moe_act_, rows * act_cols * element);
+  ensure(moe_out_, rows * hidden * element);
   auto* offsets = moe_small_index_.as<int32_t>();
-  int32_t* pair_of_row = offsets + num_local + 1;
-  int32_t* row_of_pair = pair_of_row + pairs;
-  const Mat act = Mat::of(moe_act_.data(), dtype_, pairs, inter);
-  const Mat expert_out = Mat::of(moe_out_.data(), dtype_, pairs, hidden);
+  int32_t* pair_of_row = offsets + num_local + 1 + extra;
+  int32_t* row_of_pair = pair_of_row + rows;
   int32_t* active = row_of_pair + pairs;
-  cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, offsets, pair_of_row,
-                         row_of_pair, active, stream_);
-  const bool mma = moe_mma_enabled_ && cuda::moe_small_mma_supported(hidden, inter, dtype_);
+  const Mat act = Mat::of(moe_act_.data(), dtype_, rows, act_cols);
+  const Mat expert_out = Mat::of(moe_out_.data(), dtype_, rows, hidden);
+  cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, extra * tokens, offsets,
+                         pair_of_row, row_of_pair, active, stream_);
+  const cuda::MoeSharedExpert shared_expert{static_cast<int32_t>(num_local), shared_inter};
   cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, active, pair_of_row, top_k,
-                                 act, mma, stream_);
-  cuda::launch_moe_down_small(act, table + num_local, num_local, offsets, active, expert_out, mma,
+                                 act, mma, shared != nullptr ? &shared_expert : nullptr, stream_);
+  cuda::launch_moe_down_small(act, table + num_local + extra, num_local, offsets, active, inter,
+                              pairs, expert_out, mma, shared != nullptr ? &shared_expert : nullptr,
                               stream_);
-  if (mma) ++counters_.moe_mma;
-  cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k, out, stream_);
+  // With the shared experts, out = their rows + the weighted routed rows (nothing read from out).
+  cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k,
+                           shared != nullptr ? offsets + num_local : nullptr, out, stream_);
   ++counters_.moe_small;
+  if (mma) ++counters_.moe_mma;
+  if (shared != nullptr) ++counters_.moe_shared_fused;
   return true;
+}
+
+bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,
+                                          const float* weights, int64_t top_k,
+                                          const ExpertWeights* local_experts,
+                                          int64_t expert_begin, int64_t num_local,
+                                          const ExpertWeights& shared, Mat out) {
+  if (!moe_fuse_shared_enabled_ || x.rows == 0 || num_local == 0 || top_k == 0) return false;
+  DSHPC_CHECK(x.rows == out.rows && x.cols == out.cols)
+      << "moe_experts_with_shared: x [" << x.rows << ", " << x.cols << "], out [" << out.rows
+      << ", " << out.cols << "]";
+  return moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, &shared,
+                   out);
 }
 
 // Routed experts. The number of rows each expert gets decides the shapes of its matrix products,
@@ -829,7 +873,8 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
       << out.cols << "]";
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   if (tokens == 0 || num_local == 0 || top_k == 0) return;
-  if (moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, out)) {
+  if (moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, nullptr,
+                out)) {
     return;
   }
   if (capturing_) {  // the expert counts come to the host: not replayable
@@ -915,7 +960,7 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
     cuda::gemm(cublas_, act.row_slice(begin, n).col_slice(0, inter), local_experts[e].down,
                expert_out.row_slice(begin, n), true, false);
   }
-  cuda::launch_moe_combine(expert_out, device_row_of_pair, weights, top_k, out, stream_);
+  cuda::launch_moe_combine(expert_out, device_row_of_pair, weights, top_k, nullptr, out, stream_);
 }
 
 CudaBackend& as_cuda(Backend& backend) {

@@ -77,7 +77,7 @@ bool decode_attention_supported(const PagedKvView& cache, DType dtype);
 // with at least min_keys keys per split (kDecodeMinSplitKeys for the kernel above,
 // kMlaMinSplitKeys for MLA's); a plan depends on the context only through it.
 inline constexpr int64_t kDecodeMinSplitKeys = 32;
-inline constexpr int64_t kMlaMinSplitKeys = 16;
+inline constexpr int64_t kMlaMinSplitKeys = 8;
 int decode_split_cap(int64_t max_context, int64_t min_keys);
 DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
                                           int64_t max_context, int num_sms);
@@ -125,8 +125,11 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
 void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& out,
                         cudaStream_t stream);
 // out[t] += Σ_j weights[t, j] · expert_out[row_of_pair[t, j]] over pairs with a row (≥ 0).
+// shared_row0: nullptr, or where the shared experts' first row index lies (their row of token t
+// is *shared_row0 + t): out[t] = that row + the weighted routed rows, out not read.
 void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
-                        int64_t top_k, const Mat& out, cudaStream_t stream);
+                        int64_t top_k, const int32_t* shared_row0, const Mat& out,
+                        cudaStream_t stream);
 
 // The small-step path (decode): everything on the device, no host round trip, so graphs can
 // capture it. moe_small_supported says whether a step qualifies; then
@@ -145,19 +148,32 @@ bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64
 inline int64_t moe_active_slots(int64_t pairs, int64_t num_local) {
   return pairs < num_local ? pairs : num_local;
 }
+// The shared experts on the small path: one more expert (index `slot` = num_local in the pointer
+// tables and the active list) with its own inter, which every token enters once. With
+// shared_tokens > 0 launch_moe_index appends their rows after the routed ones (offsets then has
+// num_local + 2 entries, pair_of_row pairs + shared_tokens, active one more slot).
+struct MoeSharedExpert {
+  int32_t slot;
+  int64_t inter;
+};
 void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
-                      int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
-                      int32_t* row_of_pair, int32_t* active, cudaStream_t stream);
+                      int64_t num_local, int64_t shared_tokens, int32_t* offsets,
+                      int32_t* pair_of_row, int32_t* row_of_pair, int32_t* active,
+                      cudaStream_t stream);
 // tensor_cores: the mma.sync kernels (moe_small_mma_supported: bf16, hidden and inter multiples
 // of 32), else the CUDA-core ones.
 bool moe_small_mma_supported(int64_t hidden, int64_t inter, DType dtype);
+// shared: nullptr or the shared experts (tensor-core kernels only); act's row pitch then covers
+// the wider inter. down reads `inter` columns of act for routed rows.
 void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
                               int64_t num_local, const int32_t* offsets, const int32_t* active,
                               const int32_t* pair_of_row, int64_t top_k, const Mat& act,
-                              bool tensor_cores, cudaStream_t stream);
+                              bool tensor_cores, const MoeSharedExpert* shared,
+                              cudaStream_t stream);
 void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
-                           const int32_t* offsets, const int32_t* active, const Mat& y,
-                           bool tensor_cores, cudaStream_t stream);
+                           const int32_t* offsets, const int32_t* active, int64_t inter,
+                           int64_t routed_pairs, const Mat& y, bool tensor_cores,
+                           const MoeSharedExpert* shared, cudaStream_t stream);
 
 // sampling.cu: ids[r] = argmax of row r (ties to the lowest index, NaN never wins).
 void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream);

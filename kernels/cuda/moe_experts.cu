@@ -29,7 +29,8 @@ __global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* 
 template <typename T>
 __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
                                    const int32_t* row_of_pair, const float* weights, int top_k,
-                                   T* out, int64_t out_stride, int64_t cols) {
+                                   const int32_t* shared_row0, T* out, int64_t out_stride,
+                                   int64_t cols) {
   const int64_t t = blockIdx.x;
   const int32_t* rows = row_of_pair + t * top_k;
   const float* w = weights + t * top_k;
@@ -38,7 +39,10 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
   // would leave the GPU idle while each thread walks a long row.
   for (int64_t c = blockIdx.y * blockDim.x + threadIdx.x; c < cols;
        c += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    float sum = to_float(dst[c]);
+    // With shared experts their row of this token starts the sum, else what out holds.
+    float sum = shared_row0 != nullptr
+                    ? to_float(expert_out[(*shared_row0 + t) * expert_stride + c])
+                    : to_float(dst[c]);
     for (int j = 0; j < top_k; ++j) {
       const int32_t row = rows[j];
       if (row >= 0) sum = fmaf(w[j], to_float(expert_out[row * expert_stride + c]), sum);
@@ -64,7 +68,8 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 }
 
 void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
-                        int64_t top_k, const Mat& out, cudaStream_t stream) {
+                        int64_t top_k, const int32_t* shared_row0, const Mat& out,
+                        cudaStream_t stream) {
   if (out.rows == 0) return;
   DSHPC_CHECK(expert_out.dtype == out.dtype && expert_out.cols == out.cols &&
               out.rows <= 0x7fffffff && top_k > 0 && top_k <= 1024)
@@ -75,7 +80,7 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
                     static_cast<unsigned int>(std::min<int64_t>(8, (out.cols + kThreads - 1) / kThreads)));
     moe_combine_kernel<T><<<grid, kThreads, 0, stream>>>(
         static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
-        static_cast<int>(top_k), static_cast<T*>(out.data), out.stride, out.cols);
+        static_cast<int>(top_k), shared_row0, static_cast<T*>(out.data), out.stride, out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("moe_combine_kernel");
   });
 }
@@ -93,8 +98,8 @@ constexpr int kSmallRowsPerPass = 8;
 constexpr int kWarpRows = 8;  // output rows (warps) per CTA
 
 __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin, int num_local,
-                                 int32_t* offsets, int32_t* pair_of_row, int32_t* row_of_pair,
-                                 int32_t* active) {
+                                 int shared_tokens, int32_t* offsets, int32_t* pair_of_row,
+                                 int32_t* row_of_pair, int32_t* active) {
   extern __shared__ int32_t shared[];  // counts[num_local], then base[num_local + 1]
   int32_t* counts = shared;
   int32_t* base = shared + num_local;
@@ -122,8 +127,18 @@ __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin
       if (counts[e] > 0) active[used++] = e;
     }
     for (int i = used; i < min(pairs, num_local); ++i) active[i] = -1;
+    if (shared_tokens > 0) {  // the shared experts: one more expert, every token once
+      offsets[num_local + 1] = running + shared_tokens;
+      active[min(pairs, num_local)] = num_local;
+    }
   }
   __syncthreads();
+  if (shared_tokens > 0) {  // its rows follow the routed ones; row → pair t · top_k (token t)
+    const int top_k = pairs / shared_tokens;
+    for (int t = threadIdx.x; t < shared_tokens; t += blockDim.x) {
+      pair_of_row[base[num_local] + t] = t * top_k;
+    }
+  }
   for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
     const int32_t id = ids[p];
     const int e = id - expert_begin;
@@ -346,11 +361,13 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_gate_up_mma_kernel(const bf16* x, int64_t x_stride, const bf16* const* gate_up,
                            int64_t hidden, int64_t inter, const int32_t* offsets,
                            const int32_t* active, const int32_t* pair_of_row, int top_k, bf16* act,
-                           int64_t act_stride) {
+                           int64_t act_stride, MoeSharedExpert shared) {
   __shared__ float red[kMmaWarps][2 * 8][32];
   const int e = active[blockIdx.y];
   if (e < 0) return;  // uniform over the CTA
+  if (e == shared.slot) inter = shared.inter;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * 16;
+  if (j0 >= inter) return;  // the grid covers the wider of the two
   const int begin = offsets[e], count = offsets[e + 1] - begin;
   const bf16* const w[2] = {gate_up[e] + j0 * hidden, gate_up[e] + (inter + j0) * hidden};
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -384,10 +401,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_down_mma_kernel(const bf16* act, int64_t act_stride, const bf16* const* down,
                         int64_t hidden, int64_t inter, const int32_t* offsets,
-                        const int32_t* active, bf16* y, int64_t y_stride) {
+                        const int32_t* active, bf16* y, int64_t y_stride, MoeSharedExpert shared) {
   __shared__ float red[kMmaWarps][2 * 8][32];
   const int e = active[blockIdx.y];
   if (e < 0) return;
+  if (e == shared.slot) inter = shared.inter;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32;
   const int begin = offsets[e], count = offsets[e + 1] - begin;
   const bf16* const w[2] = {down[e] + r0 * inter, down[e] + (r0 + 16) * inter};
@@ -430,15 +448,18 @@ bool moe_small_supported(int64_t pairs, int64_t num_local, int64_t hidden, int64
 }
 
 void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_begin,
-                      int64_t num_local, int32_t* offsets, int32_t* pair_of_row,
-                      int32_t* row_of_pair, int32_t* active, cudaStream_t stream) {
+                      int64_t num_local, int64_t shared_tokens, int32_t* offsets,
+                      int32_t* pair_of_row, int32_t* row_of_pair, int32_t* active,
+                      cudaStream_t stream) {
   DSHPC_CHECK(pairs > 0 && pairs <= kMoeSmallMaxPairs && num_local > 0 &&
-              num_local <= kMoeSmallMaxExperts)
+              num_local <= kMoeSmallMaxExperts &&
+              (shared_tokens == 0 || pairs % shared_tokens == 0))
       << "moe_index: " << pairs << " pairs, " << num_local << " local experts";
   const size_t shared = (2 * num_local + 1) * sizeof(int32_t);
   moe_index_kernel<<<1, kIndexThreads, shared, stream>>>(
       expert_ids, static_cast<int>(pairs), static_cast<int>(expert_begin),
-      static_cast<int>(num_local), offsets, pair_of_row, row_of_pair, active);
+      static_cast<int>(num_local), static_cast<int>(shared_tokens), offsets, pair_of_row,
+      row_of_pair, active);
   DSHPC_CUDA_LAUNCH_CHECK("moe_index_kernel");
 }
 
@@ -449,18 +470,25 @@ bool moe_small_mma_supported(int64_t hidden, int64_t inter, DType dtype) {
 void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t inter,
                               int64_t num_local, const int32_t* offsets, const int32_t* active,
                               const int32_t* pair_of_row, int64_t top_k, const Mat& act,
-                              bool tensor_cores, cudaStream_t stream) {
+                              bool tensor_cores, const MoeSharedExpert* shared,
+                              cudaStream_t stream) {
   if (tensor_cores) {
-    DSHPC_CHECK(moe_small_mma_supported(x.cols, inter, x.dtype)) << "moe_gate_up_mma: shape";
-    const dim3 grid(static_cast<unsigned>(inter / 16),
-                    static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local)));
+    const MoeSharedExpert with = shared != nullptr ? *shared : MoeSharedExpert{-1, 0};
+    DSHPC_CHECK(moe_small_mma_supported(x.cols, inter, x.dtype) &&
+                (shared == nullptr || moe_small_mma_supported(x.cols, with.inter, x.dtype)) &&
+                act.cols >= std::max(inter, with.inter))
+        << "moe_gate_up_mma: shape";
+    const dim3 grid(
+        static_cast<unsigned>(std::max(inter, with.inter) / 16),
+        static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local) + (shared ? 1 : 0)));
     moe_gate_up_mma_kernel<<<grid, kMmaWarps * 32, 0, stream>>>(
         static_cast<const bf16*>(x.data), x.stride, reinterpret_cast<const bf16* const*>(gate_up),
         x.cols, inter, offsets, active, pair_of_row, static_cast<int>(top_k),
-        static_cast<bf16*>(act.data), act.stride);
+        static_cast<bf16*>(act.data), act.stride, with);
     DSHPC_CUDA_LAUNCH_CHECK("moe_gate_up_mma_kernel");
     return;
   }
+  DSHPC_CHECK(shared == nullptr) << "moe_gate_up_small: shared experts need the tensor-core kernel";
   const dim3 grid(static_cast<unsigned>((inter + kWarpRows - 1) / kWarpRows),
                   static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local)));
   dispatch_float(x.dtype, "moe_gate_up_small", [&](auto tag) {
@@ -475,20 +503,27 @@ void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t 
 }
 
 void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_local,
-                           const int32_t* offsets, const int32_t* active, const Mat& y,
-                           bool tensor_cores, cudaStream_t stream) {
+                           const int32_t* offsets, const int32_t* active, int64_t inter,
+                           int64_t routed_pairs, const Mat& y, bool tensor_cores,
+                           const MoeSharedExpert* shared, cudaStream_t stream) {
   if (tensor_cores) {
-    DSHPC_CHECK(moe_small_mma_supported(y.cols, act.cols, act.dtype)) << "moe_down_mma: shape";
-    const dim3 grid(static_cast<unsigned>(y.cols / 32),
-                    static_cast<unsigned>(moe_active_slots(y.rows, num_local)));
+    const MoeSharedExpert with = shared != nullptr ? *shared : MoeSharedExpert{-1, 0};
+    DSHPC_CHECK(moe_small_mma_supported(y.cols, inter, act.dtype) &&
+                (shared == nullptr || moe_small_mma_supported(y.cols, with.inter, act.dtype)))
+        << "moe_down_mma: shape";
+    const dim3 grid(
+        static_cast<unsigned>(y.cols / 32),
+        static_cast<unsigned>(moe_active_slots(routed_pairs, num_local) + (shared ? 1 : 0)));
     moe_down_mma_kernel<<<grid, kMmaWarps * 32, 0, stream>>>(
         static_cast<const bf16*>(act.data), act.stride, reinterpret_cast<const bf16* const*>(down),
-        y.cols, act.cols, offsets, active, static_cast<bf16*>(y.data), y.stride);
+        y.cols, inter, offsets, active, static_cast<bf16*>(y.data), y.stride, with);
     DSHPC_CUDA_LAUNCH_CHECK("moe_down_mma_kernel");
     return;
   }
+  DSHPC_CHECK(shared == nullptr && act.cols == inter)
+      << "moe_down_small: shared experts need the tensor-core kernel";
   const dim3 grid(static_cast<unsigned>((y.cols + kWarpRows - 1) / kWarpRows),
-                  static_cast<unsigned>(moe_active_slots(y.rows, num_local)));
+                  static_cast<unsigned>(moe_active_slots(routed_pairs, num_local)));
   dispatch_float(act.dtype, "moe_down_small", [&](auto tag) {
     using T = decltype(tag);
     moe_down_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(

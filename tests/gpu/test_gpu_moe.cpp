@@ -200,6 +200,99 @@ TEST_P(GpuMoe, ExpertsOfALargeStepOnTheHostSortedPath) {
   experts_of_one_rank(*cpu_, *gpu_, dtype(), tokens, false);
 }
 
+// The shared experts in the routed experts' launches (moe_experts_with_shared): bf16 runs them
+// on the tensor-core kernels, as one more expert with its own inter (256 here against the routed
+// 128, as two shared experts of 128 make), and out is overwritten, never read. The reference is
+// the unfused sequence on the CPU: the shared MLP, then moe_experts accumulating into its output.
+// Float32 has no fused path: the call must decline and leave out alone.
+void shared_experts_fused(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t tokens) {
+  SCOPED_TRACE(testing::Message() << tokens << " tokens");
+  auto values = [gpu_dtype](size_t n, uint32_t seed, float scale = 1.0f) {
+    return representable(random_values(n, seed, scale), gpu_dtype);
+  };
+  const int64_t hidden = 256, inter = 128, shared_inter = 256, total = 16, begin = 4, local = 8;
+  const int64_t top_k = 4;
+  std::vector<int32_t> ids(tokens * top_k);
+  std::vector<float> weights(tokens * top_k);
+  std::mt19937 rng(230);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<int32_t> experts(total);
+    std::iota(experts.begin(), experts.end(), 0);
+    std::shuffle(experts.begin(), experts.end(), rng);
+    for (int64_t j = 0; j < top_k; ++j) {
+      ids[t * top_k + j] = experts[j];
+      weights[t * top_k + j] = 0.15f + 0.1f * static_cast<float>(j);
+    }
+  }
+  const std::vector<float> x = values(tokens * hidden, 231);
+  const std::vector<float> junk = values(tokens * hidden, 232, 100.0f);  // must not leak through
+  const std::vector<float> shared_gate_up = values(2 * shared_inter * hidden, 233, 1.0f / 16);
+  const std::vector<float> shared_down = values(hidden * shared_inter, 234, 1.0f / 16);
+  std::vector<std::vector<float>> gate_up(local), down(local);
+  for (int64_t e = 0; e < local; ++e) {
+    gate_up[e] = values(2 * inter * hidden, 240 + e, 1.0f / 16);
+    down[e] = values(hidden * inter, 260 + e, 1.0f / 11);
+  }
+  struct Weights {
+    std::vector<Tensor> gu, dn;
+    std::vector<ExpertWeights> views;
+    Tensor sgu, sdn;
+  };
+  auto upload = [&](Backend& b, DType dtype) {
+    Weights w;
+    for (int64_t e = 0; e < local; ++e) {
+      w.gu.push_back(upload_tensor(b, gate_up[e], 2 * inter, hidden, dtype));
+      w.dn.push_back(upload_tensor(b, down[e], hidden, inter, dtype));
+      w.views.push_back({w.gu.back().mat, w.dn.back().mat});
+    }
+    w.sgu = upload_tensor(b, shared_gate_up, 2 * shared_inter, hidden, dtype);
+    w.sdn = upload_tensor(b, shared_down, hidden, shared_inter, dtype);
+    return w;
+  };
+
+  // Reference: the unfused sequence in float32 on the CPU.
+  const Weights cw = upload(cpu, DType::kF32);
+  Tensor cx = upload_tensor(cpu, x, tokens, hidden, DType::kF32);
+  Tensor c_gu = upload_tensor(cpu, std::vector<float>(tokens * 2 * shared_inter), tokens,
+                              2 * shared_inter, DType::kF32);
+  Tensor c_act = upload_tensor(cpu, std::vector<float>(tokens * shared_inter), tokens,
+                               shared_inter, DType::kF32);
+  Tensor c_out = upload_tensor(cpu, junk, tokens, hidden, DType::kF32);
+  cpu.matmul(cx.mat, cw.sgu.mat, c_gu.mat);
+  cpu.swiglu(c_gu.mat, c_act.mat);
+  cpu.matmul(c_act.mat, cw.sdn.mat, c_out.mat);
+  DeviceBuffer c_ids = upload_raw(cpu, ids), c_w = upload_raw(cpu, weights);
+  cpu.moe_experts(cx.mat, c_ids.as<int32_t>(), c_w.as<float>(), top_k, cw.views.data(), begin,
+                  local, c_out.mat);
+  const std::vector<float> expected = download_tensor(cpu, c_out.mat);
+
+  const Weights gw = upload(gpu, gpu_dtype);
+  Tensor gx = upload_tensor(gpu, x, tokens, hidden, gpu_dtype);
+  Tensor g_out = upload_tensor(gpu, junk, tokens, hidden, gpu_dtype);
+  DeviceBuffer g_ids = upload_raw(gpu, ids), g_w = upload_raw(gpu, weights);
+  const CudaPathCounters before = cuda_path_counters(gpu);
+  const bool fused = gpu.moe_experts_with_shared(
+      gx.mat, g_ids.as<int32_t>(), g_w.as<float>(), top_k, gw.views.data(), begin, local,
+      ExpertWeights{gw.sgu.mat, gw.sdn.mat}, g_out.mat);
+  const CudaPathCounters after = cuda_path_counters(gpu);
+  if (gpu_dtype != DType::kBF16) {
+    EXPECT_FALSE(fused) << "float32 has no fused shared-expert path";
+    const Tensor untouched = upload_tensor(gpu, junk, tokens, hidden, gpu_dtype);
+    EXPECT_EQ(download_tensor(gpu, g_out.mat), download_tensor(gpu, untouched.mat))
+        << "a declined call must leave out alone";
+    return;
+  }
+  ASSERT_TRUE(fused);
+  EXPECT_EQ(after.moe_shared_fused - before.moe_shared_fused, 1);
+  // bf16: gate_up, swiglu, down and the sum each round once, for both the shared and the
+  // routed experts.
+  EXPECT_CLOSE(download_tensor(gpu, g_out.mat), expected, tolerance(gpu_dtype, 5));
+}
+
+TEST_P(GpuMoe, SharedExpertsInTheRoutedExpertsLaunches) {
+  for (const int64_t tokens : {1, 3, 41, 100}) shared_experts_fused(*cpu_, *gpu_, dtype(), tokens);
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, GpuMoe, ::testing::Values(DType::kF32, DType::kBF16),
                          dtype_param_name);
 
