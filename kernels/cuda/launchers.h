@@ -152,6 +152,9 @@ inline int64_t moe_active_slots(int64_t pairs, int64_t num_local) {
 // tables and the active list) with its own inter, which every token enters once. With
 // shared_tokens > 0 launch_moe_index appends their rows after the routed ones (offsets then has
 // num_local + 2 entries, pair_of_row pairs + shared_tokens, active one more slot).
+// Steps of up to this many tokens take the shared experts into the routed experts' launches
+// (one pass of the tensor-core kernels).
+inline constexpr int64_t kMoeSharedFuseMaxTokens = 16;
 struct MoeSharedExpert {
   int32_t slot;
   int64_t inter;

@@ -200,11 +200,12 @@ TEST_P(GpuMoe, ExpertsOfALargeStepOnTheHostSortedPath) {
   experts_of_one_rank(*cpu_, *gpu_, dtype(), tokens, false);
 }
 
-// The shared experts in the routed experts' launches (moe_experts_with_shared): bf16 runs them
-// on the tensor-core kernels, as one more expert with its own inter (256 here against the routed
-// 128, as two shared experts of 128 make), and out is overwritten, never read. The reference is
-// the unfused sequence on the CPU: the shared MLP, then moe_experts accumulating into its output.
-// Float32 has no fused path: the call must decline and leave out alone.
+// The shared experts in the routed experts' launches (moe_experts_with_shared): bf16 steps of up
+// to kMoeSharedFuseMaxTokens tokens run them on the tensor-core kernels, as one more expert with
+// its own inter (256 here against the routed 128, as two shared experts of 128 make), and out is
+// overwritten, never read. The reference is the unfused sequence on the CPU: the shared MLP, then
+// moe_experts accumulating into its output. Float32 and larger steps have no fused path: the call
+// must decline and leave out alone.
 void shared_experts_fused(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t tokens) {
   SCOPED_TRACE(testing::Message() << tokens << " tokens");
   auto values = [gpu_dtype](size_t n, uint32_t seed, float scale = 1.0f) {
@@ -275,8 +276,8 @@ void shared_experts_fused(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t t
       gx.mat, g_ids.as<int32_t>(), g_w.as<float>(), top_k, gw.views.data(), begin, local,
       ExpertWeights{gw.sgu.mat, gw.sdn.mat}, g_out.mat);
   const CudaPathCounters after = cuda_path_counters(gpu);
-  if (gpu_dtype != DType::kBF16) {
-    EXPECT_FALSE(fused) << "float32 has no fused shared-expert path";
+  if (gpu_dtype != DType::kBF16 || tokens > cuda::kMoeSharedFuseMaxTokens) {
+    EXPECT_FALSE(fused) << "float32 and steps over one tensor-core pass are not fused";
     const Tensor untouched = upload_tensor(gpu, junk, tokens, hidden, gpu_dtype);
     EXPECT_EQ(download_tensor(gpu, g_out.mat), download_tensor(gpu, untouched.mat))
         << "a declined call must leave out alone";
@@ -290,7 +291,10 @@ void shared_experts_fused(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t t
 }
 
 TEST_P(GpuMoe, SharedExpertsInTheRoutedExpertsLaunches) {
-  for (const int64_t tokens : {1, 3, 41, 100}) shared_experts_fused(*cpu_, *gpu_, dtype(), tokens);
+  const int64_t one_pass = cuda::kMoeSharedFuseMaxTokens;
+  for (const int64_t tokens : {int64_t{1}, int64_t{3}, one_pass, one_pass + 1, int64_t{41}}) {
+    shared_experts_fused(*cpu_, *gpu_, dtype(), tokens);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, GpuMoe, ::testing::Values(DType::kF32, DType::kBF16),
