@@ -581,8 +581,8 @@ DecodeAttentionPlan mla_decode_attention_plan(int64_t num_seqs, int64_t q_heads,
   DecodeAttentionPlan plan;
   plan.heads_per_cta = kMlaHeads;
   plan.head_chunks = static_cast<int>((q_heads + kMlaHeads - 1) / kMlaHeads);
-  // As decode_attention_plan, but with splits of at least 16 keys (4 per warp): at batch 1 a short
-  // context still spreads over 8 splits of each 4-head chunk, each warp a few keys deep.
+  // As decode_attention_plan, but with splits of at least 8 keys (2 per warp, one unrolled
+  // iteration): at batch 1 a context of 160 tokens spreads over 8 splits of each 4-head chunk.
   const int64_t ctas = num_seqs * plan.head_chunks;
   const int cap = decode_split_cap(max_context, kMlaMinSplitKeys);
   plan.splits = 1;

@@ -18,7 +18,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <map>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
@@ -716,10 +718,11 @@ class CudaBackend final : public Backend {
   DeviceBuffer moe_index_, moe_rows_, moe_gate_up_, moe_act_, moe_out_;
   std::vector<int32_t> moe_counts_, moe_cursor_;
 
-  // The small-step MoE path: per layer (keyed by its local expert array), a device array of the
-  // experts' gate_up pointers followed by their down pointers; nullptr when the layer's experts
-  // do not qualify (different sizes, strided or unaligned weights; checked on every call, which
-  // costs a few comparisons per layer).
+  // The small-step MoE path: per layer (keyed by its local expert array and by whether the shared
+  // experts ride along, so that a layer's small steps of both kinds keep their tables and the
+  // graphs captured with them), a device array of the experts' gate_up pointers followed by their
+  // down pointers; nullptr when the layer's experts do not qualify (different sizes, strided or
+  // unaligned weights; checked on every call, which costs a few comparisons per layer).
   bool moe_small(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
                  const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
                  const ExpertWeights* shared, const Mat& out);
@@ -729,7 +732,7 @@ class CudaBackend final : public Backend {
     DeviceBuffer device;
     std::vector<const void*> host;
   };
-  std::unordered_map<const ExpertWeights*, MoeTable> moe_tables_;
+  std::map<std::pair<const ExpertWeights*, bool>, MoeTable> moe_tables_;
   DeviceBuffer moe_small_index_;
   bool moe_small_enabled_ = [] {
     const char* env = std::getenv("DSHPC_MOE_SMALL");
@@ -758,9 +761,11 @@ const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_exp
     return e < num_local ? local_experts[e] : *shared;
   };
   const int64_t inter = local_experts[0].down.cols;
-  // A table is keyed by the address of the layer's expert array; it is used only while that
-  // array still holds the same weights (another model may reuse the address).
-  if (const auto it = moe_tables_.find(local_experts); it != moe_tables_.end()) {
+  // A table is keyed by the address of the layer's expert array (and whether it has the shared
+  // experts); it is used only while that array still holds the same weights (another model may
+  // reuse the address).
+  const std::pair<const ExpertWeights*, bool> key{local_experts, shared != nullptr};
+  if (const auto it = moe_tables_.find(key); it != moe_tables_.end()) {
     const std::vector<const void*>& held = it->second.host;
     bool same = static_cast<int64_t>(held.size()) == 2 * slots;
     for (int64_t e = 0; same && e < slots; ++e) {
@@ -792,7 +797,7 @@ const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_exp
                                    pointers.size() * sizeof(void*), cudaMemcpyHostToDevice,
                                    stream_));
   const void* const* device = static_cast<const void* const*>(table.device.data());
-  moe_tables_.emplace(local_experts, std::move(table));
+  moe_tables_.emplace(key, std::move(table));
   return device;
 }
 

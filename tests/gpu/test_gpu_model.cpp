@@ -158,9 +158,9 @@ TEST_P(GpuModel, LogitsMatchCpuAndStepsAllocateNothing) {
 
 // Decode steps replayed from CUDA graphs give bit-identical logits to the same steps run eagerly
 // (the same kernels on the same data), and replays do happen. Random-weight configs: a Llama with
-// head_dim 64 (split-key decode attention), and a DeepSeek-V2 with MLA (the generic attention
-// kernel over the latent cache, its decode tile list kept on the device) and MoE (the
-// device-only small-step path, 3 of 8 experts per token).
+// head_dim 64 (split-key decode attention), and a DeepSeek-V2 with MLA (latent 64 + rope 16: the
+// split-key MLA decode kernel over the latent cache) and MoE (the device-only small-step path,
+// 3 of 8 experts per token).
 void expect_graph_replay_equals_eager(const std::string& name, const char* config_json,
                                       int64_t vocab, bool expect_moe_small) {
   const std::string config = testing::TempDir() + "/graph_" + name + "_config.json";
