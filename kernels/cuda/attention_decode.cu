@@ -62,6 +62,90 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
   }
 }
 
+// One online-softmax step of one query head over a group of kU keys: `score` holds this lane's
+// partial dot products (reduced across the warp here; the kU independent shuffles overlap), the
+// group enters with one max and one rescale, keys at or past `end` get probability 0, and
+// acc += p · v over this lane's N value dims.
+template <int kU, int N>
+__device__ __forceinline__ void softmax_update(float (&score)[kU], int key0, int end, float& m,
+                                               float& l, float (&acc)[N],
+                                               const float (&v)[kU][N]) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+#pragma unroll
+    for (int u = 0; u < kU; ++u) score[u] += __shfl_xor_sync(0xffffffffu, score[u], offset);
+  }
+  float m_new = m;
+#pragma unroll
+  for (int u = 0; u < kU; ++u) {
+    if (key0 + u * kWarps >= end) score[u] = -INFINITY;  // uniform across the warp
+    m_new = fmaxf(m_new, score[u]);
+  }
+  const float corr = exp2f(m - m_new);  // 0 on the first keys (m = −inf)
+  float sum = 0.0f;
+#pragma unroll
+  for (int d = 0; d < N; ++d) acc[d] *= corr;
+#pragma unroll
+  for (int u = 0; u < kU; ++u) {
+    const float p = exp2f(score[u] - m_new);  // 0 for keys past the end
+    sum += p;
+#pragma unroll
+    for (int d = 0; d < N; ++d) acc[d] = fmaf(p, v[u][d], acc[d]);
+  }
+  l = l * corr + sum;
+  m = m_new;
+}
+
+// Merges the CTA's warps' partial softmaxes (lane l holds dims [l·PL, l·PL + PL) of acc) for its
+// `heads` heads head0, head0 + 1, …, and writes the normalised output of sequence s's query row
+// `token` (one split) or this split's (accumulator, m, l) to `partial`, which
+// decode_attention_combine merges.
+template <typename T, int G, int PL>
+__device__ __forceinline__ void merge_warps_and_store(
+    const float (&m)[G], const float (&l)[G], const float (&acc)[G][PL], float (&red_m)[kWarps][G],
+    float (&red_l)[kWarps][G], float (&red_acc)[kWarps][G][32 * PL], int heads, int head0, int s,
+    int token, int q_heads, int splits, int split, T* out, float* partial) {
+  constexpr int D = 32 * PL;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      red_m[warp][g] = m[g];
+      red_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int d = 0; d < PL; ++d) red_acc[warp][g][lane * PL + d] = acc[g][d];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < heads * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, red_m[w][g]);
+    float l_all = 0.0f, o = 0.0f;
+    if (m_all != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(red_m[w][g] - m_all);
+        l_all = fmaf(red_l[w][g], f, l_all);
+        o = fmaf(red_acc[w][g][d], f, o);
+      }
+    }
+    const int head = head0 + g;
+    if (splits == 1) {
+      out[(static_cast<int64_t>(token) * q_heads + head) * D + d] = from_float<T>(o / l_all);
+    } else {
+      float* part =
+          partial + ((static_cast<int64_t>(s) * q_heads + head) * splits + split) * (D + 2);
+      part[d] = o;
+      if (d == 0) {
+        part[D] = m_all;
+        part[D + 1] = l_all;
+      }
+    }
+  }
+}
+
 struct DecodeArgs {
   const void* q;
   void* out;
@@ -137,8 +221,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
         for (int d = 0; d < DPL; ++d) kr[u][d] = vr[u][d] = 0.0f;  // finite: p = 0 multiplies it
       }
     }
-    // The kUnroll keys' scores are reduced together (independent shuffles overlap) and enter
-    // the online softmax as one group: one max, one rescale.
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float score[kUnroll];
@@ -149,74 +231,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
         for (int d = 0; d < DPL; ++d) dot = fmaf(qr[g][d], kr[u][d], dot);
         score[u] = dot;
       }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) {
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          score[u] += __shfl_xor_sync(0xffffffffu, score[u], offset);
-        }
-      }
-      float m_new = m[g];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (key0 + u * kWarps >= end) score[u] = -INFINITY;  // uniform across the warp
-        m_new = fmaxf(m_new, score[u]);
-      }
-      const float corr = exp2f(m[g] - m_new);  // 0 on the first keys (m = −inf)
-      float sum = 0.0f;
-#pragma unroll
-      for (int d = 0; d < DPL; ++d) acc[g][d] *= corr;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const float p = exp2f(score[u] - m_new);  // 0 for keys past the end
-        sum += p;
-#pragma unroll
-        for (int d = 0; d < DPL; ++d) acc[g][d] = fmaf(p, vr[u][d], acc[g][d]);
-      }
-      l[g] = l[g] * corr + sum;
-      m[g] = m_new;
+      softmax_update(score, key0, end, m[g], l[g], acc[g], vr);
     }
   }
 
-  // Merge the warps' partial softmaxes.
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      red_m[warp][g] = m[g];
-      red_l[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int d = 0; d < DPL; ++d) red_acc[warp][g][lane * DPL + d] = acc[g][d];
-  }
-  __syncthreads();
-  T* out = static_cast<T*>(a.out);
-  for (int i = threadIdx.x; i < heads * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float m_all = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, red_m[w][g]);
-    float l_all = 0.0f, o = 0.0f;
-    if (m_all != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(red_m[w][g] - m_all);
-        l_all = fmaf(red_l[w][g], f, l_all);
-        o = fmaf(red_acc[w][g][d], f, o);
-      }
-    }
-    const int head = kv_head * a.group + first + g;
-    if (a.splits == 1) {
-      out[(static_cast<int64_t>(token) * a.q_heads + head) * D + d] = from_float<T>(o / l_all);
-    } else {
-      float* part =
-          a.partial + ((static_cast<int64_t>(s) * a.q_heads + head) * a.splits + split) * (D + 2);
-      part[d] = o;
-      if (d == 0) {
-        part[D] = m_all;
-        part[D + 1] = l_all;
-      }
-    }
-  }
+  merge_warps_and_store<T, G, DPL>(m, l, acc, red_m, red_l, red_acc, heads,
+                                   kv_head * a.group + first, s, token, a.q_heads, a.splits, split,
+                                   static_cast<T*>(a.out), a.partial);
 }
 
 // out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
@@ -347,73 +368,24 @@ __global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
         for (int d = 0; d < RP; ++d) dot = fmaf(qr[g][d], kr[u][d], dot);
         score[u] = dot;
       }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset >>= 1) {
-#pragma unroll
-        for (int u = 0; u < kMlaUnroll; ++u) {
-          score[u] += __shfl_xor_sync(0xffffffffu, score[u], offset);
-        }
-      }
-      float m_new = m[g];
-#pragma unroll
-      for (int u = 0; u < kMlaUnroll; ++u) {
-        if (key0 + u * kWarps >= end) score[u] = -INFINITY;  // uniform across the warp
-        m_new = fmaxf(m_new, score[u]);
-      }
-      const float corr = exp2f(m[g] - m_new);
-      float sum = 0.0f;
-#pragma unroll
-      for (int d = 0; d < LPL; ++d) acc[g][d] *= corr;
-#pragma unroll
-      for (int u = 0; u < kMlaUnroll; ++u) {
-        const float p = exp2f(score[u] - m_new);
-        sum += p;
-#pragma unroll
-        for (int d = 0; d < LPL; ++d) acc[g][d] = fmaf(p, kl[u][d], acc[g][d]);
-      }
-      l[g] = l[g] * corr + sum;
-      m[g] = m_new;
+      softmax_update(score, key0, end, m[g], l[g], acc[g], kl);  // the latent part is the value
     }
   }
 
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      red_m[warp][g] = m[g];
-      red_l[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int d = 0; d < LPL; ++d) red_acc[warp][g][lane * LPL + d] = acc[g][d];
-  }
-  __syncthreads();
-  T* out = static_cast<T*>(a.out);
-  for (int i = threadIdx.x; i < heads * L; i += kThreads) {
-    const int g = i / L, d = i % L;
-    float m_all = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, red_m[w][g]);
-    float l_all = 0.0f, o = 0.0f;
-    if (m_all != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(red_m[w][g] - m_all);
-        l_all = fmaf(red_l[w][g], f, l_all);
-        o = fmaf(red_acc[w][g][d], f, o);
-      }
-    }
-    const int head = first + g;
-    if (a.splits == 1) {
-      out[(static_cast<int64_t>(token) * a.q_heads + head) * L + d] = from_float<T>(o / l_all);
-    } else {
-      float* part =
-          a.partial + ((static_cast<int64_t>(s) * a.q_heads + head) * a.splits + split) * (L + 2);
-      part[d] = o;
-      if (d == 0) {
-        part[L] = m_all;
-        part[L + 1] = l_all;
-      }
-    }
-  }
+  merge_warps_and_store<T, G, LPL>(m, l, acc, red_m, red_l, red_acc, heads, first, s, token,
+                                   a.q_heads, a.splits, split, static_cast<T*>(a.out), a.partial);
+}
+
+// With several splits, merges their partial results into out (decode_attention_combine).
+template <typename T>
+void launch_split_combine(const float* partial, const PagedSequence* sequences, void* out,
+                          int num_seqs, int q_heads, int splits, int d_model, cudaStream_t stream) {
+  if (splits <= 1) return;
+  const dim3 grid(static_cast<unsigned int>(num_seqs), static_cast<unsigned int>(q_heads));
+  decode_attention_combine<T><<<grid, d_model, 0, stream>>>(partial, sequences,
+                                                            static_cast<T*>(out), q_heads, splits,
+                                                            d_model);
+  DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
 }
 
 template <typename T, int LPL, int RPL>
@@ -423,14 +395,8 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
                   static_cast<unsigned int>(args.splits));
   mla_decode_kernel<T, LPL, RPL, kMlaHeads><<<grid, kThreads, 0, stream>>>(args);
   DSHPC_CUDA_LAUNCH_CHECK("mla_decode_kernel");
-  if (args.splits > 1) {
-    const dim3 combine_grid(static_cast<unsigned int>(num_seqs),
-                            static_cast<unsigned int>(args.q_heads));
-    decode_attention_combine<T><<<combine_grid, 32 * LPL, 0, stream>>>(
-        args.partial, args.sequences, static_cast<T*>(args.out), args.q_heads, args.splits,
-        32 * LPL);
-    DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
-  }
+  launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
+                          args.splits, 32 * LPL, stream);
 }
 
 template <typename T, int DPL, int G>
@@ -440,14 +406,8 @@ void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, cudaStrea
                   static_cast<unsigned int>(args.splits));
   decode_attention_kernel<T, DPL, G><<<grid, kThreads, 0, stream>>>(args);
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_kernel");
-  if (args.splits > 1) {
-    const dim3 combine_grid(static_cast<unsigned int>(num_seqs),
-                            static_cast<unsigned int>(args.q_heads));
-    decode_attention_combine<T><<<combine_grid, 32 * DPL, 0, stream>>>(
-        args.partial, args.sequences, static_cast<T*>(args.out), args.q_heads, args.splits,
-        32 * DPL);
-    DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
-  }
+  launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
+                          args.splits, 32 * DPL, stream);
 }
 
 template <typename T, int DPL>

@@ -17,8 +17,8 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
-#include <string>
 #include <map>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -443,30 +443,21 @@ class CudaBackend final : public Backend {
     if (decode_step_ && cuda::mla_decode_attention_supported(q, out, cache, dtype_)) {
       const cuda::DecodeAttentionPlan plan =
           cuda::mla_decode_attention_plan(step.num_sequences, q_heads, max_context_, num_sms_);
-      float* partial = nullptr;
-      if (plan.splits > 1) {
-        ensure(decode_partial_,
-               static_cast<size_t>(step.num_sequences * q_heads * plan.splits * (cache.v_dim + 2)) *
-                   sizeof(float));
-        partial = decode_partial_.as<float>();
-      }
       cuda::launch_mla_decode_attention(q, out, step.sequences, step.num_sequences, q_heads,
-                                        cache, dtype_, scale, plan, partial, stream_);
+                                        cache, dtype_, scale, plan,
+                                        decode_partial(plan, step.num_sequences, q_heads,
+                                                       cache.v_dim),
+                                        stream_);
       ++counters_.decode_attention;
       return;
     }
     if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {
       const cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
           step.num_sequences, q_heads, cache.kv_heads, max_context_, num_sms_);
-      float* partial = nullptr;
-      if (plan.splits > 1) {
-        ensure(decode_partial_,
-               static_cast<size_t>(step.num_sequences * q_heads * plan.splits * (cache.v_dim + 2)) *
-                   sizeof(float));
-        partial = decode_partial_.as<float>();
-      }
       cuda::launch_decode_attention(q, out, step.sequences, step.num_sequences, q_heads, cache,
-                                    dtype_, scale, plan, partial, stream_);
+                                    dtype_, scale, plan,
+                                    decode_partial(plan, step.num_sequences, q_heads, cache.v_dim),
+                                    stream_);
       ++counters_.decode_attention;
       return;
     }
@@ -627,8 +618,16 @@ class CudaBackend final : public Backend {
     buffer = allocate(std::max(bytes, buffer.bytes() + buffer.bytes() / 2));
   }
 
-  // The CTA work list of this step for one tokens_per_cta, built once per step on the host and
-  // uploaded; every layer's attention of the step reuses it.
+  // The split-key decode kernels' workspace for a plan (nullptr with one split: none needed):
+  // seqs · q_heads · splits · (v_dim + 2) floats.
+  float* decode_partial(const cuda::DecodeAttentionPlan& plan, int64_t seqs, int64_t q_heads,
+                        int64_t v_dim) {
+    if (plan.splits <= 1) return nullptr;
+    ensure(decode_partial_,
+           static_cast<size_t>(seqs * q_heads * plan.splits * (v_dim + 2)) * sizeof(float));
+    return decode_partial_.as<float>();
+  }
+
   // Tiles {s, 0} for s < at least `sequences`; nullptr while capturing when the list must grow.
   const cuda::AttentionTile* decode_tiles(int64_t sequences) {
     if (decode_tile_count_ < sequences) {
@@ -649,6 +648,8 @@ class CudaBackend final : public Backend {
     return static_cast<const cuda::AttentionTile*>(decode_tiles_.data());
   }
 
+  // The CTA work list of this step for one tokens_per_cta, built once per step on the host and
+  // uploaded; every layer's attention of the step reuses it.
   const TileList& attention_tiles(int tokens_per_cta) {
     for (TileList& list : tile_lists_) {
       if (list.generation == step_generation_ && list.tokens_per_cta == tokens_per_cta) {
