@@ -19,6 +19,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -126,18 +127,37 @@ Server& server() {
   return *s;
 }
 
-// Sends `bytes`, half-closes, and returns everything received until the server closes.
-std::string exchange(uint16_t port, std::string_view bytes) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  FUZZ_CHECK(fd >= 0);
+// A connected socket to the server. libFuzzer's once-a-second SIGALRM (its -timeout watchdog)
+// can interrupt connect (EINTR), and a busy machine can run short of local ports for a moment
+// (EADDRNOTAVAIL, EAGAIN): those are retried on a new socket. Anything else, or 100 failures in
+// a row, fails the run with the reason (a refused connection means the server stopped listening).
+int connect_to(uint16_t port) {
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(port);
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  FUZZ_CHECK(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+  int error = 0;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    FUZZ_CHECK(fd >= 0);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0) return fd;
+    error = errno;
+    close(fd);
+    if (error != EINTR && error != EAGAIN && error != EADDRNOTAVAIL) break;
+    if (error != EINTR) usleep(10000);
+  }
+  std::fprintf(stderr, "fuzz_http: connect to 127.0.0.1:%u failed: %s\n",
+               static_cast<unsigned>(port), std::strerror(error));
+  std::abort();
+}
+
+// Sends `bytes`, half-closes, and returns everything received until the server closes.
+std::string exchange(uint16_t port, std::string_view bytes) {
+  const int fd = connect_to(port);
   size_t sent = 0;
   while (sent < bytes.size()) {
     const ssize_t n = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;  // the server may close early (431, 413, 400) and reset the rest
     sent += static_cast<size_t>(n);
   }
@@ -157,6 +177,7 @@ std::string exchange(uint16_t port, std::string_view bytes) {
     if (poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
     char buffer[8192];
     const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;  // EOF or reset
     received.append(buffer, static_cast<size_t>(n));
   }
