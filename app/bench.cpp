@@ -283,17 +283,24 @@ int run_bench(int argc, char** argv, int first) {
     const CudaPathCounters paths = cuda_path_counters(backend);
     std::printf(
         "\nrank 0 paths: %lld gemv products, %lld split-key decode attentions, %lld graph "
-        "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores)\n",
+        "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores); fused "
+        "launches: %lld product pairs, %lld MLA prepares, %lld MoE gates\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
-        static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma));
+        static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma),
+        static_cast<long long>(paths.gemv_pairs), static_cast<long long>(paths.mla_prepare),
+        static_cast<long long>(paths.moe_gate));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
                             {"graph_captures", paths.graph_captures},
                             {"graph_launches", paths.graph_launches},
                             {"moe_small", paths.moe_small},
-                            {"moe_mma", paths.moe_mma}};
+                            {"moe_mma", paths.moe_mma},
+                            {"moe_shared_fused", paths.moe_shared_fused},
+                            {"gemv_pairs", paths.gemv_pairs},
+                            {"mla_prepare", paths.mla_prepare},
+                            {"moe_gate", paths.moe_gate}};
   }
 
   // ---- prefill / time to first token

@@ -86,6 +86,34 @@ void Backend::matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int
   }
 }
 
+void Backend::mla_prepare(const MlaPrepareArgs& a) {
+  const int64_t tokens = a.q.rows, heads = a.heads, nope = a.nope, rope = a.rope;
+  const int64_t qk = nope + rope, lora = a.latent.cols - rope, entry = lora + rope;
+  DSHPC_CHECK(a.q.cols == heads * qk && a.latent.rows == tokens && a.q_absorbed.rows == tokens &&
+              a.q_absorbed.cols == heads * entry && a.kv_b.cols == lora)
+      << "mla_prepare: q [" << a.q.rows << ", " << a.q.cols << "], latent [" << a.latent.rows
+      << ", " << a.latent.cols << "], q_absorbed [" << a.q_absorbed.rows << ", "
+      << a.q_absorbed.cols << "], " << heads << " heads of " << nope << " + " << rope;
+  // kv_a_layernorm covers only c, never k_pe.
+  Mat c_kv = a.latent.col_slice(0, lora);
+  rmsnorm(c_kv, a.kv_norm, a.eps, c_kv);
+  this->rope(a.latent.col_slice(lora, rope), 1, 0, rope, a.positions, a.tables, a.style);
+  kv_cache_write(a.latent, nullptr, a.slots, a.cache);
+
+  // Absorbed query [T, heads, lora + rope] = [W_UKᵀ q_nope | rotated q_pe].
+  this->rope(a.q.col_slice(nope, a.q.cols - nope), heads, qk, rope, a.positions, a.tables,
+             a.style);
+  const int64_t head_rows = (nope + a.v_dim) * a.kv_b.stride;  // kv_b elements from head to head
+  // Head h: q_nope_h [T, nope] · W_UK_h [nope, lora] → q_absorbed columns [h·entry, +lora).
+  matmul_heads(a.q.col_slice(0, nope), a.kv_b.row_slice(0, nope), a.q_absorbed.col_slice(0, lora),
+               heads, qk, head_rows, entry, /*w_transposed=*/false);
+  // The rotated q_pe of every head in one copy: q and q_absorbed as one row per (token, head).
+  DSHPC_CHECK(a.q.contiguous() && a.q_absorbed.contiguous()) << "mla_prepare: strided q";
+  const Mat q_rows = Mat::of(a.q.data, a.q.dtype, tokens * heads, qk);
+  const Mat absorbed_rows = Mat::of(a.q_absorbed.data, a.q_absorbed.dtype, tokens * heads, entry);
+  copy(q_rows.col_slice(nope, rope), absorbed_rows.col_slice(lora, rope));
+}
+
 double Backend::measure_copy_bandwidth(size_t bytes) {
   const DType dtype = activation_dtype();
   const int64_t elements = static_cast<int64_t>(bytes / dtype_size(dtype));

@@ -124,6 +124,26 @@ struct ExpertWeights {
   Mat down;
 };
 
+// MLA's per-token steps between the down-projections and the latent attention
+// (Backend::mla_prepare, called by worker/mla_attention.cpp): with lora = latent.cols − rope,
+//   cache[slots[t]] = [rmsnorm(latent[t, :lora]) · kv_norm | rope(latent[t, lora:])]
+//   q_absorbed[t, h] = [W_UK_hᵀ · q[t, h, :nope] | rope(q[t, h, nope:])]
+// where W_UK_h is rows [h · (nope + v_dim), + nope) of kv_b. q and latent may be overwritten.
+struct MlaPrepareArgs {
+  Mat q;       // [T, heads · (nope + rope)], q_pe unrotated
+  Mat latent;  // [T, lora + rope]: kv_a's output (c not normalised, k_pe unrotated)
+  const void* kv_norm = nullptr;  // [lora], the weight dtype
+  float eps = 0.0f;
+  Mat kv_b;  // [heads · (nope + v_dim), lora]
+  int64_t heads = 0, nope = 0, rope = 0, v_dim = 0;
+  const int32_t* positions = nullptr;  // [T]
+  const int64_t* slots = nullptr;      // [T]; a negative slot writes no cache entry
+  RopeTables tables;
+  RopeStyle style = RopeStyle::kHalfSplit;
+  PagedKvView cache;  // the latent cache: kv_heads 1, head_dim lora + rope
+  Mat q_absorbed;     // [T, heads · (lora + rope)], written
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -186,6 +206,12 @@ class Backend {
   // elements (MLA's per-head absorption through kv_b). The default runs one matmul per head.
   virtual void matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int64_t x_offset,
                             int64_t w_offset, int64_t y_offset, bool w_transposed = true);
+  // y1 = x · w1ᵀ and y2 = x · w2ᵀ: two products of one input (MLA's query and latent
+  // down-projections), in one launch where the backend can. The default runs two matmuls.
+  virtual void matmul_pair(const Mat& x, const Mat& w1, Mat y1, const Mat& w2, Mat y2) {
+    matmul(x, w1, y1);
+    matmul(x, w2, y2);
+  }
   // out = rmsnorm(x) · weight, row-wise; out may alias x.
   virtual void rmsnorm(const Mat& x, const void* weight, float eps, Mat out) = 0;
   // residual += delta; out = rmsnorm(residual) · weight.
@@ -207,6 +233,17 @@ class Backend {
                               const PagedKvView& cache) = 0;
   virtual void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
                                const PagedKvView& cache, float scale) = 0;
+  // MLA's steps before the attention (MlaPrepareArgs). The default runs them op by op (and
+  // normalises and rotates q and latent in place on the way); a backend may fuse them.
+  virtual void mla_prepare(const MlaPrepareArgs& args);
+  // The router and the routing: logits[T, n_experts] = x · routerᵀ in float32, then moe_route of
+  // them. The default runs matmul and moe_route; a backend may do both in one launch (logits are
+  // then still written).
+  virtual void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
+                        const MoeRoutingParams& params, int32_t* expert_ids, float* weights) {
+    matmul(x, router, logits);
+    moe_route(logits, bias, params, expert_ids, weights);
+  }
   // Routed experts: out[T, hidden] += Σ_k weights[t, k] · expert_{ids[t, k]}(x[t]) for the
   // experts this rank holds, ids in [expert_begin, expert_begin + num_local); others skipped.
   virtual void moe_route(const Mat& router_logits, const float* bias,

@@ -24,47 +24,44 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step, const 
   // transformers' code, so they keep RMSNorm's default.
   constexpr float kLatentNormEps = 1e-6f;
 
-  // q: [T, heads, nope + rope]
+  // q: [T, heads, nope + rope]; latent entry [T, lora + rope] (c, then k_pe).
   Mat q = scratch(kWork1, tokens, heads * qk);
+  Mat latent = scratch(kWork2, tokens, entry);
   if (c.q_lora_rank > 0) {
     Mat q_a = scratch(kWork0, tokens, c.q_lora_rank);
-    backend_.matmul(normed, w.mla.q_a.mat, q_a);
+    backend_.matmul_pair(normed, w.mla.q_a.mat, q_a, w.mla.kv_a.mat, latent);
     backend_.rmsnorm(q_a, w.mla.q_a_norm.data(), kLatentNormEps, q_a);
     backend_.matmul(q_a, w.mla.q_b.mat, q);
   } else {
-    backend_.matmul(normed, w.mla.q_b.mat, q);
+    backend_.matmul_pair(normed, w.mla.q_b.mat, q, w.mla.kv_a.mat, latent);
   }
 
-  // Latent entry [T, lora + rope]: kv_a_layernorm covers only c, never k_pe.
-  Mat latent = scratch(kWork2, tokens, entry);
-  backend_.matmul(normed, w.mla.kv_a.mat, latent);
-  Mat c_kv = latent.col_slice(0, lora);
-  backend_.rmsnorm(c_kv, w.mla.kv_a_norm.data(), kLatentNormEps, c_kv);
-  backend_.rope(latent.col_slice(lora, rope), 1, 0, rope, step.positions, rope_tables_,
-                c.rope_style);
-  backend_.kv_cache_write(latent, nullptr, step.slots, cache);
-
-  // Absorbed query [T, heads, lora + rope] = [W_UKᵀ q_nope | rotated q_pe].
-  backend_.rope(q.col_slice(nope, q.cols - nope), heads, qk, rope, step.positions, rope_tables_,
-                c.rope_style);
-  Mat q_absorbed = scratch(kWork3, tokens, heads * entry);
   const Mat& kv_b = w.mla.kv_b.mat;  // [heads · (nope + v), lora]
-  const int64_t head_rows = (nope + vdim) * kv_b.stride;  // kv_b elements from head to head
-  // Head h: q_nope_h [T, nope] · W_UK_h [nope, lora] → q_absorbed columns [h·entry, +lora).
-  backend_.matmul_heads(q.col_slice(0, nope), kv_b.row_slice(0, nope),
-                        q_absorbed.col_slice(0, lora), heads, qk, head_rows, entry,
-                        /*w_transposed=*/false);
-  // The rotated q_pe of every head in one copy: q and q_absorbed as one row per (token, head).
-  DSHPC_CHECK(q.contiguous() && q_absorbed.contiguous());
-  const Mat q_rows = Mat::of(q.data, q.dtype, tokens * heads, qk);
-  const Mat absorbed_rows = Mat::of(q_absorbed.data, q_absorbed.dtype, tokens * heads, entry);
-  backend_.copy(q_rows.col_slice(nope, rope), absorbed_rows.col_slice(lora, rope));
+  Mat q_absorbed = scratch(kWork3, tokens, heads * entry);
+  MlaPrepareArgs prepare;
+  prepare.q = q;
+  prepare.latent = latent;
+  prepare.kv_norm = w.mla.kv_a_norm.data();
+  prepare.eps = kLatentNormEps;
+  prepare.kv_b = kv_b;
+  prepare.heads = heads;
+  prepare.nope = nope;
+  prepare.rope = rope;
+  prepare.v_dim = vdim;
+  prepare.positions = step.positions;
+  prepare.slots = step.slots;
+  prepare.tables = rope_tables_;
+  prepare.style = c.rope_style;
+  prepare.cache = cache;
+  prepare.q_absorbed = q_absorbed;
+  backend_.mla_prepare(prepare);
 
   // Attention in latent space: [T, heads, lora].
   Mat attn_latent = scratch(kWork4, tokens, heads * lora);
   backend_.paged_attention(q_absorbed, attn_latent, step, heads, cache, c.attention_scale());
 
   // Back to per-head values [T, heads, v] with W_UV, then the row-parallel o_proj.
+  const int64_t head_rows = (nope + vdim) * kv_b.stride;  // kv_b elements from head to head
   Mat values = scratch(kWork5, tokens, heads * vdim);
   // Head h: latent_h [T, lora] · W_UV_hᵀ ([v, lora]) → values columns [h·v, +v).
   backend_.matmul_heads(attn_latent.col_slice(0, lora), kv_b.row_slice(nope, vdim),

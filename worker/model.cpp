@@ -231,13 +231,13 @@ void Model::moe(const MoeWeights& w, Mat normed, Mat out) {
   // Router logits in float32 even with bf16 activations (as the reference gates in float32):
   // expert choice compares close scores.
   Mat router_logits = scratch(kRouterLogits, tokens, routing.num_experts, DType::kF32);
-  backend_.matmul(normed, w.router.mat, router_logits);  // [T, n_routed_experts]
   Mat ids = scratch(kExpertIds, tokens, routing.top_k, DType::kI32);
   Mat weights = scratch(kExpertWeights, tokens, routing.top_k, DType::kF32);
   auto* expert_ids = static_cast<int32_t*>(ids.data);
   auto* expert_weights = static_cast<float*>(weights.data);
-  backend_.moe_route(router_logits, static_cast<const float*>(w.bias.buffer.data()), routing,
-                     expert_ids, expert_weights);
+  backend_.moe_gate(normed, w.router.mat, router_logits,  // logits [T, n_routed_experts]
+                    static_cast<const float*>(w.bias.buffer.data()), routing, expert_ids,
+                    expert_weights);
   if (w.has_shared) {
     // Shared experts: a tp-split dense MLP, in the routed experts' launches where the backend can.
     if (backend_.moe_experts_with_shared(normed, expert_ids, expert_weights, routing.top_k,

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <map>
 
+#include "common/parallel_for.h"
+
 namespace dshpc {
 namespace {
 
@@ -100,22 +102,29 @@ class RandomSource final : public WeightSource {
     const bool zeros = ends_with(name, ".bias") || ends_with(name, "e_score_correction_bias");
     const float bound = 1.0f / std::sqrt(static_cast<float>(total_cols));
     const uint64_t base = splitmix64(seed_ ^ hash_name(name));
-    for (int64_t r = 0; r < nr; ++r) {
-      for (int64_t c = 0; c < nc; ++c) {
-        float v;
-        if (ones) {
-          v = 1.0f;
-        } else if (zeros) {
-          v = 0.0f;
-        } else {
-          uint64_t index = static_cast<uint64_t>(rows.begin + r) * total_cols + (cols.begin + c);
-          uint64_t bits = splitmix64(base + index);
-          float unit = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // [0, 1)
-          v = (2.0f * unit - 1.0f) * bound;
-        }
-        dst[r * nc + c] = v;
-      }
-    }
+    // Each value depends only on its index, so rows are generated in parallel (a 16-B-parameter
+    // model's random weights otherwise take a minute on one core).
+    parallel_for(nr, std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(nc, 1)),
+                 [&](int64_t row_begin, int64_t row_end) {
+                   for (int64_t r = row_begin; r < row_end; ++r) {
+                     for (int64_t c = 0; c < nc; ++c) {
+                       float v;
+                       if (ones) {
+                         v = 1.0f;
+                       } else if (zeros) {
+                         v = 0.0f;
+                       } else {
+                         const uint64_t index =
+                             static_cast<uint64_t>(rows.begin + r) * total_cols + (cols.begin + c);
+                         const uint64_t bits = splitmix64(base + index);
+                         const float unit =
+                             static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+                         v = (2.0f * unit - 1.0f) * bound;
+                       }
+                       dst[r * nc + c] = v;
+                     }
+                   }
+                 });
     return ok_status();
   }
 

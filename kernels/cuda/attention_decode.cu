@@ -24,6 +24,8 @@
 namespace dshpc::cuda {
 namespace {
 
+constexpr int kMaxSplits = 64;  // key splits per (sequence, head): decode_split_cap's cap
+
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kUnroll = 4;
@@ -241,23 +243,43 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
 }
 
 // out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
+// The splits' (m, l) pairs go to shared memory first (one round of loads), their weights are
+// computed once, and then every thread's loads of its dims over the splits are independent.
 template <typename T>
 __global__ void decode_attention_combine(const float* partial, const PagedSequence* sequences,
                                          T* out, int q_heads, int splits, int d_model) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float inv_l;
   const int s = blockIdx.x, head = blockIdx.y;
   const float* part = partial + (static_cast<int64_t>(s) * q_heads + head) * splits * (d_model + 2);
-  float m_all = -INFINITY;
-  for (int i = 0; i < splits; ++i) m_all = fmaxf(m_all, part[i * (d_model + 2) + d_model]);
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float m[kMaxSplits / 32], l[kMaxSplits / 32];
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kMaxSplits / 32; ++j) {
+      const int i = lane + 32 * j;
+      m[j] = i < splits ? part[i * (d_model + 2) + d_model] : -INFINITY;
+      l[j] = i < splits ? part[i * (d_model + 2) + d_model + 1] : 0.0f;
+      m_all = fmaxf(m_all, m[j]);
+    }
+    m_all = warp_max(m_all);
+    float l_all = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxSplits / 32; ++j) {
+      const float f = m[j] == -INFINITY ? 0.0f : exp2f(m[j] - m_all);
+      if (lane + 32 * j < splits) weight[lane + 32 * j] = f;
+      l_all = fmaf(l[j], f, l_all);
+    }
+    l_all = warp_sum(l_all);
+    if (lane == 0) inv_l = 1.0f / l_all;
+  }
+  __syncthreads();
   const int token = sequences[s].query_begin;
   for (int d = threadIdx.x; d < d_model; d += blockDim.x) {
-    float l_all = 0.0f, o = 0.0f;
-    for (int i = 0; i < splits; ++i) {
-      const float* p = part + i * (d_model + 2);
-      const float f = p[d_model] == -INFINITY ? 0.0f : exp2f(p[d_model] - m_all);
-      l_all = fmaf(p[d_model + 1], f, l_all);
-      o = fmaf(p[d], f, o);
-    }
-    out[(static_cast<int64_t>(token) * q_heads + head) * d_model + d] = from_float<T>(o / l_all);
+    float o = 0.0f;
+    for (int i = 0; i < splits; ++i) o = fmaf(part[i * (d_model + 2) + d], weight[i], o);
+    out[(static_cast<int64_t>(token) * q_heads + head) * d_model + d] = from_float<T>(o * inv_l);
   }
 }
 
@@ -451,7 +473,7 @@ bool decode_attention_supported(const PagedKvView& cache, DType dtype) {
 
 int decode_split_cap(int64_t max_context, int64_t min_keys) {
   int cap = 1;
-  while (cap < 64 && min_keys * cap * 2 <= max_context) cap *= 2;
+  while (cap < kMaxSplits && min_keys * cap * 2 <= max_context) cap *= 2;
   return cap;
 }
 

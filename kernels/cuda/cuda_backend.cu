@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/parallel_for.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/host_staging.h"
@@ -41,6 +42,12 @@ constexpr size_t kWeightChunk = size_t{1} << 24;            // elements converte
 
 size_t align_up(size_t bytes, size_t alignment) {
   return (bytes + alignment - 1) / alignment * alignment;
+}
+
+// A switch for comparisons: on unless the variable is "0".
+bool env_enabled(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::string(env) != "0";
 }
 
 bool overlaps(const Mat& a, const Mat& b) {
@@ -74,6 +81,8 @@ class CudaBackend final : public Backend {
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
     DSHPC_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
+    gate_done_ = allocate(sizeof(unsigned int));
+    DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
     name_ = "cuda:" + std::to_string(device) + " " + cuda::device_description(device) + " " +
             (dtype == DType::kBF16 ? "bf16" : "f32");
   }
@@ -143,7 +152,9 @@ class CudaBackend final : public Backend {
     std::vector<uint16_t> converted(std::min(count, kWeightChunk));
     for (size_t begin = 0; begin < count; begin += kWeightChunk) {
       const size_t n = std::min(kWeightChunk, count - begin);
-      for (size_t i = 0; i < n; ++i) converted[i] = float_to_bf16(src[begin + i]);
+      parallel_for(static_cast<int64_t>(n), int64_t{1} << 20, [&](int64_t from, int64_t to) {
+        for (int64_t i = from; i < to; ++i) converted[i] = float_to_bf16(src[begin + i]);
+      });
       upload(static_cast<uint16_t*>(dst) + begin, converted.data(), n * sizeof(uint16_t));
     }
   }
@@ -340,6 +351,37 @@ class CudaBackend final : public Backend {
       return;
     }
     cuda::gemm(cublas_, x, w, y, w_transposed, accumulate);
+  }
+
+  void matmul_pair(const Mat& x, const Mat& w1, Mat y1, const Mat& w2, Mat y2) override {
+    const bool shapes = w1.cols == x.cols && w2.cols == x.cols && y1.rows == x.rows &&
+                        y2.rows == x.rows && y1.cols == w1.rows && y2.cols == w2.rows;
+    if (gemv_pair_enabled_ && shapes && cuda::gemv_pair_supported(x, w1, y1, w2, y2)) {
+      cuda::launch_gemv_pair(x, w1, y1, w2, y2, stream_);
+      ++counters_.gemv_pairs;
+      return;
+    }
+    Backend::matmul_pair(x, w1, y1, w2, y2);  // two matmuls, with their shape checks
+  }
+
+  void mla_prepare(const MlaPrepareArgs& args) override {
+    if (mla_prepare_enabled_ && cuda::mla_prepare_supported(args, dtype_)) {
+      cuda::launch_mla_prepare(args, dtype_, stream_);
+      ++counters_.mla_prepare;
+      return;
+    }
+    Backend::mla_prepare(args);
+  }
+
+  void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
+                const MoeRoutingParams& params, int32_t* expert_ids, float* weights) override {
+    if (moe_gate_enabled_ && cuda::moe_gate_supported(x, router, logits)) {
+      cuda::launch_moe_gate(x, router, logits, bias, params, expert_ids, weights,
+                            gate_done_.as<unsigned int>(), stream_);
+      ++counters_.moe_gate;
+      return;
+    }
+    Backend::moe_gate(x, router, logits, bias, params, expert_ids, weights);
   }
 
   void matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int64_t x_offset,
@@ -702,6 +744,7 @@ class CudaBackend final : public Backend {
   bool decode_step_ = false;  // every sequence of the step has one new token
   int64_t max_context_ = 0;
   DeviceBuffer decode_partial_;  // split-key partial results of decode attention
+  DeviceBuffer gate_done_;       // moe_gate's CTA counter (zero between launches)
   DeviceBuffer decode_tiles_;    // {s, 0} for s < decode_tile_count_ (decode_tiles)
   int64_t decode_tile_count_ = 0;
 
@@ -735,21 +778,17 @@ class CudaBackend final : public Backend {
   };
   std::map<std::pair<const ExpertWeights*, bool>, MoeTable> moe_tables_;
   DeviceBuffer moe_small_index_;
-  bool moe_small_enabled_ = [] {
-    const char* env = std::getenv("DSHPC_MOE_SMALL");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  bool moe_small_enabled_ = env_enabled("DSHPC_MOE_SMALL");
   // DSHPC_MOE_FUSE_SHARED=0: the shared experts as a separate MLP before the routed ones.
-  bool moe_fuse_shared_enabled_ = [] {
-    const char* env = std::getenv("DSHPC_MOE_FUSE_SHARED");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  bool moe_fuse_shared_enabled_ = env_enabled("DSHPC_MOE_FUSE_SHARED");
   // DSHPC_MOE_MMA=0: the small path's CUDA-core kernels even where the tensor-core ones apply
   // (for comparison).
-  bool moe_mma_enabled_ = [] {
-    const char* env = std::getenv("DSHPC_MOE_MMA");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  bool moe_mma_enabled_ = env_enabled("DSHPC_MOE_MMA");
+  // The fused decode launches, each with its op-by-op form for comparison:
+  // DSHPC_GEMV_PAIR=0, DSHPC_MLA_PREPARE=0, DSHPC_MOE_GATE=0.
+  bool gemv_pair_enabled_ = env_enabled("DSHPC_GEMV_PAIR");
+  bool mla_prepare_enabled_ = env_enabled("DSHPC_MLA_PREPARE");
+  bool moe_gate_enabled_ = env_enabled("DSHPC_MOE_GATE");
 };
 
 const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_experts,

@@ -28,14 +28,30 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&out)[8]) {
   }
 }
 
+// One product's operands; a launch covers the rows of one or two (launch_gemv_pair: the
+// second's rows follow the first's).
+template <typename TY>
+struct GemvOperand {
+  const bf16* w;
+  int64_t w_stride;
+  TY* y;
+  int64_t y_stride;
+  int n;
+};
+
 template <int M, typename TY>
 __global__ void __launch_bounds__(kWarps * 32)
-    gemv_kernel(const bf16* __restrict__ x, int64_t x_stride, const bf16* __restrict__ w,
-                int64_t w_stride, TY* __restrict__ y, int64_t y_stride, int n, int k,
-                bool accumulate) {
+    gemv_kernel(const bf16* __restrict__ x, int64_t x_stride, GemvOperand<TY> first,
+                GemvOperand<TY> second, int k, bool accumulate) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row = blockIdx.x * kWarps + warp;
-  if (row >= n) return;
+  int row = blockIdx.x * kWarps + warp;
+  const bool in_first = row < first.n;
+  if (!in_first) row -= first.n;
+  if (row >= (in_first ? first.n : second.n)) return;
+  const bf16* __restrict__ w = in_first ? first.w : second.w;
+  const int64_t w_stride = in_first ? first.w_stride : second.w_stride;
+  const int64_t y_stride = in_first ? first.y_stride : second.y_stride;
+  TY* __restrict__ y = in_first ? first.y : second.y;
   const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<int64_t>(row) * w_stride);
   const int chunks = k / 8;
   float acc[M];
@@ -77,16 +93,22 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <typename TY>
-void launch_rows(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream) {
-  const int n = static_cast<int>(w.rows), k = static_cast<int>(w.cols);
-  const unsigned int blocks = static_cast<unsigned int>((n + kWarps - 1) / kWarps);
+GemvOperand<TY> operand(const Mat& w, const Mat& y) {
+  return {static_cast<const bf16*>(w.data), w.stride, static_cast<TY*>(y.data), y.stride,
+          static_cast<int>(w.rows)};
+}
+
+// second.n == 0: one product.
+template <typename TY>
+void launch_rows(const Mat& x, GemvOperand<TY> first, GemvOperand<TY> second, int k,
+                 bool accumulate, cudaStream_t stream) {
+  const int rows = first.n + second.n;
+  const unsigned int blocks = static_cast<unsigned int>((rows + kWarps - 1) / kWarps);
   const auto* xp = static_cast<const bf16*>(x.data);
-  const auto* wp = static_cast<const bf16*>(w.data);
-  auto* yp = static_cast<TY*>(y.data);
-#define DSHPC_GEMV_CASE(M)                                                                 \
-  case M:                                                                                  \
-    gemv_kernel<M, TY><<<blocks, kWarps * 32, 0, stream>>>(xp, x.stride, wp, w.stride, yp, \
-                                                           y.stride, n, k, accumulate);    \
+#define DSHPC_GEMV_CASE(M)                                                                  \
+  case M:                                                                                   \
+    gemv_kernel<M, TY><<<blocks, kWarps * 32, 0, stream>>>(xp, x.stride, first, second, k, \
+                                                           accumulate);                     \
     break;
   switch (x.rows) {
     DSHPC_GEMV_CASE(1)
@@ -117,15 +139,39 @@ bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed)
          aligned16(w.data) && w.rows <= 0x7fffffff && w.cols <= 0x7fffffff;
 }
 
-void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream) {
+void check_gemv(const Mat& x, const Mat& w, const Mat& y) {
   DSHPC_CHECK(gemv_supported(x, w, y, true) && x.cols == w.cols && y.rows == x.rows &&
               y.cols == w.rows)
       << "gemv: x [" << x.rows << ", " << x.cols << "], w [" << w.rows << ", " << w.cols << "], y ["
       << y.rows << ", " << y.cols << "]";
+}
+
+void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream) {
+  check_gemv(x, w, y);
+  const int k = static_cast<int>(w.cols);
   if (y.dtype == DType::kF32) {
-    launch_rows<float>(x, w, y, accumulate, stream);
+    launch_rows<float>(x, operand<float>(w, y), GemvOperand<float>{}, k, accumulate, stream);
   } else {
-    launch_rows<bf16>(x, w, y, accumulate, stream);
+    launch_rows<bf16>(x, operand<bf16>(w, y), GemvOperand<bf16>{}, k, accumulate, stream);
+  }
+}
+
+bool gemv_pair_supported(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2,
+                         const Mat& y2) {
+  return gemv_supported(x, w1, y1, true) && gemv_supported(x, w2, y2, true) &&
+         y1.dtype == y2.dtype && w1.cols == w2.cols && w1.rows + w2.rows <= 0x7fffffff;
+}
+
+void launch_gemv_pair(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2,
+                      cudaStream_t stream) {
+  check_gemv(x, w1, y1);
+  check_gemv(x, w2, y2);
+  DSHPC_CHECK(gemv_pair_supported(x, w1, y1, w2, y2)) << "gemv pair: output types differ";
+  const int k = static_cast<int>(w1.cols);
+  if (y1.dtype == DType::kF32) {
+    launch_rows<float>(x, operand<float>(w1, y1), operand<float>(w2, y2), k, false, stream);
+  } else {
+    launch_rows<bf16>(x, operand<bf16>(w1, y1), operand<bf16>(w2, y2), k, false, stream);
   }
 }
 

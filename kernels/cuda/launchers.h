@@ -100,6 +100,12 @@ void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequen
                                  DType dtype, float scale, const DecodeAttentionPlan& plan,
                                  float* partial, cudaStream_t stream);
 
+// mla_prepare.cu: Backend::mla_prepare in one launch for steps of up to kMlaPrepareMaxTokens
+// tokens (float32 or bf16; latent width a multiple of 64).
+inline constexpr int64_t kMlaPrepareMaxTokens = 16;
+bool mla_prepare_supported(const MlaPrepareArgs& args, DType dtype);
+void launch_mla_prepare(const MlaPrepareArgs& args, DType dtype, cudaStream_t stream);
+
 // attention_prefill.cu: prefill and mixed steps on the tensor cores (FlashAttention-2 schedule,
 // mma.sync), bf16, head_dim = v_dim ∈ {64, 128}, separate K and V caches; a CTA takes
 // prefill_attention_rows_per_cta() query rows of one sequence (attention_tiles) and one head.
@@ -115,10 +121,21 @@ void launch_prefill_attention(const Mat& q, const Mat& out, const PagedSequence*
 constexpr int64_t kGemvMaxRows = 8;
 bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed);
 void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream);
+// y1 = x · w1ᵀ and y2 = x · w2ᵀ in one launch (the rows of both products as one grid).
+bool gemv_pair_supported(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2);
+void launch_gemv_pair(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2,
+                      cudaStream_t stream);
 
 // moe_routing.cu: expert ids and weights per token (semantics of kernels/moe_routing.h).
 void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingParams& params,
                       int32_t* expert_ids, float* weights, cudaStream_t stream);
+// Backend::moe_gate in one launch for up to kMoeGateMaxTokens tokens (x and router of one type,
+// float32 logits): `done` is a device counter, zero before the launch and left zero after it.
+inline constexpr int kMoeGateMaxTokens = 8;
+bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits);
+void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
+                     const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
+                     unsigned int* done, cudaStream_t stream);
 
 // moe_experts.cu: the permutation kernels around the per-expert matrix products.
 // out[i] = x[token_of_row[i]] for i < out.rows.

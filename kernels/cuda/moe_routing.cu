@@ -46,11 +46,18 @@ __device__ __forceinline__ bool beats(float a, int ia, float b, int ib) {
   return a > b || (a == b && ia < ib);
 }
 
+// Shared memory of route_token: scores and choice [n], group scores and flags [num_groups],
+// the selected [top_k].
+__host__ __device__ size_t route_shared_bytes(const RouteArgs& a) {
+  return sizeof(float) * 2 * a.num_experts + (sizeof(float) + sizeof(int)) * a.num_groups +
+         sizeof(int) * a.top_k;
+}
+
+// Routes one token (its logits `row`) with the whole CTA: expert_ids and weights of the token.
+// `smem`: route_shared_bytes(a). Every thread of the CTA must call it.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    moe_route_kernel(const T* logits, int64_t stride, const float* bias, RouteArgs a,
-                     int32_t* expert_ids, float* weights) {
-  extern __shared__ __align__(16) unsigned char smem[];
+__device__ void route_token(const T* row, const float* bias, const RouteArgs& a,
+                            unsigned char* smem, int32_t* ids, float* w) {
   __shared__ float scratch[32];
   __shared__ double scratch_d[32];
   const int n = a.num_experts;
@@ -59,9 +66,6 @@ __global__ void __launch_bounds__(kThreads)
   float* group_score = choice + n;                 // [num_groups]
   int* group_keep = reinterpret_cast<int*>(group_score + a.num_groups);  // [num_groups]
   int* selected = group_keep + a.num_groups;                             // [top_k]
-
-  const int64_t t = blockIdx.x;
-  const T* row = logits + t * stride;
   if (a.softmax) {
     float local_max = -INFINITY;
     for (int e = threadIdx.x; e < n; e += blockDim.x)
@@ -132,8 +136,6 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   if (threadIdx.x == 0) {
-    int32_t* ids = expert_ids + t * a.top_k;
-    float* w = weights + t * a.top_k;
     double sum = 0.0;
     for (int r = 0; r < a.top_k; ++r) {
       ids[r] = selected[r];
@@ -147,13 +149,79 @@ __global__ void __launch_bounds__(kThreads)
       w[r] = static_cast<float>(static_cast<double>(w[r]) * factor * scaling);
     }
   }
+  __syncthreads();  // the shared memory may be reused by the caller
 }
 
-}  // namespace
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    moe_route_kernel(const T* logits, int64_t stride, const float* bias, RouteArgs a,
+                     int32_t* expert_ids, float* weights) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t t = blockIdx.x;
+  route_token(logits + t * stride, bias, a, smem, expert_ids + t * a.top_k,
+              weights + t * a.top_k);
+}
 
-void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingParams& p,
-                      int32_t* expert_ids, float* weights, cudaStream_t stream) {
-  if (logits.rows == 0) return;
+// The router and the routing of a few tokens in one launch: warp e of the grid computes expert
+// e's logit for every token (float32 accumulation, stored in float32 as the matmul would), then
+// the CTA that finishes last (a counter in device memory, reset by that CTA for the next launch
+// or graph replay) routes each token from the logits, read back through L2.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    moe_gate_kernel(const T* x, int64_t x_stride, int tokens, const T* router,
+                    int64_t router_stride, int hidden, float* logits, int64_t logits_stride,
+                    const float* bias, RouteArgs a, int32_t* expert_ids, float* weights,
+                    unsigned int* done) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int kVec = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int e = blockIdx.x * (kThreads / 32) + warp;
+  if (e < a.num_experts) {
+    const uint4* w = reinterpret_cast<const uint4*>(router + static_cast<int64_t>(e) * router_stride);
+    float acc[kMoeGateMaxTokens] = {};
+#pragma unroll 8
+    for (int c = lane; c < hidden / kVec; c += 32) {  // unrolled: eight loads in flight per lane
+      union {
+        uint4 raw;
+        T v[kVec];
+      } wc, xc;
+      wc.raw = __ldg(w + c);
+#pragma unroll
+      for (int t = 0; t < kMoeGateMaxTokens; ++t) {
+        if (t >= tokens) break;
+        xc.raw = __ldg(reinterpret_cast<const uint4*>(x + t * x_stride) + c);
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[t] = fmaf(to_float(wc.v[j]), to_float(xc.v[j]), acc[t]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kMoeGateMaxTokens; ++t) {
+      if (t >= tokens) break;
+      const float sum = warp_sum(acc[t]);
+      if (lane == 0) logits[t * logits_stride + e] = sum;
+    }
+  }
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();  // this CTA's logits before its count
+    last = atomicAdd(done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float* row = reinterpret_cast<float*>(smem + route_shared_bytes(a));
+  for (int t = 0; t < tokens; ++t) {
+    for (int i = threadIdx.x; i < a.num_experts; i += blockDim.x) {
+      row[i] = __ldcg(logits + t * logits_stride + i);  // L2: written by other CTAs
+    }
+    __syncthreads();
+    route_token(row, bias, a, smem, expert_ids + t * a.top_k, weights + t * a.top_k);
+  }
+  if (threadIdx.x == 0) *done = 0;
+}
+
+RouteArgs route_args(const MoeRoutingParams& p, const float* bias) {
   DSHPC_CHECK(p.num_experts > 0 && p.num_experts <= 4096 && p.top_k > 0 && p.top_k <= p.num_experts)
       << "moe_route: num_experts " << p.num_experts << ", top_k " << p.top_k;
   const bool grouped = p.method != MoeTopkMethod::kGreedy;
@@ -168,7 +236,6 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
   if (p.method == MoeTopkMethod::kNoauxTc) {
     DSHPC_CHECK(bias != nullptr) << "noaux_tc needs e_score_correction_bias";
   }
-  DSHPC_CHECK_LE(logits.rows, int64_t{0x7fffffff}) << "moe_route: tokens exceed gridDim.x";
   RouteArgs args{};
   args.num_experts = static_cast<int>(p.num_experts);
   args.top_k = static_cast<int>(p.top_k);
@@ -178,13 +245,57 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
   args.method = static_cast<int>(p.method);
   args.norm_topk_prob = p.norm_topk_prob;
   args.routed_scaling_factor = p.routed_scaling_factor;
-  const size_t smem = sizeof(float) * 2 * args.num_experts +
-                      (sizeof(float) + sizeof(int)) * args.num_groups + sizeof(int) * args.top_k;
+  return args;
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace
+
+void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingParams& p,
+                      int32_t* expert_ids, float* weights, cudaStream_t stream) {
+  if (logits.rows == 0) return;
+  const RouteArgs args = route_args(p, bias);
+  DSHPC_CHECK_LE(logits.rows, int64_t{0x7fffffff}) << "moe_route: tokens exceed gridDim.x";
   dispatch_float(logits.dtype, "moe_route", [&](auto tag) {
     using T = decltype(tag);
-    moe_route_kernel<T><<<static_cast<unsigned int>(logits.rows), kThreads, smem, stream>>>(
-        static_cast<const T*>(logits.data), logits.stride, bias, args, expert_ids, weights);
+    moe_route_kernel<T>
+        <<<static_cast<unsigned int>(logits.rows), kThreads, route_shared_bytes(args), stream>>>(
+            static_cast<const T*>(logits.data), logits.stride, bias, args, expert_ids, weights);
     DSHPC_CUDA_LAUNCH_CHECK("moe_route_kernel");
+  });
+}
+
+bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits) {
+  if (x.dtype != router.dtype || (x.dtype != DType::kF32 && x.dtype != DType::kBF16)) {
+    return false;
+  }
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype));
+  return x.rows >= 1 && x.rows <= kMoeGateMaxTokens && logits.dtype == DType::kF32 &&
+         logits.rows == x.rows && logits.cols == router.rows && router.cols == x.cols &&
+         x.cols % vec == 0 && x.stride % vec == 0 && router.stride % vec == 0 &&
+         aligned16(x.data) && aligned16(router.data) && x.cols <= 0x7fffffff;
+}
+
+void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
+                     const MoeRoutingParams& p, int32_t* expert_ids, float* weights,
+                     unsigned int* done, cudaStream_t stream) {
+  DSHPC_CHECK(moe_gate_supported(x, router, logits))
+      << "moe_gate: x [" << x.rows << ", " << x.cols << "], router [" << router.rows << ", "
+      << router.cols << "]";
+  const RouteArgs args = route_args(p, bias);
+  const unsigned int blocks = static_cast<unsigned int>((router.rows + kThreads / 32 - 1) /
+                                                        (kThreads / 32));
+  const size_t smem = route_shared_bytes(args) + sizeof(float) * args.num_experts;
+  dispatch_float(x.dtype, "moe_gate", [&](auto tag) {
+    using T = decltype(tag);
+    moe_gate_kernel<T><<<blocks, kThreads, smem, stream>>>(
+        static_cast<const T*>(x.data), x.stride, static_cast<int>(x.rows),
+        static_cast<const T*>(router.data), router.stride, static_cast<int>(x.cols),
+        static_cast<float*>(logits.data), logits.stride, bias, args, expert_ids, weights, done);
+    DSHPC_CUDA_LAUNCH_CHECK("moe_gate_kernel");
   });
 }
 

@@ -93,6 +93,56 @@ TEST_P(GpuMoe, RoutingMatchesCpuExactly) {
   }
 }
 
+// Backend::moe_gate: the router product and the routing, in one launch for steps of up to
+// kMoeGateMaxTokens tokens. The logits it stores are checked against the CPU's product; the
+// routing of those very logits must then be the CPU's exactly. Three launches per case in a row
+// check that the last-CTA counter is left at zero (ids are reset to −1 before each).
+TEST_P(GpuMoe, GateIsTheRouterProductAndTheRouting) {
+  const int64_t hidden = 2048;
+  uint32_t seed = 300;
+  for (const MoeRoutingParams& p : {v2_lite_normalised(), v2_group_limited(), v3_noaux()}) {
+    for (int64_t tokens : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}}) {
+      SCOPED_TRACE(testing::Message() << p.num_experts << " experts, method "
+                                      << static_cast<int>(p.method) << ", " << tokens << " tokens");
+      const std::vector<float> x = values(tokens * hidden, seed++);
+      const std::vector<float> router = values(p.num_experts * hidden, seed++, 0.05f);
+      const std::vector<float> bias = random_values(p.num_experts, seed++, 0.5f);
+      const bool biased = p.method == MoeTopkMethod::kNoauxTc;
+      Tensor cpu_x = upload_tensor(*cpu_, x, tokens, hidden, DType::kF32);
+      Tensor gpu_x = upload_tensor(*gpu_, x, tokens, hidden, dtype(), hidden + 8);
+      Tensor cpu_r = upload_tensor(*cpu_, router, p.num_experts, hidden, DType::kF32);
+      Tensor gpu_r = upload_tensor(*gpu_, router, p.num_experts, hidden, dtype());
+      const std::vector<float> zeros(tokens * p.num_experts, 0.0f);
+      Tensor cpu_l = upload_tensor(*cpu_, zeros, tokens, p.num_experts, DType::kF32);
+      Tensor gpu_l = upload_tensor(*gpu_, zeros, tokens, p.num_experts, DType::kF32);
+      DeviceBuffer cpu_bias = upload_raw(*cpu_, bias), gpu_bias = upload_raw(*gpu_, bias);
+      const size_t n = static_cast<size_t>(tokens * p.top_k);
+      DeviceBuffer gpu_ids = gpu_->allocate(n * 4), gpu_w = gpu_->allocate(n * 4);
+      const int64_t fused_before = cuda_path_counters(*gpu_).moe_gate;
+      for (int launch = 0; launch < 3; ++launch) {
+        gpu_->upload(gpu_ids.data(), std::vector<int32_t>(n, -1).data(), n * 4);
+        gpu_->moe_gate(gpu_x.mat, gpu_r.mat, gpu_l.mat, biased ? gpu_bias.as<float>() : nullptr, p,
+                       gpu_ids.as<int32_t>(), gpu_w.as<float>());
+        gpu_->synchronize();
+        // The logits: float32 sums of `hidden` products of the same stored values.
+        cpu_->matmul(cpu_x.mat, cpu_r.mat, cpu_l.mat);
+        const std::vector<float> logits = download_tensor(*gpu_, gpu_l.mat);
+        EXPECT_CLOSE(logits, download_tensor(*cpu_, cpu_l.mat), 10 * kF32Tol) << "launch " << launch;
+        // The CPU's routing of the GPU's logits.
+        std::vector<int32_t> ref_ids(n);
+        std::vector<float> ref_w(n);
+        moe_route_cpu(logits.data(), biased ? bias.data() : nullptr, tokens, p, ref_ids.data(),
+                      ref_w.data());
+        EXPECT_EQ(download_raw<int32_t>(*gpu_, gpu_ids.data(), n), ref_ids) << "launch " << launch;
+        EXPECT_CLOSE(download_raw<float>(*gpu_, gpu_w.data(), n), ref_w, kF32Tol)
+            << "launch " << launch;
+      }
+      const bool fused = tokens <= cuda::kMoeGateMaxTokens;
+      EXPECT_EQ(cuda_path_counters(*gpu_).moe_gate - fused_before, fused ? 3 : 0);
+    }
+  }
+}
+
 TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
   // Every biased choice value negative: a dropped group masked with 0 would win; −inf never does.
   MoeRoutingParams p = v3_noaux();

@@ -259,6 +259,45 @@ TEST_P(GpuOps, FewRowProductsDecodeShapes) {
   }
 }
 
+// Two products of one input (MLA's q and latent down-projections) in one launch: bf16 decode
+// rows take the paired gemv, float32 two cuBLAS products; either way each output is what its own
+// matmul gives.
+TEST_P(GpuOps, MatmulPairIsTwoProducts) {
+  struct Case {
+    int64_t m, k, n1, n2;
+  };
+  uint32_t seed = 400;
+  const int64_t pairs_before = cuda_path_counters(*gpu_).gemv_pairs;
+  int64_t paired = 0;
+  for (const Case& c : {Case{1, 2048, 3072, 576}, Case{5, 2048, 1536, 576}, Case{8, 128, 64, 80},
+                        Case{9, 512, 40, 24}}) {
+    SCOPED_TRACE(testing::Message() << "m " << c.m << " k " << c.k << " n " << c.n1 << " + "
+                                    << c.n2);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.k));
+    const std::vector<float> x = values(c.m * c.k, seed++);
+    const std::vector<float> w1 = values(c.n1 * c.k, seed++, scale);
+    const std::vector<float> w2 = values(c.n2 * c.k, seed++, scale);
+    Tensor cpu_x = upload_tensor(*cpu_, x, c.m, c.k, DType::kF32);
+    Tensor gpu_x = upload_tensor(*gpu_, x, c.m, c.k, dtype(), c.k + 8);
+    Tensor cpu_w1 = upload_tensor(*cpu_, w1, c.n1, c.k, DType::kF32);
+    Tensor gpu_w1 = upload_tensor(*gpu_, w1, c.n1, c.k, dtype());
+    Tensor cpu_w2 = upload_tensor(*cpu_, w2, c.n2, c.k, DType::kF32);
+    Tensor gpu_w2 = upload_tensor(*gpu_, w2, c.n2, c.k, dtype());
+    const std::vector<float> zeros1(c.m * c.n1, 0.0f), zeros2(c.m * c.n2, 0.0f);
+    Tensor cpu_y1 = upload_tensor(*cpu_, zeros1, c.m, c.n1, DType::kF32);
+    Tensor gpu_y1 = upload_tensor(*gpu_, zeros1, c.m, c.n1, dtype(), c.n1 + 8);
+    Tensor cpu_y2 = upload_tensor(*cpu_, zeros2, c.m, c.n2, DType::kF32);
+    Tensor gpu_y2 = upload_tensor(*gpu_, zeros2, c.m, c.n2, dtype(), c.n2 + 8);
+    cpu_->matmul_pair(cpu_x.mat, cpu_w1.mat, cpu_y1.mat, cpu_w2.mat, cpu_y2.mat);
+    gpu_->matmul_pair(gpu_x.mat, gpu_w1.mat, gpu_y1.mat, gpu_w2.mat, gpu_y2.mat);
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu_y1.mat), download_tensor(*cpu_, cpu_y1.mat), tol(1));
+    EXPECT_CLOSE(download_tensor(*gpu_, gpu_y2.mat), download_tensor(*cpu_, cpu_y2.mat), tol(1));
+    EXPECT_TRUE(padding_intact(*gpu_, gpu_y1.mat) && padding_intact(*gpu_, gpu_y2.mat));
+    if (dtype() == DType::kBF16 && c.m <= 8) ++paired;
+  }
+  EXPECT_EQ(cuda_path_counters(*gpu_).gemv_pairs - pairs_before, paired);
+}
+
 // MLA's per-head products through kv_b (Backend::matmul_heads, one strided-batched cuBLAS call
 // on the GPU) against the CPU's one matmul per head: both directions of W, V2-Lite's shapes.
 TEST_P(GpuOps, MatmulHeadsEqualsOneMatmulPerHead) {

@@ -1,0 +1,34 @@
+// A blocking parallel loop over [0, count) for host-side bulk work (weight generation and type
+// conversion while loading): the range is cut into one contiguous piece per thread, at most
+// std::thread::hardware_concurrency() (and 16) threads, and only when there is enough work to pay
+// for starting them; otherwise fn runs on the calling thread. fn(begin, end) must be safe to run
+// concurrently on disjoint pieces.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace dshpc {
+
+template <typename Fn>
+void parallel_for(int64_t count, int64_t min_per_thread, Fn&& fn) {
+  const int64_t hardware = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const int64_t threads =
+      std::min<int64_t>({hardware, int64_t{16}, std::max<int64_t>(1, count / min_per_thread)});
+  if (threads <= 1) {
+    fn(int64_t{0}, count);
+    return;
+  }
+  const int64_t piece = (count + threads - 1) / threads;
+  std::vector<std::thread> workers;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t begin = std::min(count, t * piece), end = std::min(count, begin + piece);
+    if (begin < end) workers.emplace_back([&fn, begin, end] { fn(begin, end); });
+  }
+  fn(int64_t{0}, std::min(count, piece));
+  for (std::thread& w : workers) w.join();
+}
+
+}  // namespace dshpc
