@@ -114,6 +114,21 @@ void Backend::mla_prepare(const MlaPrepareArgs& a) {
   copy(q_rows.col_slice(nope, rope), absorbed_rows.col_slice(lora, rope));
 }
 
+void Backend::mla_attention(const Mat& q_absorbed, Mat latent, const StepTensors& step,
+                            int64_t heads, const PagedKvView& cache, float scale, const Mat& kv_b,
+                            int64_t nope, int64_t v_dim, Mat values) {
+  const int64_t lora = cache.v_dim;
+  DSHPC_CHECK(latent.cols == heads * lora && values.cols == heads * v_dim && kv_b.cols == lora)
+      << "mla_attention: latent width " << latent.cols << ", values width " << values.cols
+      << ", kv_b width " << kv_b.cols << " for " << heads << " heads of latent " << lora
+      << " and v " << v_dim;
+  paged_attention(q_absorbed, latent, step, heads, cache, scale);
+  // Head h: latent_h [T, lora] · W_UV_hᵀ ([v, lora]) → values columns [h·v, +v).
+  const int64_t head_rows = (nope + v_dim) * kv_b.stride;  // kv_b elements from head to head
+  matmul_heads(latent.col_slice(0, lora), kv_b.row_slice(nope, v_dim), values.col_slice(0, v_dim),
+               heads, lora, head_rows, v_dim);
+}
+
 double Backend::measure_copy_bandwidth(size_t bytes) {
   const DType dtype = activation_dtype();
   const int64_t elements = static_cast<int64_t>(bytes / dtype_size(dtype));

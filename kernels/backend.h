@@ -236,6 +236,14 @@ class Backend {
   // MLA's steps before the attention (MlaPrepareArgs). The default runs them op by op (and
   // normalises and rotates q and latent in place on the way); a backend may fuse them.
   virtual void mla_prepare(const MlaPrepareArgs& args);
+  // MLA's attention in latent space and the value projection: latent = paged_attention of the
+  // absorbed query ([T, heads · lora]), then values[t, h] = W_UV_h · latent[t, h], where W_UV_h is
+  // rows [h · (nope + v_dim) + nope, + v_dim) of kv_b ([T, heads · v_dim]). The default runs
+  // paged_attention and matmul_heads; a backend may do the projection in the attention's last
+  // launch and leave `latent` unwritten.
+  virtual void mla_attention(const Mat& q_absorbed, Mat latent, const StepTensors& step,
+                             int64_t heads, const PagedKvView& cache, float scale, const Mat& kv_b,
+                             int64_t nope, int64_t v_dim, Mat values);
   // The router and the routing: logits[T, n_experts] = x · routerᵀ in float32, then moe_route of
   // them. The default runs matmul and moe_route; a backend may do both in one launch (logits are
   // then still written).

@@ -61,6 +61,7 @@ struct CudaPathCounters {
   int64_t gemv_pairs = 0;         // two products of one input in one launch (matmul_pair)
   int64_t mla_prepare = 0;        // MLA's steps before the attention in one launch
   int64_t moe_gate = 0;           // router and routing in one launch
+  int64_t mla_values = 0;         // MLA's value projection in the attention's last launch
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

@@ -56,16 +56,12 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step, const 
   prepare.q_absorbed = q_absorbed;
   backend_.mla_prepare(prepare);
 
-  // Attention in latent space: [T, heads, lora].
+  // Attention in latent space [T, heads, lora], then back to per-head values [T, heads, v] with
+  // W_UV, then the row-parallel o_proj.
   Mat attn_latent = scratch(kWork4, tokens, heads * lora);
-  backend_.paged_attention(q_absorbed, attn_latent, step, heads, cache, c.attention_scale());
-
-  // Back to per-head values [T, heads, v] with W_UV, then the row-parallel o_proj.
-  const int64_t head_rows = (nope + vdim) * kv_b.stride;  // kv_b elements from head to head
   Mat values = scratch(kWork5, tokens, heads * vdim);
-  // Head h: latent_h [T, lora] · W_UV_hᵀ ([v, lora]) → values columns [h·v, +v).
-  backend_.matmul_heads(attn_latent.col_slice(0, lora), kv_b.row_slice(nope, vdim),
-                        values.col_slice(0, vdim), heads, lora, head_rows, vdim);
+  backend_.mla_attention(q_absorbed, attn_latent, step, heads, cache, c.attention_scale(), kv_b,
+                         nope, vdim, values);
   backend_.matmul(values, w.mla.o.mat, out);  // partial sum over tp
 }
 

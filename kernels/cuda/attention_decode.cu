@@ -410,15 +410,101 @@ void launch_split_combine(const float* partial, const PagedSequence* sequences, 
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
 }
 
+// MLA's value projection after the attention, with the split combine in the same launch:
+// values[token, h, v] = W_UV_h[v] · o_h, where o_h is head h's attention output (the splits
+// merged as decode_attention_combine does, rounded to T as the op-by-op path stores it; with one
+// split the decode kernel's stored output). grid (sequence, head, chunk of kValueRows rows of
+// W_UV); each CTA merges its head's splits into shared memory, then a warp per row reads W_UV.
+constexpr int kValueRows = 16;
+
+template <typename T, int L>
+__global__ void __launch_bounds__(kThreads)
+    mla_values_kernel(const float* partial, const PagedSequence* sequences, const T* out,
+                      int q_heads, int splits, MlaValueProjection proj) {
+  constexpr int kVec = 16 / sizeof(T);
+  __shared__ __align__(16) float o[L];
+  __shared__ float weight[kMaxSplits];
+  __shared__ float inv_l;
+  const int s = blockIdx.x, head = blockIdx.y;
+  const int token = sequences[s].query_begin;
+  if (splits > 1) {
+    const float* part = partial + (static_cast<int64_t>(s) * q_heads + head) * splits * (L + 2);
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      float m[kMaxSplits / 32], l[kMaxSplits / 32];
+      float m_all = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kMaxSplits / 32; ++j) {
+        const int i = lane + 32 * j;
+        m[j] = i < splits ? part[i * (L + 2) + L] : -INFINITY;
+        l[j] = i < splits ? part[i * (L + 2) + L + 1] : 0.0f;
+        m_all = fmaxf(m_all, m[j]);
+      }
+      m_all = warp_max(m_all);
+      float l_all = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxSplits / 32; ++j) {
+        const float f = m[j] == -INFINITY ? 0.0f : exp2f(m[j] - m_all);
+        if (lane + 32 * j < splits) weight[lane + 32 * j] = f;
+        l_all = fmaf(l[j], f, l_all);
+      }
+      l_all = warp_sum(l_all);
+      if (lane == 0) inv_l = 1.0f / l_all;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < L; d += blockDim.x) {
+      float acc = 0.0f;
+      for (int i = 0; i < splits; ++i) acc = fmaf(part[i * (L + 2) + d], weight[i], acc);
+      o[d] = to_float(from_float<T>(acc * inv_l));
+    }
+  } else {
+    const T* row = out + (static_cast<int64_t>(token) * q_heads + head) * L;
+    for (int d = threadIdx.x; d < L; d += blockDim.x) o[d] = to_float(row[d]);
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const T* w_head = static_cast<const T*>(proj.w_uv) + head * proj.head_stride;
+  T* values = static_cast<T*>(proj.values) + static_cast<int64_t>(token) * proj.values_stride +
+              static_cast<int64_t>(head) * proj.v_dim;
+  for (int r = warp; r < kValueRows; r += kWarps) {
+    const int v = blockIdx.z * kValueRows + r;
+    if (v >= proj.v_dim) break;
+    const T* w = w_head + static_cast<int64_t>(v) * proj.row_stride;
+    float acc = 0.0f;
+#pragma unroll
+    for (int d = lane * kVec; d < L; d += 32 * kVec) {
+      union {
+        uint4 raw;
+        T e[kVec];
+      } chunk;
+      chunk.raw = __ldg(reinterpret_cast<const uint4*>(w + d));
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) acc = fmaf(to_float(chunk.e[j]), o[d + j], acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) values[v] = from_float<T>(acc);
+  }
+}
+
 template <typename T, int LPL, int RPL>
 void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
-                       cudaStream_t stream) {
+                       const MlaValueProjection* proj, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(num_seqs), static_cast<unsigned int>(head_chunks),
                   static_cast<unsigned int>(args.splits));
   mla_decode_kernel<T, LPL, RPL, kMlaHeads><<<grid, kThreads, 0, stream>>>(args);
   DSHPC_CUDA_LAUNCH_CHECK("mla_decode_kernel");
-  launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
-                          args.splits, 32 * LPL, stream);
+  if (proj == nullptr) {
+    launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
+                            args.splits, 32 * LPL, stream);
+    return;
+  }
+  const dim3 values_grid(static_cast<unsigned int>(num_seqs),
+                         static_cast<unsigned int>(args.q_heads),
+                         static_cast<unsigned int>((proj->v_dim + kValueRows - 1) / kValueRows));
+  mla_values_kernel<T, 32 * LPL><<<values_grid, kThreads, 0, stream>>>(
+      args.partial, args.sequences, static_cast<const T*>(args.out), args.q_heads, args.splits,
+      *proj);
+  DSHPC_CUDA_LAUNCH_CHECK("mla_values_kernel");
 }
 
 template <typename T, int DPL, int G>
@@ -574,12 +660,23 @@ DecodeAttentionPlan mla_decode_attention_plan(int64_t num_seqs, int64_t q_heads,
   return plan;
 }
 
+bool mla_values_supported(const MlaValueProjection& proj, const PagedKvView& cache, DType dtype,
+                          int64_t num_seqs) {
+  const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));
+  return num_seqs >= 1 && num_seqs <= kMlaValuesMaxSequences && proj.v_dim >= 1 &&
+         proj.v_dim <= 65535 * kValueRows && proj.row_stride % vec == 0 &&
+         proj.head_stride % vec == 0 && reinterpret_cast<uintptr_t>(proj.w_uv) % 16 == 0 &&
+         cache.v_dim % vec == 0;
+}
+
 void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                                  int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                                  DType dtype, float scale, const DecodeAttentionPlan& plan,
-                                 float* partial, cudaStream_t stream) {
+                                 float* partial, cudaStream_t stream,
+                                 const MlaValueProjection* values) {
   if (num_seqs == 0) return;
-  DSHPC_CHECK(mla_decode_attention_supported(q, out, cache, dtype))
+  DSHPC_CHECK(mla_decode_attention_supported(q, out, cache, dtype) &&
+              (values == nullptr || mla_values_supported(*values, cache, dtype, num_seqs)))
       << "MLA decode attention: unsupported shape";
   DSHPC_CHECK(num_seqs <= 0x7fffffff && plan.head_chunks <= 65535 && plan.splits <= 65535 &&
               plan.heads_per_cta == kMlaHeads && (plan.splits == 1 || partial != nullptr))
@@ -600,8 +697,10 @@ void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequen
   const int n = static_cast<int>(num_seqs);
   dispatch_float(dtype, "mla_decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    if (cache.v_dim == 512) return launch_mla_decode<T, 16, 2>(args, n, plan.head_chunks, stream);
-    return launch_mla_decode<T, 2, 0>(args, n, plan.head_chunks, stream);
+    if (cache.v_dim == 512) {
+      return launch_mla_decode<T, 16, 2>(args, n, plan.head_chunks, values, stream);
+    }
+    return launch_mla_decode<T, 2, 0>(args, n, plan.head_chunks, values, stream);
   });
 }
 

@@ -373,6 +373,38 @@ class CudaBackend final : public Backend {
     Backend::mla_prepare(args);
   }
 
+  void mla_attention(const Mat& q_absorbed, Mat latent, const StepTensors& step, int64_t heads,
+                     const PagedKvView& cache, float scale, const Mat& kv_b, int64_t nope,
+                     int64_t v_dim, Mat values) override {
+    cuda::MlaValueProjection proj;
+    proj.w_uv = static_cast<const char*>(kv_b.data) + nope * kv_b.stride * dtype_size(kv_b.dtype);
+    proj.row_stride = kv_b.stride;
+    proj.head_stride = (nope + v_dim) * kv_b.stride;
+    proj.v_dim = v_dim;
+    proj.values = values.data;
+    proj.values_stride = values.stride;
+    const bool shapes = latent.cols == heads * cache.v_dim && values.cols == heads * v_dim &&
+                        values.rows == q_absorbed.rows && kv_b.cols == cache.v_dim &&
+                        kv_b.rows >= heads * (nope + v_dim) && kv_b.dtype == dtype_ &&
+                        values.dtype == dtype_;
+    if (mla_values_enabled_ && decode_step_ && shapes && q_absorbed.contiguous() &&
+        latent.contiguous() &&
+        cuda::mla_decode_attention_supported(q_absorbed, latent, cache, dtype_) &&
+        cuda::mla_values_supported(proj, cache, dtype_, step.num_sequences)) {
+      check_attention(q_absorbed, latent, step, heads, cache);
+      const cuda::DecodeAttentionPlan plan =
+          cuda::mla_decode_attention_plan(step.num_sequences, heads, max_context_, num_sms_);
+      cuda::launch_mla_decode_attention(
+          q_absorbed, latent, step.sequences, step.num_sequences, heads, cache, dtype_, scale,
+          plan, decode_partial(plan, step.num_sequences, heads, cache.v_dim), stream_, &proj);
+      ++counters_.decode_attention;
+      ++counters_.mla_values;
+      return;
+    }
+    Backend::mla_attention(q_absorbed, latent, step, heads, cache, scale, kv_b, nope, v_dim,
+                           values);
+  }
+
   void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
                 const MoeRoutingParams& params, int32_t* expert_ids, float* weights) override {
     if (moe_gate_enabled_ && cuda::moe_gate_supported(x, router, logits)) {
@@ -463,8 +495,9 @@ class CudaBackend final : public Backend {
     cuda::launch_kv_cache_write(k, v, slots, cache, dtype_, stream_);
   }
 
-  void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
-                       const PagedKvView& cache, float scale) override {
+  // paged_attention's contract, checked against the step's host-side sequences.
+  void check_attention(const Mat& q, const Mat& out, const StepTensors& step, int64_t q_heads,
+                       const PagedKvView& cache) const {
     DSHPC_CHECK(q.contiguous() && out.contiguous());
     DSHPC_CHECK_EQ(q.cols, q_heads * cache.head_dim) << "attention query width";
     DSHPC_CHECK_EQ(out.cols, q_heads * cache.v_dim) << "attention output width";
@@ -482,6 +515,11 @@ class CudaBackend final : public Backend {
           << q.rows << ", context_len " << seq.context_len << " needs more than its "
           << host_block_table_lengths_[s] << " blocks of " << cache.block_size;
     }
+  }
+
+  void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
+                       const PagedKvView& cache, float scale) override {
+    check_attention(q, out, step, q_heads, cache);
     if (decode_step_ && cuda::mla_decode_attention_supported(q, out, cache, dtype_)) {
       const cuda::DecodeAttentionPlan plan =
           cuda::mla_decode_attention_plan(step.num_sequences, q_heads, max_context_, num_sms_);
@@ -789,6 +827,12 @@ class CudaBackend final : public Backend {
   bool gemv_pair_enabled_ = env_enabled("DSHPC_GEMV_PAIR");
   bool mla_prepare_enabled_ = env_enabled("DSHPC_MLA_PREPARE");
   bool moe_gate_enabled_ = env_enabled("DSHPC_MOE_GATE");
+  // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
+  // tests pass but its speed has not been measured yet).
+  bool mla_values_enabled_ = [] {
+    const char* env = std::getenv("DSHPC_MLA_VALUES");
+    return env != nullptr && std::string(env) == "1";
+  }();
 };
 
 const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_experts,

@@ -95,10 +95,25 @@ bool mla_decode_attention_supported(const Mat& q, const Mat& out, const PagedKvV
                                     DType dtype);
 DecodeAttentionPlan mla_decode_attention_plan(int64_t num_seqs, int64_t q_heads,
                                               int64_t max_context, int num_sms);
+// MLA's value projection in the launch after the attention (Backend::mla_attention): values[t,
+// h] = W_UV_h · out[t, h], the split combine included; out is then written only with one split.
+// W_UV_h's row v is at w_uv + h · head_stride + v · row_stride (elements of the cache's type).
+struct MlaValueProjection {
+  const void* w_uv = nullptr;
+  int64_t row_stride = 0;
+  int64_t head_stride = 0;
+  int64_t v_dim = 0;
+  void* values = nullptr;  // [tokens, q_heads · v_dim], rows values_stride apart
+  int64_t values_stride = 0;
+};
+inline constexpr int64_t kMlaValuesMaxSequences = 16;
+bool mla_values_supported(const MlaValueProjection& proj, const PagedKvView& cache, DType dtype,
+                          int64_t num_seqs);
 void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                                  int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                                  DType dtype, float scale, const DecodeAttentionPlan& plan,
-                                 float* partial, cudaStream_t stream);
+                                 float* partial, cudaStream_t stream,
+                                 const MlaValueProjection* values = nullptr);
 
 // mla_prepare.cu: Backend::mla_prepare in one launch for steps of up to kMlaPrepareMaxTokens
 // tokens (float32 or bf16; latent width a multiple of 64).
