@@ -243,6 +243,33 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
 }
 
 // out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
+// Warp 0's part of merging key splits: weight[i] = 2^(m_i − M) of each split (M the largest m;
+// 0 for a split that saw no key) and *inv_l = 1 / Σ l_i · weight[i], from the splits' (m, l) at
+// part + i · (d + 2) + d. Called by the 32 lanes of one warp.
+__device__ __forceinline__ void split_weights(const float* part, int splits, int d, float* weight,
+                                              float* inv_l) {
+  const int lane = threadIdx.x & 31;
+  float m[kMaxSplits / 32], l[kMaxSplits / 32];
+  float m_all = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kMaxSplits / 32; ++j) {
+    const int i = lane + 32 * j;
+    m[j] = i < splits ? part[i * (d + 2) + d] : -INFINITY;
+    l[j] = i < splits ? part[i * (d + 2) + d + 1] : 0.0f;
+    m_all = fmaxf(m_all, m[j]);
+  }
+  m_all = warp_max(m_all);
+  float l_all = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMaxSplits / 32; ++j) {
+    const float f = m[j] == -INFINITY ? 0.0f : exp2f(m[j] - m_all);
+    if (lane + 32 * j < splits) weight[lane + 32 * j] = f;
+    l_all = fmaf(l[j], f, l_all);
+  }
+  l_all = warp_sum(l_all);
+  if (lane == 0) *inv_l = 1.0f / l_all;
+}
+
 // The splits' (m, l) pairs go to shared memory first (one round of loads), their weights are
 // computed once, and then every thread's loads of its dims over the splits are independent.
 template <typename T>
@@ -252,28 +279,7 @@ __global__ void decode_attention_combine(const float* partial, const PagedSequen
   __shared__ float inv_l;
   const int s = blockIdx.x, head = blockIdx.y;
   const float* part = partial + (static_cast<int64_t>(s) * q_heads + head) * splits * (d_model + 2);
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    float m[kMaxSplits / 32], l[kMaxSplits / 32];
-    float m_all = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < kMaxSplits / 32; ++j) {
-      const int i = lane + 32 * j;
-      m[j] = i < splits ? part[i * (d_model + 2) + d_model] : -INFINITY;
-      l[j] = i < splits ? part[i * (d_model + 2) + d_model + 1] : 0.0f;
-      m_all = fmaxf(m_all, m[j]);
-    }
-    m_all = warp_max(m_all);
-    float l_all = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMaxSplits / 32; ++j) {
-      const float f = m[j] == -INFINITY ? 0.0f : exp2f(m[j] - m_all);
-      if (lane + 32 * j < splits) weight[lane + 32 * j] = f;
-      l_all = fmaf(l[j], f, l_all);
-    }
-    l_all = warp_sum(l_all);
-    if (lane == 0) inv_l = 1.0f / l_all;
-  }
+  if (threadIdx.x < 32) split_weights(part, splits, d_model, weight, &inv_l);
   __syncthreads();
   const int token = sequences[s].query_begin;
   for (int d = threadIdx.x; d < d_model; d += blockDim.x) {
@@ -429,28 +435,7 @@ __global__ void __launch_bounds__(kThreads)
   const int token = sequences[s].query_begin;
   if (splits > 1) {
     const float* part = partial + (static_cast<int64_t>(s) * q_heads + head) * splits * (L + 2);
-    if (threadIdx.x < 32) {
-      const int lane = threadIdx.x;
-      float m[kMaxSplits / 32], l[kMaxSplits / 32];
-      float m_all = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kMaxSplits / 32; ++j) {
-        const int i = lane + 32 * j;
-        m[j] = i < splits ? part[i * (L + 2) + L] : -INFINITY;
-        l[j] = i < splits ? part[i * (L + 2) + L + 1] : 0.0f;
-        m_all = fmaxf(m_all, m[j]);
-      }
-      m_all = warp_max(m_all);
-      float l_all = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kMaxSplits / 32; ++j) {
-        const float f = m[j] == -INFINITY ? 0.0f : exp2f(m[j] - m_all);
-        if (lane + 32 * j < splits) weight[lane + 32 * j] = f;
-        l_all = fmaf(l[j], f, l_all);
-      }
-      l_all = warp_sum(l_all);
-      if (lane == 0) inv_l = 1.0f / l_all;
-    }
+    if (threadIdx.x < 32) split_weights(part, splits, L, weight, &inv_l);
     __syncthreads();
     for (int d = threadIdx.x; d < L; d += blockDim.x) {
       float acc = 0.0f;
