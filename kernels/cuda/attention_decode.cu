@@ -572,7 +572,7 @@ void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
   if (num_seqs == 0) return;
   DSHPC_CHECK(decode_attention_supported(cache, dtype)) << "decode attention: unsupported shape";
   DSHPC_CHECK(num_seqs <= 0x7fffffff && cache.kv_heads * plan.head_chunks <= 65535 &&
-              plan.splits <= 65535 && (plan.splits == 1 || partial != nullptr))
+              plan.splits <= kMaxSplits && (plan.splits == 1 || partial != nullptr))
       << "decode attention: grid " << num_seqs << " x " << cache.kv_heads * plan.head_chunks
       << " x " << plan.splits;
   DecodeArgs args{};
@@ -663,7 +663,7 @@ void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequen
   DSHPC_CHECK(mla_decode_attention_supported(q, out, cache, dtype) &&
               (values == nullptr || mla_values_supported(*values, cache, dtype, num_seqs)))
       << "MLA decode attention: unsupported shape";
-  DSHPC_CHECK(num_seqs <= 0x7fffffff && plan.head_chunks <= 65535 && plan.splits <= 65535 &&
+  DSHPC_CHECK(num_seqs <= 0x7fffffff && plan.head_chunks <= 65535 && plan.splits <= kMaxSplits &&
               plan.heads_per_cta == kMlaHeads && (plan.splits == 1 || partial != nullptr))
       << "MLA decode attention: grid " << num_seqs << " x " << plan.head_chunks << " x "
       << plan.splits;

@@ -407,7 +407,8 @@ class CudaBackend final : public Backend {
 
   void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
                 const MoeRoutingParams& params, int32_t* expert_ids, float* weights) override {
-    if (moe_gate_enabled_ && cuda::moe_gate_supported(x, router, logits)) {
+    if (moe_gate_enabled_ && logits.cols == params.num_experts &&
+        cuda::moe_gate_supported(x, router, logits)) {
       cuda::launch_moe_gate(x, router, logits, bias, params, expert_ids, weights,
                             gate_done_.as<unsigned int>(), stream_);
       ++counters_.moe_gate;

@@ -102,7 +102,7 @@ GemvOperand<TY> operand(const Mat& w, const Mat& y) {
 template <typename TY>
 void launch_rows(const Mat& x, GemvOperand<TY> first, GemvOperand<TY> second, int k,
                  bool accumulate, cudaStream_t stream) {
-  const int rows = first.n + second.n;
+  const int64_t rows = static_cast<int64_t>(first.n) + second.n;
   const unsigned int blocks = static_cast<unsigned int>((rows + kWarps - 1) / kWarps);
   const auto* xp = static_cast<const bf16*>(x.data);
 #define DSHPC_GEMV_CASE(M)                                                                  \

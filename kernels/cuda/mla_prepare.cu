@@ -1,6 +1,6 @@
 // MLA's per-token steps between the down-projections and the latent attention, in one launch for
-// a decode step's few tokens (Backend::mla_prepare; the op-by-op path in
-// worker/mla_attention.cpp is its reference):
+// a decode step's few tokens (Backend::mla_prepare; the default op-by-op form in
+// kernels/backend.cpp is its reference):
 //   cache[slots[t]] = [rmsnorm(c_t) · kv_norm | rope(k_pe_t)]
 //   q_absorbed[t, h] = [W_UK_hᵀ · q_nope[t, h] | rope(q_pe[t, h])]
 // Op by op these are six launches (norm, two ropes, the cache write, the batched absorption
@@ -184,7 +184,8 @@ bool mla_prepare_supported(const MlaPrepareArgs& a, DType dtype) {
          a.q_absorbed.cols == a.heads * (lora + rope) && a.kv_b.cols == lora &&
          a.kv_b.rows >= a.heads * (a.nope + a.v_dim) && a.kv_b.stride % 2 == 0 &&
          aligned(a.kv_b.data, 2 * element) && a.cache.kv_heads == 1 &&
-         a.cache.head_dim == lora + rope && shared_bytes(tokens, a.nope) <= 48 * 1024;
+         a.cache.head_dim == lora + rope &&
+         shared_bytes(tokens, a.nope) + 32 * sizeof(float) <= 48 * 1024;  // + latent_entry's
 }
 
 void launch_mla_prepare(const MlaPrepareArgs& a, DType dtype, cudaStream_t stream) {

@@ -273,7 +273,9 @@ bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits) {
     return false;
   }
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype));
+  // Up to 2048 experts: the routing's shared memory (12 bytes an expert) stays under 48 KB.
   return x.rows >= 1 && x.rows <= kMoeGateMaxTokens && logits.dtype == DType::kF32 &&
+         router.rows >= 1 && router.rows <= 2048 &&
          logits.rows == x.rows && logits.cols == router.rows && router.cols == x.cols &&
          x.cols % vec == 0 && x.stride % vec == 0 && router.stride % vec == 0 &&
          aligned16(x.data) && aligned16(router.data) && x.cols <= 0x7fffffff;

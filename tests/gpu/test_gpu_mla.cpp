@@ -33,7 +33,7 @@ TEST_P(GpuMla, PrepareEqualsTheOpByOpForm) {
       {"v2_batch16_half_split", 16, 128, 64, 512, 128, 16, RopeStyle::kHalfSplit},
       {"v2_batch17_op_by_op", 16, 128, 64, 512, 128, 17, RopeStyle::kInterleaved},
       {"tiny", 4, 32, 16, 64, 32, 3, RopeStyle::kInterleaved},
-      {"v3_tp8_heads", 16, 128, 64, 512, 128, 2, RopeStyle::kInterleaved},
+      {"v2_batch2", 16, 128, 64, 512, 128, 2, RopeStyle::kInterleaved},
   };
   uint32_t seed = 500;
   for (const PrepareCase& c : cases) {
@@ -135,7 +135,8 @@ TEST_P(GpuMla, PrepareEqualsTheOpByOpForm) {
 // GPU in the decode kernel's launch and one more (the split combine inside the projection's)
 // for up to kMlaValuesMaxSequences sequences, against the CPU's paged_attention + matmul_heads.
 // The fused form is opt-in (DSHPC_MLA_VALUES=1), so the test makes a backend with it on.
-// Contexts from 1 token (one split) to 3,001 (many), V2's and the tiny fixtures' shapes; 17
+// Contexts from 1 token to 3,001 (one key split when every context of the step is short, many
+// otherwise), V2's and the tiny fixtures' shapes; 17
 // sequences take the two-op path on the GPU (the split combine, then cuBLAS).
 //
 // That two-op path's values are compared in float32 only. In bf16 they were 0.0138 (3.5 ulps)
@@ -161,6 +162,9 @@ TEST_P(GpuMla, AttentionWithValueProjection) {
       {"v2_long", 16, 128, 512, 64, 128, 64, {3001}},
       {"v2_mixed", 16, 128, 512, 64, 128, 16, {1, 37, 300, 1000}},
       {"tiny", 4, 32, 64, 16, 32, 16, {1, 90, 17}},
+      // Every context under 16 keys: one split, so the projection reads the stored output.
+      {"v2_one_split", 16, 128, 512, 64, 128, 16, {1, 5, 15}},
+      {"tiny_one_split", 4, 32, 64, 16, 32, 16, {3, 9}},
       {"v2_seventeen", 16, 128, 512, 64, 128, 16, seventeen},
   };
   uint32_t seed = 700;
