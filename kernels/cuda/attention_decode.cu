@@ -650,7 +650,7 @@ bool mla_values_supported(const MlaValueProjection& proj, const PagedKvView& cac
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));
   return num_seqs >= 1 && num_seqs <= kMlaValuesMaxSequences && proj.v_dim >= 1 &&
          proj.v_dim <= 65535 * kValueRows && proj.row_stride % vec == 0 &&
-         proj.head_stride % vec == 0 && reinterpret_cast<uintptr_t>(proj.w_uv) % 16 == 0 &&
+         proj.head_stride % vec == 0 && aligned_to(proj.w_uv, 16) &&
          cache.v_dim % vec == 0;
 }
 

@@ -288,10 +288,6 @@ void launch(const PrefillArgs& args, int64_t num_tiles, cudaStream_t stream) {
   DSHPC_CUDA_LAUNCH_CHECK("prefill_attention_kernel");
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 }  // namespace
 
 int prefill_attention_rows_per_cta() {
@@ -301,7 +297,7 @@ int prefill_attention_rows_per_cta() {
 bool prefill_attention_supported(const Mat& q, const PagedKvView& cache, DType dtype) {
   const int64_t d = cache.head_dim;
   return dtype == DType::kBF16 && (d == 64 || d == 128) && cache.v_dim == d && cache.v != cache.k &&
-         aligned16(q.data) && aligned16(cache.k) && aligned16(cache.v) &&
+         aligned_to(q.data, 16) && aligned_to(cache.k, 16) && aligned_to(cache.v, 16) &&
          cache.k_token_stride % 8 == 0 && cache.v_token_stride % 8 == 0;
 }
 

@@ -392,12 +392,7 @@ class CudaBackend final : public Backend {
         cuda::mla_decode_attention_supported(q_absorbed, latent, cache, dtype_) &&
         cuda::mla_values_supported(proj, cache, dtype_, step.num_sequences)) {
       check_attention(q_absorbed, latent, step, heads, cache);
-      const cuda::DecodeAttentionPlan plan =
-          cuda::mla_decode_attention_plan(step.num_sequences, heads, max_context_, num_sms_);
-      cuda::launch_mla_decode_attention(
-          q_absorbed, latent, step.sequences, step.num_sequences, heads, cache, dtype_, scale,
-          plan, decode_partial(plan, step.num_sequences, heads, cache.v_dim), stream_, &proj);
-      ++counters_.decode_attention;
+      mla_decode(q_absorbed, latent, step, heads, cache, scale, &proj);
       ++counters_.mla_values;
       return;
     }
@@ -496,6 +491,18 @@ class CudaBackend final : public Backend {
     cuda::launch_kv_cache_write(k, v, slots, cache, dtype_, stream_);
   }
 
+  // The split-key MLA decode kernel for this step (plan, workspace, launch), with the value
+  // projection in its last launch when `values` is given.
+  void mla_decode(const Mat& q, const Mat& out, const StepTensors& step, int64_t q_heads,
+                  const PagedKvView& cache, float scale, const cuda::MlaValueProjection* values) {
+    const cuda::DecodeAttentionPlan plan =
+        cuda::mla_decode_attention_plan(step.num_sequences, q_heads, max_context_, num_sms_);
+    cuda::launch_mla_decode_attention(
+        q, out, step.sequences, step.num_sequences, q_heads, cache, dtype_, scale, plan,
+        decode_partial(plan, step.num_sequences, q_heads, cache.v_dim), stream_, values);
+    ++counters_.decode_attention;
+  }
+
   // paged_attention's contract, checked against the step's host-side sequences.
   void check_attention(const Mat& q, const Mat& out, const StepTensors& step, int64_t q_heads,
                        const PagedKvView& cache) const {
@@ -522,14 +529,7 @@ class CudaBackend final : public Backend {
                        const PagedKvView& cache, float scale) override {
     check_attention(q, out, step, q_heads, cache);
     if (decode_step_ && cuda::mla_decode_attention_supported(q, out, cache, dtype_)) {
-      const cuda::DecodeAttentionPlan plan =
-          cuda::mla_decode_attention_plan(step.num_sequences, q_heads, max_context_, num_sms_);
-      cuda::launch_mla_decode_attention(q, out, step.sequences, step.num_sequences, q_heads,
-                                        cache, dtype_, scale, plan,
-                                        decode_partial(plan, step.num_sequences, q_heads,
-                                                       cache.v_dim),
-                                        stream_);
-      ++counters_.decode_attention;
+      mla_decode(q, out, step, q_heads, cache, scale, nullptr);
       return;
     }
     if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {

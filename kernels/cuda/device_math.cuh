@@ -86,6 +86,11 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
+// Whether p is a multiple of `bytes` (a vector load's alignment), for the launchers' checks.
+inline bool aligned_to(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 // Grid size for a grid-stride loop over `count` items with `threads` per block: enough blocks to
 // fill the device several times over, never more than the items need, within gridDim.x's limit.
 inline unsigned int grid_for(int64_t count, int threads) {

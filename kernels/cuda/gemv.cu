@@ -126,17 +126,13 @@ void launch_rows(const Mat& x, GemvOperand<TY> first, GemvOperand<TY> second, in
   DSHPC_CUDA_LAUNCH_CHECK("gemv_kernel");
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 }  // namespace
 
 bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed) {
   return w_transposed && x.rows >= 1 && x.rows <= kGemvMaxRows && x.dtype == DType::kBF16 &&
          w.dtype == DType::kBF16 && (y.dtype == DType::kBF16 || y.dtype == DType::kF32) &&
-         w.cols % 8 == 0 && w.stride % 8 == 0 && x.stride % 8 == 0 && aligned16(x.data) &&
-         aligned16(w.data) && w.rows <= 0x7fffffff && w.cols <= 0x7fffffff;
+         w.cols % 8 == 0 && w.stride % 8 == 0 && x.stride % 8 == 0 && aligned_to(x.data, 16) &&
+         aligned_to(w.data, 16) && w.rows <= 0x7fffffff && w.cols <= 0x7fffffff;
 }
 
 void check_gemv(const Mat& x, const Mat& w, const Mat& y) {

@@ -166,10 +166,6 @@ size_t shared_bytes(int64_t tokens, int64_t nope) {
   return static_cast<size_t>(tokens * nope + kWarps * tokens * kCols) * sizeof(float);
 }
 
-bool aligned(const void* p, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
-
 }  // namespace
 
 bool mla_prepare_supported(const MlaPrepareArgs& a, DType dtype) {
@@ -183,7 +179,7 @@ bool mla_prepare_supported(const MlaPrepareArgs& a, DType dtype) {
          a.latent.rows == tokens && a.q_absorbed.rows == tokens &&
          a.q_absorbed.cols == a.heads * (lora + rope) && a.kv_b.cols == lora &&
          a.kv_b.rows >= a.heads * (a.nope + a.v_dim) && a.kv_b.stride % 2 == 0 &&
-         aligned(a.kv_b.data, 2 * element) && a.cache.kv_heads == 1 &&
+         aligned_to(a.kv_b.data, 2 * element) && a.cache.kv_heads == 1 &&
          a.cache.head_dim == lora + rope &&
          shared_bytes(tokens, a.nope) + 32 * sizeof(float) <= 48 * 1024;  // + latent_entry's
 }

@@ -248,10 +248,6 @@ RouteArgs route_args(const MoeRoutingParams& p, const float* bias) {
   return args;
 }
 
-bool aligned16(const void* p) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 }  // namespace
 
 void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingParams& p,
@@ -278,7 +274,7 @@ bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits) {
          router.rows >= 1 && router.rows <= 2048 &&
          logits.rows == x.rows && logits.cols == router.rows && router.cols == x.cols &&
          x.cols % vec == 0 && x.stride % vec == 0 && router.stride % vec == 0 &&
-         aligned16(x.data) && aligned16(router.data) && x.cols <= 0x7fffffff;
+         aligned_to(x.data, 16) && aligned_to(router.data, 16) && x.cols <= 0x7fffffff;
 }
 
 void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
