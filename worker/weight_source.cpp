@@ -103,8 +103,9 @@ class RandomSource final : public WeightSource {
     const float bound = 1.0f / std::sqrt(static_cast<float>(total_cols));
     const uint64_t base = splitmix64(seed_ ^ hash_name(name));
     // Each value depends only on its index, so rows are generated in parallel (a 16-B-parameter
-    // model's random weights otherwise take a minute on one core).
-    parallel_for(nr, std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(nc, 1)),
+    // model's random weights otherwise take a minute on one core). Pieces from 64 K values up,
+    // so that an expert's 2.9 M values use every core (1 M-value pieces gave them three threads).
+    parallel_for(nr, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(nc, 1)),
                  [&](int64_t row_begin, int64_t row_end) {
                    for (int64_t r = row_begin; r < row_end; ++r) {
                      for (int64_t c = 0; c < nc; ++c) {

@@ -75,7 +75,15 @@ class CudaBackend final : public Backend {
     DSHPC_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // float32 products stay float32: CUBLAS_COMPUTE_32F is requested per call and the default
     // math mode never substitutes TF32 for it.
-    DSHPC_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    // DSHPC_CUBLAS_DISALLOW_REDUCED=1 also keeps split-K partial sums of bf16 products in
+    // float32 (cuBLAS may otherwise reduce them in bf16).
+    const char* disallow = std::getenv("DSHPC_CUBLAS_DISALLOW_REDUCED");
+    const bool full_reduction = disallow != nullptr && std::string(disallow) == "1";
+    DSHPC_CUBLAS_CHECK(cublasSetMathMode(
+        cublas_, full_reduction ? static_cast<cublasMath_t>(
+                                      CUBLAS_DEFAULT_MATH |
+                                      CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+                                : CUBLAS_DEFAULT_MATH));
     // An explicit workspace keeps cuBLAS from allocating on its own (and is what CUDA graph
     // capture requires).
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
@@ -148,11 +156,12 @@ class CudaBackend final : public Backend {
       return;
     }
     // bf16: round to nearest even on the host (common/dtype.h, the same rounding as torch), in
-    // chunks so that host memory stays bounded for large tensors.
+    // chunks so that host memory stays bounded for large tensors; pieces from 64 K values up,
+    // so that an expert's few million values are converted on every core.
     std::vector<uint16_t> converted(std::min(count, kWeightChunk));
     for (size_t begin = 0; begin < count; begin += kWeightChunk) {
       const size_t n = std::min(kWeightChunk, count - begin);
-      parallel_for(static_cast<int64_t>(n), int64_t{1} << 20, [&](int64_t from, int64_t to) {
+      parallel_for(static_cast<int64_t>(n), int64_t{1} << 16, [&](int64_t from, int64_t to) {
         for (int64_t i = from; i < to; ++i) converted[i] = float_to_bf16(src[begin + i]);
       });
       upload(static_cast<uint16_t*>(dst) + begin, converted.data(), n * sizeof(uint16_t));
