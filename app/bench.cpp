@@ -285,12 +285,13 @@ int run_bench(int argc, char** argv, int first) {
         "\nrank 0 paths: %lld gemv products, %lld split-key decode attentions, %lld graph "
         "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores); fused "
         "launches: %lld product pairs, %lld MLA prepares, %lld MLA value projections, %lld MoE "
-        "gates\n",
+        "gates (%lld with the norm, %lld building the experts' index)\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
         static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma),
         static_cast<long long>(paths.gemv_pairs), static_cast<long long>(paths.mla_prepare),
-        static_cast<long long>(paths.mla_values), static_cast<long long>(paths.moe_gate));
+        static_cast<long long>(paths.mla_values), static_cast<long long>(paths.moe_gate),
+        static_cast<long long>(paths.moe_gate_norm), static_cast<long long>(paths.moe_gate_index));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
@@ -302,7 +303,9 @@ int run_bench(int argc, char** argv, int first) {
                             {"gemv_pairs", paths.gemv_pairs},
                             {"mla_prepare", paths.mla_prepare},
                             {"mla_values", paths.mla_values},
-                            {"moe_gate", paths.moe_gate}};
+                            {"moe_gate", paths.moe_gate},
+                            {"moe_gate_norm", paths.moe_gate_norm},
+                            {"moe_gate_index", paths.moe_gate_index}};
   }
 
   // ---- prefill / time to first token

@@ -124,6 +124,15 @@ struct ExpertWeights {
   Mat down;
 };
 
+// The routed experts that follow a moe_gate on this rank (Model::moe): local experts
+// [expert_begin, expert_begin + num_local), and whether the layer's shared experts go with them
+// (moe_experts_with_shared).
+struct MoeExpertsAfterGate {
+  int64_t expert_begin = 0;
+  int64_t num_local = 0;
+  bool with_shared = false;
+};
+
 // MLA's per-token steps between the down-projections and the latent attention
 // (Backend::mla_prepare, called by worker/mla_attention.cpp): with lora = latent.cols − rope,
 //   cache[slots[t]] = [rmsnorm(latent[t, :lora]) · kv_norm | rope(latent[t, lora:])]
@@ -247,10 +256,23 @@ class Backend {
   // The router and the routing: logits[T, n_experts] = x · routerᵀ in float32, then moe_route of
   // them. The default runs matmul and moe_route; a backend may do both in one launch (logits are
   // then still written).
+  // `next`, where given, names the routed experts the caller runs next on these ids (a backend
+  // may build their index in the same launch; it changes no result).
   virtual void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
-                        const MoeRoutingParams& params, int32_t* expert_ids, float* weights) {
+                        const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
+                        const MoeExpertsAfterGate* next = nullptr) {
     matmul(x, router, logits);
     moe_route(logits, bias, params, expert_ids, weights);
+  }
+  // residual += delta; normed = rmsnorm(residual) · norm_weight (add_rmsnorm), then moe_gate of
+  // normed. The default runs the two; a backend may do both in one launch.
+  virtual void add_rmsnorm_moe_gate(Mat residual, const Mat& delta, const void* norm_weight,
+                                    float eps, Mat normed, const Mat& router, Mat logits,
+                                    const float* bias, const MoeRoutingParams& params,
+                                    int32_t* expert_ids, float* weights,
+                                    const MoeExpertsAfterGate* next = nullptr) {
+    add_rmsnorm(residual, delta, norm_weight, eps, normed);
+    moe_gate(normed, router, logits, bias, params, expert_ids, weights, next);
   }
   // Routed experts: out[T, hidden] += Σ_k weights[t, k] · expert_{ids[t, k]}(x[t]) for the
   // experts this rank holds, ids in [expert_begin, expert_begin + num_local); others skipped.

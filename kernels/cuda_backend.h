@@ -62,6 +62,9 @@ struct CudaPathCounters {
   int64_t mla_prepare = 0;        // MLA's steps before the attention in one launch
   int64_t moe_gate = 0;           // router and routing in one launch
   int64_t mla_values = 0;         // MLA's value projection in the attention's last launch
+  int64_t moe_gate_norm = 0;      // … of which with the add_rmsnorm before them, same launch
+  int64_t moe_gate_index = 0;     // MoE layers whose experts' index the gate's launch built
+  int64_t argmax_sliced = 0;      // argmaxes of a few rows over many CTAs each
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

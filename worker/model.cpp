@@ -194,12 +194,13 @@ void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
       attention_llama(layer, step, kv, normed, delta);
     }
     if (tp_.size() > 1) tp_.all_reduce_sum_typed(delta.data, tokens * h, delta.dtype);
-    backend_.add_rmsnorm(hidden, delta, layer.post_attention_norm.data(), eps, normed);
 
     // Feed-forward block: one all-reduce of the down projections (dense, shared and routed).
+    // The MoE layer's gate takes the residual add and norm into its launch where it can.
     if (layer.moe) {
-      moe(layer.moe_weights, normed, delta);
+      moe(layer.moe_weights, hidden, layer.post_attention_norm.data(), normed, delta);
     } else {
+      backend_.add_rmsnorm(hidden, delta, layer.post_attention_norm.data(), eps, normed);
       mlp(layer.mlp, normed, delta, /*accumulate=*/false);
     }
     if (tp_.size() > 1) tp_.all_reduce_sum_typed(delta.data, tokens * h, delta.dtype);
@@ -224,7 +225,7 @@ void Model::mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate) {
   backend_.matmul(act, w.down.mat, out, true, accumulate);  // [T, hidden], partial sum over tp
 }
 
-void Model::moe(const MoeWeights& w, Mat normed, Mat out) {
+void Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta) {
   const int64_t tokens = normed.rows;
   const MoeRoutingParams& routing = config_.routing;
   // Every tp rank routes every token (the router is replicated), then runs only its experts.
@@ -235,9 +236,14 @@ void Model::moe(const MoeWeights& w, Mat normed, Mat out) {
   Mat weights = scratch(kExpertWeights, tokens, routing.top_k, DType::kF32);
   auto* expert_ids = static_cast<int32_t*>(ids.data);
   auto* expert_weights = static_cast<float*>(weights.data);
-  backend_.moe_gate(normed, w.router.mat, router_logits,  // logits [T, n_routed_experts]
-                    static_cast<const float*>(w.bias.buffer.data()), routing, expert_ids,
-                    expert_weights);
+  // hidden += delta; normed = rmsnorm(hidden); logits [T, n_routed_experts]; ids and weights.
+  const MoeExpertsAfterGate next{w.expert_begin, static_cast<int64_t>(w.experts.size()),
+                                 w.has_shared};
+  backend_.add_rmsnorm_moe_gate(hidden, delta, norm_weight, config_.rms_norm_eps, normed,
+                                w.router.mat, router_logits,
+                                static_cast<const float*>(w.bias.buffer.data()), routing,
+                                expert_ids, expert_weights, &next);
+  Mat out = delta;  // the gate has read the attention's delta: the experts overwrite it
   if (w.has_shared) {
     // Shared experts: a tp-split dense MLP, in the routed experts' launches where the backend can.
     if (backend_.moe_experts_with_shared(normed, expert_ids, expert_weights, routing.top_k,

@@ -196,7 +196,9 @@ class Model {
   void attention_mla(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,
                      Mat normed, Mat out);
   void mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate);
-  void moe(const MoeWeights& w, Mat normed, Mat out);
+  // hidden += delta; normed = rmsnorm(hidden) · norm_weight; then delta = the MoE layer of
+  // normed (shared and routed experts, this rank's part).
+  void moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta);
   // Scratch activation buffers, each grown to the largest step seen. kNormed and kDelta live
   // across a layer; the kWork slots are free for the block being computed.
   enum ScratchSlot : int {

@@ -91,6 +91,10 @@ class CudaBackend final : public Backend {
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
     gate_done_ = allocate(sizeof(unsigned int));
     DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
+    argmax_partial_ = allocate(cuda::kArgmaxPartialBytes);
+    argmax_done_ = allocate(cuda::kArgmaxSlicedMaxRows * sizeof(unsigned int));
+    DSHPC_CUDA_CHECK(cudaMemsetAsync(argmax_done_.data(), 0,
+                                     cuda::kArgmaxSlicedMaxRows * sizeof(unsigned int), stream_));
     name_ = "cuda:" + std::to_string(device) + " " + cuda::device_description(device) + " " +
             (dtype == DType::kBF16 ? "bf16" : "f32");
   }
@@ -410,15 +414,24 @@ class CudaBackend final : public Backend {
   }
 
   void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
-                const MoeRoutingParams& params, int32_t* expert_ids, float* weights) override {
-    if (moe_gate_enabled_ && logits.cols == params.num_experts &&
-        cuda::moe_gate_supported(x, router, logits)) {
-      cuda::launch_moe_gate(x, router, logits, bias, params, expert_ids, weights,
-                            gate_done_.as<unsigned int>(), stream_);
-      ++counters_.moe_gate;
+                const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
+                const MoeExpertsAfterGate* next) override {
+    if (fused_gate(nullptr, x, router, logits, bias, params, expert_ids, weights, next)) return;
+    Backend::moe_gate(x, router, logits, bias, params, expert_ids, weights, next);
+  }
+
+  void add_rmsnorm_moe_gate(Mat residual, const Mat& delta, const void* norm_weight, float eps,
+                            Mat normed, const Mat& router, Mat logits, const float* bias,
+                            const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
+                            const MoeExpertsAfterGate* next) override {
+    const cuda::MoeGateNorm norm{residual, delta, norm_weight, eps, normed};
+    if (moe_gate_norm_enabled_ &&
+        fused_gate(&norm, normed, router, logits, bias, params, expert_ids, weights, next)) {
       return;
     }
-    Backend::moe_gate(x, router, logits, bias, params, expert_ids, weights);
+    // add_rmsnorm, then this backend's moe_gate (fused without the norm where it can be).
+    Backend::add_rmsnorm_moe_gate(residual, delta, norm_weight, eps, normed, router, logits, bias,
+                                  params, expert_ids, weights, next);
   }
 
   void matmul_heads(const Mat& x, const Mat& w, Mat y, int64_t heads, int64_t x_offset,
@@ -585,6 +598,7 @@ class CudaBackend final : public Backend {
 
   void moe_route(const Mat& router_logits, const float* bias, const MoeRoutingParams& params,
                  int32_t* expert_ids, float* weights) override {
+    gate_index_ = {};  // new ids: an index built by an earlier gate is stale
     DSHPC_CHECK(router_logits.contiguous() && router_logits.cols == params.num_experts)
         << "moe_route: router logits [" << router_logits.rows << ", " << router_logits.cols
         << "] for " << params.num_experts << " experts";
@@ -601,7 +615,9 @@ class CudaBackend final : public Backend {
 
   void argmax(const Mat& logits, int32_t* ids) override {
     DSHPC_CHECK(logits.contiguous());
-    cuda::launch_argmax(logits, ids, stream_);
+    cuda::launch_argmax(logits, ids, stream_, argmax_partial_.data(),
+                        argmax_done_.as<unsigned int>());
+    if (cuda::argmax_slices(logits) > 0) ++counters_.argmax_sliced;
   }
 
   // ---- captured steps
@@ -793,6 +809,8 @@ class CudaBackend final : public Backend {
   int64_t max_context_ = 0;
   DeviceBuffer decode_partial_;  // split-key partial results of decode attention
   DeviceBuffer gate_done_;       // moe_gate's CTA counter (zero between launches)
+  DeviceBuffer argmax_partial_;  // the sliced argmax's per-slice bests
+  DeviceBuffer argmax_done_;     // … and its per-row CTA counters (zero between launches)
   DeviceBuffer decode_tiles_;    // {s, 0} for s < decode_tile_count_ (decode_tiles)
   int64_t decode_tile_count_ = 0;
 
@@ -826,6 +844,24 @@ class CudaBackend final : public Backend {
   };
   std::map<std::pair<const ExpertWeights*, bool>, MoeTable> moe_tables_;
   DeviceBuffer moe_small_index_;
+  // moe_small's index arrays in moe_small_index_ (grown to fit) for `extra` shared experts.
+  cuda::MoeGateIndex moe_index_layout(int64_t tokens, int64_t top_k, int64_t expert_begin,
+                                      int64_t num_local, int64_t extra);
+  // moe_gate in one launch, with the add_rmsnorm before it where `norm` is given and, where
+  // `next` says which experts follow, their index after it; false (nothing done) where the
+  // shapes do not suit.
+  bool fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const Mat& router, Mat logits,
+                  const float* bias, const MoeRoutingParams& params, int32_t* expert_ids,
+                  float* weights, const MoeExpertsAfterGate* next);
+  // The index the last fused gate built (ids == nullptr: none). moe_small uses it instead of
+  // launching its own when the ids, the experts and the buffer match, and clears it either way;
+  // anything else that writes expert ids clears it too.
+  struct GateIndex {
+    const int32_t* ids = nullptr;
+    int64_t pairs = 0, expert_begin = 0, num_local = 0, shared_tokens = 0;
+    const void* buffer = nullptr;
+  };
+  GateIndex gate_index_;
   bool moe_small_enabled_ = env_enabled("DSHPC_MOE_SMALL");
   // DSHPC_MOE_FUSE_SHARED=0: the shared experts as a separate MLP before the routed ones.
   bool moe_fuse_shared_enabled_ = env_enabled("DSHPC_MOE_FUSE_SHARED");
@@ -837,6 +873,10 @@ class CudaBackend final : public Backend {
   bool gemv_pair_enabled_ = env_enabled("DSHPC_GEMV_PAIR");
   bool mla_prepare_enabled_ = env_enabled("DSHPC_MLA_PREPARE");
   bool moe_gate_enabled_ = env_enabled("DSHPC_MOE_GATE");
+  // DSHPC_MOE_GATE_NORM=0: the add_rmsnorm before the gate in its own launch;
+  // DSHPC_MOE_GATE_INDEX=0: the experts' index in its own launch.
+  bool moe_gate_norm_enabled_ = env_enabled("DSHPC_MOE_GATE_NORM");
+  bool moe_gate_index_enabled_ = env_enabled("DSHPC_MOE_GATE_INDEX");
   // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
   // tests pass but its speed has not been measured yet).
   bool mla_values_enabled_ = [] {
@@ -895,10 +935,66 @@ const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_exp
   return device;
 }
 
+cuda::MoeGateIndex CudaBackend::moe_index_layout(int64_t tokens, int64_t top_k,
+                                                 int64_t expert_begin, int64_t num_local,
+                                                 int64_t extra) {
+  // offsets [num_local + 1 + extra] | pair_of_row [rows] | row_of_pair [pairs] | active [slots]
+  const int64_t pairs = tokens * top_k, rows = pairs + extra * tokens;
+  const int64_t slots = cuda::moe_active_slots(pairs, num_local) + extra;
+  ensure(moe_small_index_, (num_local + 1 + extra + rows + pairs + slots) * sizeof(int32_t));
+  cuda::MoeGateIndex index;
+  index.expert_begin = expert_begin;
+  index.num_local = num_local;
+  index.shared_tokens = extra * tokens;
+  index.offsets = moe_small_index_.as<int32_t>();
+  index.pair_of_row = index.offsets + num_local + 1 + extra;
+  index.row_of_pair = index.pair_of_row + rows;
+  index.active = index.row_of_pair + pairs;
+  return index;
+}
+
+bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const Mat& router,
+                             Mat logits, const float* bias, const MoeRoutingParams& params,
+                             int32_t* expert_ids, float* weights,
+                             const MoeExpertsAfterGate* next) {
+  gate_index_ = {};
+  if (!moe_gate_enabled_ || logits.cols != params.num_experts ||
+      !cuda::moe_gate_supported(x, router, logits, params, norm)) {
+    return false;
+  }
+  // The index moe_small would launch next, for the experts the caller names, where moe_small
+  // will likely take them (it checks the match, so a wrong guess costs only its own launch).
+  const int64_t tokens = x.rows, pairs = tokens * params.top_k;
+  const bool plan = next != nullptr && moe_gate_index_enabled_ && moe_small_enabled_ &&
+                    next->num_local > 0 && pairs <= cuda::kMoeSmallMaxPairs &&
+                    next->num_local <= cuda::kMoeSmallMaxExperts;
+  cuda::MoeGateIndex index;
+  if (plan) {
+    // moe_experts_with_shared's conditions that do not depend on the experts' shapes.
+    const bool shared = next->with_shared && moe_fuse_shared_enabled_ && moe_mma_enabled_ &&
+                        dtype_ == DType::kBF16 && tokens <= cuda::kMoeSharedFuseMaxTokens;
+    index = moe_index_layout(tokens, params.top_k, next->expert_begin, next->num_local,
+                             shared ? 1 : 0);
+  }
+  const bool with_index =
+      plan && cuda::moe_gate_supported(x, router, logits, params, norm, &index);
+  cuda::launch_moe_gate(x, router, logits, bias, params, expert_ids, weights,
+                        gate_done_.as<unsigned int>(), stream_, norm,
+                        with_index ? &index : nullptr);
+  if (with_index) {
+    gate_index_ = {expert_ids,          pairs, index.expert_begin, index.num_local,
+                   index.shared_tokens, moe_small_index_.data()};
+  }
+  ++counters_.moe_gate;
+  if (norm != nullptr) ++counters_.moe_gate_norm;
+  return true;
+}
+
 bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float* weights,
                             int64_t top_k, const ExpertWeights* local_experts,
                             int64_t expert_begin, int64_t num_local, const ExpertWeights* shared,
                             const Mat& out) {
+  const GateIndex pending = std::exchange(gate_index_, GateIndex{});  // used at most once
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   const int64_t inter = local_experts[0].down.cols;
   const int64_t shared_inter = shared != nullptr ? shared->down.cols : 0;
@@ -919,18 +1015,25 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   const int64_t extra = shared != nullptr ? 1 : 0;
   const int64_t rows = pairs + extra * tokens;  // routed rows, then one per token for the shared
   const int64_t act_cols = std::max(inter, shared_inter);
-  const int64_t slots = cuda::moe_active_slots(pairs, num_local) + extra;
-  ensure(moe_small_index_, (num_local + 1 + extra + rows + pairs + slots) * sizeof(int32_t));
+  const cuda::MoeGateIndex index = moe_index_layout(tokens, top_k, expert_begin, num_local, extra);
   ensure(moe_act_, rows * act_cols * element);
   ensure(moe_out_, rows * hidden * element);
-  auto* offsets = moe_small_index_.as<int32_t>();
-  int32_t* pair_of_row = offsets + num_local + 1 + extra;
-  int32_t* row_of_pair = pair_of_row + rows;
-  int32_t* active = row_of_pair + pairs;
+  int32_t* offsets = index.offsets;
+  int32_t* pair_of_row = index.pair_of_row;
+  int32_t* row_of_pair = index.row_of_pair;
+  int32_t* active = index.active;
   const Mat act = Mat::of(moe_act_.data(), dtype_, rows, act_cols);
   const Mat expert_out = Mat::of(moe_out_.data(), dtype_, rows, hidden);
-  cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, extra * tokens, offsets,
-                         pair_of_row, row_of_pair, active, stream_);
+  const bool indexed = pending.ids == expert_ids && pending.pairs == pairs &&
+                       pending.expert_begin == expert_begin && pending.num_local == num_local &&
+                       pending.shared_tokens == extra * tokens &&
+                       pending.buffer == moe_small_index_.data();
+  if (indexed) {
+    ++counters_.moe_gate_index;
+  } else {
+    cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, extra * tokens, offsets,
+                           pair_of_row, row_of_pair, active, stream_);
+  }
   const cuda::MoeSharedExpert shared_expert{static_cast<int32_t>(num_local), shared_inter};
   cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, active, pair_of_row, top_k,
                                  act, mma, shared != nullptr ? &shared_expert : nullptr, stream_);

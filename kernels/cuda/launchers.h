@@ -146,11 +146,33 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
                       int32_t* expert_ids, float* weights, cudaStream_t stream);
 // Backend::moe_gate in one launch for up to kMoeGateMaxTokens tokens (x and router of one type,
 // float32 logits): `done` is a device counter, zero before the launch and left zero after it.
+// Two optional parts of the same launch:
+//   MoeGateNorm: the add_rmsnorm before it (residual += delta; out = rmsnorm(residual) · weight,
+//     launch_add_rmsnorm's arithmetic). Every CTA normalises the rows into shared memory for its
+//     product; the CTA that routes writes residual and out. x is then `out` (shapes only).
+//   MoeGateIndex: launch_moe_index's outputs for the routed ids, built by the routing CTA.
 inline constexpr int kMoeGateMaxTokens = 8;
-bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits);
+struct MoeGateNorm {
+  Mat residual;
+  Mat delta;
+  const void* weight;  // [cols] of the activation type
+  float eps;
+  Mat out;
+};
+struct MoeGateIndex {
+  int64_t expert_begin = 0, num_local = 0, shared_tokens = 0;
+  int32_t* offsets = nullptr;
+  int32_t* pair_of_row = nullptr;
+  int32_t* row_of_pair = nullptr;
+  int32_t* active = nullptr;
+};
+bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits,
+                        const MoeRoutingParams& params, const MoeGateNorm* norm = nullptr,
+                        const MoeGateIndex* index = nullptr);
 void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
                      const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
-                     unsigned int* done, cudaStream_t stream);
+                     unsigned int* done, cudaStream_t stream, const MoeGateNorm* norm = nullptr,
+                     const MoeGateIndex* index = nullptr);
 
 // moe_experts.cu: the permutation kernels around the per-expert matrix products.
 // out[i] = x[token_of_row[i]] for i < out.rows.
@@ -211,7 +233,16 @@ void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_
                            const MoeSharedExpert* shared, cudaStream_t stream);
 
 // sampling.cu: ids[r] = argmax of row r (ties to the lowest index, NaN never wins).
-void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream);
+// Rows of up to kArgmaxSlicedMaxRows are cut into slices of 4,096 over many CTAs (at most
+// kArgmaxMaxSlices) when `partial` (8 bytes a slice of each row) and `done` (one counter a row,
+// zero before the launch and left zero) are given; other steps take one CTA per row.
+inline constexpr int64_t kArgmaxSlicedMaxRows = 64;
+inline constexpr int64_t kArgmaxMaxSlices = 128;
+inline constexpr size_t kArgmaxPartialBytes = kArgmaxSlicedMaxRows * kArgmaxMaxSlices * 8;
+// The slices launch_argmax would use for these logits (0: one CTA per row).
+int64_t argmax_slices(const Mat& logits);
+void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream, void* partial = nullptr,
+                   unsigned int* done = nullptr);
 // ids[r] = the token sample_token_cpu draws from float32 row r with rows[r] (device memory).
 void launch_sample(const Mat& logits, const SamplingRow* rows, int32_t* ids, cudaStream_t stream);
 

@@ -7,11 +7,13 @@
 //   4. the top_k experts by choice, found by rank (the number of experts that beat it: larger
 //      value, or equal value and lower index), which reproduces the CPU's order exactly;
 //   5. weights = unbiased scores of the chosen, normalised and scaled by the CPU's rule.
+#include <algorithm>
 #include <cfloat>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/moe_index.cuh"
 
 namespace dshpc::cuda {
 namespace {
@@ -162,36 +164,138 @@ __global__ void __launch_bounds__(kThreads)
               weights + t * a.top_k);
 }
 
+// The add_rmsnorm of MoeGateNorm, on the device: rows in the activation type T.
+template <typename T>
+struct GateNormArgs {
+  T* residual = nullptr;  // nullptr: no norm, the gate reads x
+  int64_t residual_stride = 0;
+  const T* delta = nullptr;
+  int64_t delta_stride = 0;
+  const T* weight = nullptr;
+  T* out = nullptr;
+  int64_t out_stride = 0;
+  float eps = 0.0f;
+};
+
+// Chunks of 16 bytes per thread of a normalised row (rmsnorm_vec_kernel's bound).
+constexpr int kNormChunks = 4;
+
+template <typename T>
+union Chunk {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+// xs[t] = rmsnorm(residual[t] + delta[t]) · weight for t < tokens, into shared memory, with
+// rmsnorm_vec_kernel's arithmetic and summation order (same thread ↔ chunk mapping and block
+// size, the same reduction tree), so the values equal those of the separate launch.
+template <typename T>
+__device__ void gate_norm_rows(const GateNormArgs<T>& n, int tokens, int hidden, T* xs) {
+  constexpr int kVec = 16 / sizeof(T);
+  __shared__ float partial[kMoeGateMaxTokens][kThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int chunks = hidden / kVec;
+  float ss[kMoeGateMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kMoeGateMaxTokens; ++t) {
+    ss[t] = 0.0f;
+    if (t >= tokens) continue;
+    const uint4* r = reinterpret_cast<const uint4*>(n.residual + t * n.residual_stride);
+    const uint4* d = reinterpret_cast<const uint4*>(n.delta + t * n.delta_stride);
+    Chunk<T> x[kNormChunks], y[kNormChunks];
+#pragma unroll
+    for (int i = 0; i < kNormChunks; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      if (c < chunks) {
+        x[i].raw = r[c];
+        y[i].raw = d[c];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kNormChunks; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      if (c >= chunks) continue;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        x[i].e[j] = from_float<T>(to_float(x[i].e[j]) + to_float(y[i].e[j]));
+        const float v = to_float(x[i].e[j]);
+        ss[t] += v * v;
+      }
+      reinterpret_cast<uint4*>(xs + t * hidden)[c] = x[i].raw;
+    }
+  }
+  // block_sum's tree for every token at once: warp sums, then warp 0's sum of them.
+#pragma unroll
+  for (int t = 0; t < kMoeGateMaxTokens; ++t) {
+    if (t >= tokens) break;
+    const float v = warp_sum(ss[t]);
+    if (lane == 0) partial[t][warp] = v;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int t = 0; t < kMoeGateMaxTokens; ++t) {
+    if (t >= tokens) break;
+    const float total = warp_sum(lane < kThreads / 32 ? partial[t][lane] : 0.0f);
+    const float inv = 1.0f / sqrtf(total / static_cast<float>(hidden) + n.eps);
+#pragma unroll
+    for (int i = 0; i < kNormChunks; ++i) {
+      const int c = threadIdx.x + i * kThreads;
+      if (c >= chunks) continue;
+      Chunk<T> v;
+      v.raw = reinterpret_cast<const uint4*>(xs + t * hidden)[c];  // this thread's own chunk
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        v.e[j] = from_float<T>(to_float(n.weight[c * kVec + j]) * (to_float(v.e[j]) * inv));
+      }
+      reinterpret_cast<uint4*>(xs + t * hidden)[c] = v.raw;
+    }
+  }
+  __syncthreads();  // every warp reads every chunk
+}
+
 // The router and the routing of a few tokens in one launch: warp e of the grid computes expert
 // e's logit for every token (float32 accumulation, stored in float32 as the matmul would), then
 // the CTA that finishes last (a counter in device memory, reset by that CTA for the next launch
 // or graph replay) routes each token from the logits, read back through L2.
-template <typename T>
+// kNorm: x is rmsnorm(residual + delta), made by every CTA in shared memory (norm_bytes of it,
+// before the routing's), and written out with the new residual by the routing CTA, which only
+// runs once every other CTA has read residual. index.offsets != nullptr: that CTA then builds
+// the experts' index (moe_index.cuh) from the ids it wrote.
+template <typename T, bool kNorm>
 __global__ void __launch_bounds__(kThreads)
     moe_gate_kernel(const T* x, int64_t x_stride, int tokens, const T* router,
                     int64_t router_stride, int hidden, float* logits, int64_t logits_stride,
                     const float* bias, RouteArgs a, int32_t* expert_ids, float* weights,
-                    unsigned int* done) {
+                    unsigned int* done, GateNormArgs<T> norm, size_t norm_bytes,
+                    MoeGateIndex index) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int kVec = 16 / sizeof(T);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  unsigned char* route_smem = smem + norm_bytes;
+  if constexpr (kNorm) {
+    gate_norm_rows(norm, tokens, hidden, reinterpret_cast<T*>(smem));
+    x = reinterpret_cast<const T*>(smem);
+    x_stride = hidden;
+  }
   const int e = blockIdx.x * (kThreads / 32) + warp;
   if (e < a.num_experts) {
     const uint4* w = reinterpret_cast<const uint4*>(router + static_cast<int64_t>(e) * router_stride);
     float acc[kMoeGateMaxTokens] = {};
 #pragma unroll 8
     for (int c = lane; c < hidden / kVec; c += 32) {  // unrolled: eight loads in flight per lane
-      union {
-        uint4 raw;
-        T v[kVec];
-      } wc, xc;
+      Chunk<T> wc, xc;
       wc.raw = __ldg(w + c);
 #pragma unroll
       for (int t = 0; t < kMoeGateMaxTokens; ++t) {
         if (t >= tokens) break;
-        xc.raw = __ldg(reinterpret_cast<const uint4*>(x + t * x_stride) + c);
+        const uint4* xr = reinterpret_cast<const uint4*>(x + t * x_stride) + c;
+        if constexpr (kNorm) {
+          xc.raw = *xr;  // shared memory
+        } else {
+          xc.raw = __ldg(xr);
+        }
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) acc[t] = fmaf(to_float(wc.v[j]), to_float(xc.v[j]), acc[t]);
+        for (int j = 0; j < kVec; ++j) acc[t] = fmaf(to_float(wc.e[j]), to_float(xc.e[j]), acc[t]);
       }
     }
 #pragma unroll
@@ -210,13 +314,38 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (!last) return;
   __threadfence();
-  float* row = reinterpret_cast<float*>(smem + route_shared_bytes(a));
+  if constexpr (kNorm) {
+    // Every other CTA has read residual and delta (they counted after their products).
+    const int chunks = hidden / kVec;
+    for (int t = 0; t < tokens; ++t) {
+      const uint4* d = reinterpret_cast<const uint4*>(norm.delta + t * norm.delta_stride);
+      uint4* r = reinterpret_cast<uint4*>(norm.residual + t * norm.residual_stride);
+      const uint4* xs = reinterpret_cast<const uint4*>(x + t * hidden);
+      uint4* out = reinterpret_cast<uint4*>(norm.out + t * norm.out_stride);
+      for (int c = threadIdx.x; c < chunks; c += kThreads) {
+        Chunk<T> rc, dc;
+        rc.raw = r[c];
+        dc.raw = d[c];
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) rc.e[j] = from_float<T>(to_float(rc.e[j]) + to_float(dc.e[j]));
+        r[c] = rc.raw;
+        out[c] = xs[c];
+      }
+    }
+  }
+  float* row = reinterpret_cast<float*>(route_smem + route_shared_bytes(a));
   for (int t = 0; t < tokens; ++t) {
     for (int i = threadIdx.x; i < a.num_experts; i += blockDim.x) {
       row[i] = __ldcg(logits + t * logits_stride + i);  // L2: written by other CTAs
     }
     __syncthreads();
-    route_token(row, bias, a, smem, expert_ids + t * a.top_k, weights + t * a.top_k);
+    route_token(row, bias, a, route_smem, expert_ids + t * a.top_k, weights + t * a.top_k);
+  }
+  if (index.offsets != nullptr) {  // route_token ended with a barrier: the ids are visible
+    build_moe_index(expert_ids, tokens * a.top_k, static_cast<int>(index.expert_begin),
+                    static_cast<int>(index.num_local), static_cast<int>(index.shared_tokens),
+                    index.offsets, index.pair_of_row, index.row_of_pair, index.active,
+                    reinterpret_cast<int32_t*>(route_smem));
   }
   if (threadIdx.x == 0) *done = 0;
 }
@@ -264,35 +393,117 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
   });
 }
 
-bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits) {
+namespace {
+
+bool overlapping(const Mat& a, const Mat& b) {
+  const auto begin = [](const Mat& m) { return static_cast<const char*>(m.data); };
+  const auto end = [](const Mat& m) {
+    return static_cast<const char*>(m.data) +
+           ((m.rows - 1) * m.stride + m.cols) * static_cast<int64_t>(dtype_size(m.dtype));
+  };
+  return begin(a) < end(b) && begin(b) < end(a);
+}
+
+// The launch's dynamic shared memory: the normalised rows, then the routing's (scores, groups,
+// the selection and one logits row) or, after it, the index's.
+size_t gate_shared_bytes(const Mat& x, const MoeRoutingParams& p, const MoeGateNorm* norm,
+                         const MoeGateIndex* index) {
+  const size_t norm_bytes =
+      norm != nullptr ? (x.rows * x.cols * dtype_size(x.dtype) + 15) / 16 * 16 : 0;
+  RouteArgs shape{};
+  shape.num_experts = static_cast<int>(p.num_experts);
+  shape.top_k = static_cast<int>(p.top_k);
+  shape.num_groups = p.method != MoeTopkMethod::kGreedy ? static_cast<int>(p.num_groups) : 1;
+  size_t tail = route_shared_bytes(shape) + sizeof(float) * p.num_experts;
+  if (index != nullptr) {
+    tail = std::max(tail, moe_index_shared_ints(static_cast<int>(index->num_local)) *
+                              sizeof(int32_t));
+  }
+  return norm_bytes + tail;
+}
+
+// What the launch may use without opting in to more (the kernel's static part is under 1 KB).
+constexpr size_t kGateSharedLimit = 47 * 1024;
+
+}  // namespace
+
+bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits,
+                        const MoeRoutingParams& p, const MoeGateNorm* norm,
+                        const MoeGateIndex* index) {
   if (x.dtype != router.dtype || (x.dtype != DType::kF32 && x.dtype != DType::kBF16)) {
     return false;
   }
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype));
-  // Up to 2048 experts: the routing's shared memory (12 bytes an expert) stays under 48 KB.
-  return x.rows >= 1 && x.rows <= kMoeGateMaxTokens && logits.dtype == DType::kF32 &&
-         router.rows >= 1 && router.rows <= 2048 &&
-         logits.rows == x.rows && logits.cols == router.rows && router.cols == x.cols &&
-         x.cols % vec == 0 && x.stride % vec == 0 && router.stride % vec == 0 &&
-         aligned_to(x.data, 16) && aligned_to(router.data, 16) && x.cols <= 0x7fffffff;
+  const bool shapes =
+      x.rows >= 1 && x.rows <= kMoeGateMaxTokens && logits.dtype == DType::kF32 &&
+      router.rows >= 1 && router.rows <= 2048 && p.num_experts == router.rows &&
+      p.top_k >= 1 && p.top_k <= p.num_experts && p.num_groups >= 1 &&
+      logits.rows == x.rows && logits.cols == router.rows && router.cols == x.cols &&
+      x.cols % vec == 0 && x.stride % vec == 0 && router.stride % vec == 0 &&
+      aligned_to(x.data, 16) && aligned_to(router.data, 16) && x.cols <= 0x7fffffff;
+  if (!shapes) return false;
+  if (norm != nullptr) {
+    // rmsnorm_vec_kernel's conditions, the rows in one piece each, nothing aliased.
+    const Mat* rows[] = {&norm->residual, &norm->delta, &norm->out};
+    for (const Mat* m : rows) {
+      if (m->dtype != x.dtype || m->rows != x.rows || m->cols != x.cols || m->stride % vec != 0 ||
+          !aligned_to(m->data, 16)) {
+        return false;
+      }
+    }
+    if (norm->out.data != x.data || norm->out.stride != x.stride ||
+        x.cols / vec > int64_t{kThreads} * kNormChunks || norm->weight == nullptr ||
+        overlapping(norm->residual, norm->delta) || overlapping(norm->residual, norm->out) ||
+        overlapping(norm->delta, norm->out)) {
+      return false;
+    }
+  }
+  if (index != nullptr) {
+    const int64_t pairs = x.rows * p.top_k;
+    if (index->num_local < 1 || index->num_local > kMoeSmallMaxExperts ||
+        pairs > kMoeSmallMaxPairs || index->expert_begin < 0 ||
+        (index->shared_tokens != 0 && index->shared_tokens != x.rows) ||
+        index->offsets == nullptr || index->pair_of_row == nullptr ||
+        index->row_of_pair == nullptr || index->active == nullptr) {
+      return false;
+    }
+  }
+  return gate_shared_bytes(x, p, norm, index) <= kGateSharedLimit;
 }
 
 void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
                      const MoeRoutingParams& p, int32_t* expert_ids, float* weights,
-                     unsigned int* done, cudaStream_t stream) {
-  DSHPC_CHECK(moe_gate_supported(x, router, logits))
+                     unsigned int* done, cudaStream_t stream, const MoeGateNorm* norm,
+                     const MoeGateIndex* index) {
+  DSHPC_CHECK(moe_gate_supported(x, router, logits, p, norm, index))
       << "moe_gate: x [" << x.rows << ", " << x.cols << "], router [" << router.rows << ", "
-      << router.cols << "]";
+      << router.cols << "], " << p.num_experts << " experts" << (norm ? ", with the norm" : "")
+      << (index ? ", with the index" : "");
   const RouteArgs args = route_args(p, bias);
   const unsigned int blocks = static_cast<unsigned int>((router.rows + kThreads / 32 - 1) /
                                                         (kThreads / 32));
-  const size_t smem = route_shared_bytes(args) + sizeof(float) * args.num_experts;
+  const size_t smem = gate_shared_bytes(x, p, norm, index);
+  const size_t norm_bytes = norm != nullptr ? smem - gate_shared_bytes(x, p, nullptr, index) : 0;
+  const MoeGateIndex no_index{};
   dispatch_float(x.dtype, "moe_gate", [&](auto tag) {
     using T = decltype(tag);
-    moe_gate_kernel<T><<<blocks, kThreads, smem, stream>>>(
+    GateNormArgs<T> n;
+    if (norm != nullptr) {
+      n.residual = static_cast<T*>(norm->residual.data);
+      n.residual_stride = norm->residual.stride;
+      n.delta = static_cast<const T*>(norm->delta.data);
+      n.delta_stride = norm->delta.stride;
+      n.weight = static_cast<const T*>(norm->weight);
+      n.out = static_cast<T*>(norm->out.data);
+      n.out_stride = norm->out.stride;
+      n.eps = norm->eps;
+    }
+    auto kernel = norm != nullptr ? moe_gate_kernel<T, true> : moe_gate_kernel<T, false>;
+    kernel<<<blocks, kThreads, smem, stream>>>(
         static_cast<const T*>(x.data), x.stride, static_cast<int>(x.rows),
         static_cast<const T*>(router.data), router.stride, static_cast<int>(x.cols),
-        static_cast<float*>(logits.data), logits.stride, bias, args, expert_ids, weights, done);
+        static_cast<float*>(logits.data), logits.stride, bias, args, expert_ids, weights, done, n,
+        norm_bytes, index != nullptr ? *index : no_index);
     DSHPC_CUDA_LAUNCH_CHECK("moe_gate_kernel");
   });
 }

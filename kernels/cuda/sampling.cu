@@ -63,7 +63,7 @@ __device__ __forceinline__ Best better(Best a, Best b) {
 // argmax_rows_cpu's choice for row[0, vocab), computed by the whole block; every thread gets it.
 // `scratch` holds 32 entries of shared memory.
 template <typename T>
-__device__ int block_argmax(const T* row, int vocab, Best* scratch) {
+__device__ Best block_best(const T* row, int vocab, Best* scratch) {
   Best best{NAN, INT_MAX};  // loses to every element
   // `better` is associative and commutative, so any visiting order gives the CPU's choice. The
   // row is read in 16-byte vectors, kUnroll loads in flight per thread: one CTA must pull a whole
@@ -108,7 +108,13 @@ __device__ int block_argmax(const T* row, int vocab, Best* scratch) {
   __syncthreads();
   Best result = scratch[0];
   for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) result = better(result, scratch[w]);
-  return result.index == INT_MAX ? 0 : result.index;
+  return result;  // index INT_MAX: the row is empty or all NaN
+}
+
+template <typename T>
+__device__ int block_argmax(const T* row, int vocab, Best* scratch) {
+  const Best best = block_best(row, vocab, scratch);
+  return best.index == INT_MAX ? 0 : best.index;
 }
 
 template <typename T>
@@ -117,6 +123,52 @@ __global__ void __launch_bounds__(kArgmaxThreads)
   __shared__ Best scratch[32];
   const int index = block_argmax(logits + blockIdx.x * stride, vocab, scratch);
   if (threadIdx.x == 0) ids[blockIdx.x] = index;
+}
+
+// The argmax of a few rows over many CTAs: CTA (s, r) takes slice s of row r (kArgmaxSlice
+// elements, so slices stay 16-byte aligned) and stores its best; the row's last CTA to finish
+// (a per-row counter, reset by that CTA for the next launch or graph replay) reduces the
+// slices' bests in slice order. `better` is associative and commutative, so the choice is
+// argmax_kernel's.
+constexpr int kArgmaxSliceThreads = 256;
+constexpr int kArgmaxSlice = 4096;
+
+template <typename T>
+__global__ void __launch_bounds__(kArgmaxSliceThreads)
+    argmax_sliced_kernel(const T* logits, int64_t stride, int vocab, int32_t* ids, Best* partial,
+                         unsigned int* done) {
+  __shared__ Best scratch[32];
+  __shared__ bool last;
+  const int slice = blockIdx.x, row = blockIdx.y, slices = gridDim.x;
+  const int begin = slice * kArgmaxSlice, len = min(kArgmaxSlice, vocab - begin);
+  Best best = block_best(logits + row * stride + begin, len, scratch);
+  if (best.index != INT_MAX) best.index += begin;
+  if (threadIdx.x == 0) {
+    partial[row * slices + slice] = best;
+    __threadfence();  // the best before the count
+    last = atomicAdd(done + row, 1u) == static_cast<unsigned int>(slices) - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (threadIdx.x < 32) {
+    Best b{NAN, INT_MAX};
+    for (int s = threadIdx.x; s < slices; s += 32) {
+      const Best* p = partial + row * slices + s;
+      b = better(b, Best{__ldcg(&p->value), __ldcg(&p->index)});  // L2: other CTAs wrote them
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      Best other;
+      other.value = __shfl_xor_sync(0xffffffffu, b.value, offset);
+      other.index = __shfl_xor_sync(0xffffffffu, b.index, offset);
+      b = better(b, other);
+    }
+    if (threadIdx.x == 0) {
+      ids[row] = b.index == INT_MAX ? 0 : b.index;
+      done[row] = 0;
+    }
+  }
 }
 
 // ---- seeded sampling
@@ -629,12 +681,29 @@ __global__ void __launch_bounds__(kSampleThreads)
 
 }  // namespace
 
-void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream) {
+int64_t argmax_slices(const Mat& logits) {
+  if (logits.rows > kArgmaxSlicedMaxRows || logits.cols <= kArgmaxSlice) return 0;
+  const int64_t slices = (logits.cols + kArgmaxSlice - 1) / kArgmaxSlice;
+  return slices <= kArgmaxMaxSlices ? slices : 0;
+}
+
+void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream, void* partial,
+                   unsigned int* done) {
   if (logits.rows == 0) return;
   DSHPC_CHECK(logits.cols > 0 && logits.cols <= 0x7fffffff && logits.rows <= 0x7fffffff)
       << "argmax: " << logits.rows << " rows of " << logits.cols;
   dispatch_float(logits.dtype, "argmax", [&](auto tag) {
     using T = decltype(tag);
+    const int64_t slices = argmax_slices(logits);
+    if (slices > 0 && partial != nullptr && done != nullptr) {
+      argmax_sliced_kernel<T><<<dim3(static_cast<unsigned int>(slices),
+                                     static_cast<unsigned int>(logits.rows)),
+                                kArgmaxSliceThreads, 0, stream>>>(
+          static_cast<const T*>(logits.data), logits.stride, static_cast<int>(logits.cols), ids,
+          static_cast<Best*>(partial), done);
+      DSHPC_CUDA_LAUNCH_CHECK("argmax_sliced_kernel");
+      return;
+    }
     argmax_kernel<T><<<static_cast<unsigned int>(logits.rows), kArgmaxThreads, 0, stream>>>(
         static_cast<const T*>(logits.data), logits.stride, static_cast<int>(logits.cols), ids);
     DSHPC_CUDA_LAUNCH_CHECK("argmax_kernel");

@@ -147,6 +147,136 @@ TEST_P(GpuMoe, GateIsTheRouterProductAndTheRouting) {
   }
 }
 
+// Backend::add_rmsnorm_moe_gate with the experts that follow named: on the GPU one launch does
+// the residual add, the norm, the router product, the routing and (for up to kMoeGateMaxTokens
+// tokens) the experts' index. Against the same backend's separate launches (add_rmsnorm,
+// moe_gate, then the experts building their own index) every output must be bit-identical: the
+// fused kernel repeats their arithmetic and summation order. Against the CPU, the residual and
+// the norm within their roundings. V2-Lite's gate with its shared experts; V3's (7,168 wide, four
+// 16-byte chunks a thread; from 4 tokens its rows no longer fit the launch's shared memory, so
+// the norm runs apart and only the index is fused); 9 tokens: nothing fused.
+TEST_P(GpuMoe, GateWithTheNormAndTheIndexEqualsTheSeparateLaunches) {
+  struct Case {
+    MoeRoutingParams p;
+    int64_t hidden;
+    bool shared;
+    // The most tokens whose rows fit with the routing's shared memory: 2,048 wide, 8 in bf16
+    // (32 KB) and 5 in float32 (40 KB); 7,168 wide, 3 in bf16 (42 KB), none in float32 (1,792
+    // chunks: over the 1,024 a CTA normalises).
+    int64_t norm_max_tokens_bf16, norm_max_tokens_f32;
+  };
+  const int64_t inter = 64, shared_inter = 128, begin = 16, local = 16;
+  const float eps = 1e-6f;
+  uint32_t seed = 900;
+  for (const Case& c :
+       {Case{v2_lite_normalised(), 2048, true, 8, 5}, Case{v3_noaux(), 7168, false, 3, 0}}) {
+    const MoeRoutingParams& p = c.p;
+    const int64_t hidden = c.hidden;
+    const std::vector<float> router = values(p.num_experts * hidden, seed++, 0.05f);
+    const std::vector<float> bias = random_values(p.num_experts, seed++, 0.5f);
+    std::vector<float> norm_weight = random_values(hidden, seed++, 0.1f);
+    for (float& w : norm_weight) w += 1.0f;
+    norm_weight = representable(norm_weight, dtype());
+    std::vector<Tensor> gate_up, down;
+    std::vector<ExpertWeights> views;
+    for (int64_t e = 0; e < local; ++e) {
+      gate_up.push_back(upload_tensor(*gpu_, values(2 * inter * hidden, seed++, 1.0f / 16),
+                                      2 * inter, hidden, dtype()));
+      down.push_back(upload_tensor(*gpu_, values(hidden * inter, seed++, 1.0f / 8), hidden, inter,
+                                   dtype()));
+      views.push_back({gate_up.back().mat, down.back().mat});
+    }
+    const Tensor shared_gate_up = upload_tensor(
+        *gpu_, values(2 * shared_inter * hidden, seed++, 1.0f / 16), 2 * shared_inter, hidden,
+        dtype());
+    const Tensor shared_down =
+        upload_tensor(*gpu_, values(hidden * shared_inter, seed++, 1.0f / 8), hidden,
+                      shared_inter, dtype());
+    const Tensor gpu_r = upload_tensor(*gpu_, router, p.num_experts, hidden, dtype());
+    const DeviceBuffer gpu_bias = upload_raw(*gpu_, bias);
+    const DeviceBuffer gpu_norm = upload_tensor(*gpu_, norm_weight, 1, hidden, dtype()).buffer;
+    const bool biased = p.method == MoeTopkMethod::kNoauxTc;
+    for (int64_t tokens : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}}) {
+      SCOPED_TRACE(testing::Message() << p.num_experts << " experts, hidden " << hidden << ", "
+                                      << tokens << " tokens");
+      const std::vector<float> residual = values(tokens * hidden, seed++);
+      const std::vector<float> delta = values(tokens * hidden, seed++, 0.5f);
+      const size_t n = static_cast<size_t>(tokens * p.top_k);
+      struct Outputs {
+        std::vector<float> residual, normed, logits, weights, out;
+        std::vector<int32_t> ids;
+      };
+      const MoeExpertsAfterGate next{begin, local, c.shared};
+      // fused: add_rmsnorm_moe_gate naming the experts; else the separate launches.
+      auto run = [&](bool fused) {
+        Tensor r = upload_tensor(*gpu_, residual, tokens, hidden, dtype());
+        Tensor d = upload_tensor(*gpu_, delta, tokens, hidden, dtype());
+        Tensor normed = upload_tensor(*gpu_, std::vector<float>(tokens * hidden, 0.0f), tokens,
+                                      hidden, dtype());
+        Tensor logits = upload_tensor(*gpu_, std::vector<float>(tokens * p.num_experts, 0.0f),
+                                      tokens, p.num_experts, DType::kF32);
+        DeviceBuffer ids = gpu_->allocate(n * 4), w = gpu_->allocate(n * 4);
+        const float* b = biased ? gpu_bias.as<float>() : nullptr;
+        if (fused) {
+          gpu_->add_rmsnorm_moe_gate(r.mat, d.mat, gpu_norm.data(), eps, normed.mat, gpu_r.mat,
+                                     logits.mat, b, p, ids.as<int32_t>(), w.as<float>(), &next);
+        } else {
+          gpu_->add_rmsnorm(r.mat, d.mat, gpu_norm.data(), eps, normed.mat);
+          gpu_->moe_gate(normed.mat, gpu_r.mat, logits.mat, b, p, ids.as<int32_t>(),
+                         w.as<float>());
+        }
+        // The experts, as Model::moe runs them (into d, as the model reuses its delta).
+        const bool with_shared =
+            c.shared && gpu_->moe_experts_with_shared(
+                            normed.mat, ids.as<int32_t>(), w.as<float>(), p.top_k, views.data(),
+                            begin, local, ExpertWeights{shared_gate_up.mat, shared_down.mat},
+                            d.mat);
+        if (!with_shared) {
+          gpu_->zero(d.mat);
+          gpu_->moe_experts(normed.mat, ids.as<int32_t>(), w.as<float>(), p.top_k, views.data(),
+                            begin, local, d.mat);
+        }
+        Outputs o;
+        o.residual = download_tensor(*gpu_, r.mat);
+        o.normed = download_tensor(*gpu_, normed.mat);
+        o.logits = download_tensor(*gpu_, logits.mat);
+        o.ids = download_raw<int32_t>(*gpu_, ids.data(), n);
+        o.weights = download_raw<float>(*gpu_, w.data(), n);
+        o.out = download_tensor(*gpu_, d.mat);
+        return o;
+      };
+      const CudaPathCounters before = cuda_path_counters(*gpu_);
+      const Outputs fused = run(true);
+      const CudaPathCounters after = cuda_path_counters(*gpu_);
+      const Outputs separate = run(false);
+      EXPECT_EQ(fused.residual, separate.residual);
+      EXPECT_EQ(fused.normed, separate.normed);
+      EXPECT_EQ(fused.logits, separate.logits);
+      EXPECT_EQ(fused.ids, separate.ids);
+      EXPECT_EQ(fused.weights, separate.weights);
+      EXPECT_EQ(fused.out, separate.out);
+
+      // Which parts were fused: the index whenever the gate is; the norm where the rows fit the
+      // launch's shared memory with the routing's (47 KB).
+      const bool gate = tokens <= cuda::kMoeGateMaxTokens;
+      const int64_t norm_max_tokens = dtype() == DType::kBF16 ? c.norm_max_tokens_bf16
+                                                              : c.norm_max_tokens_f32;
+      EXPECT_EQ(after.moe_gate_index - before.moe_gate_index, gate ? 1 : 0);
+      EXPECT_EQ(after.moe_gate_norm - before.moe_gate_norm, tokens <= norm_max_tokens ? 1 : 0);
+
+      // The residual and the norm against the CPU (float32): one rounding, then two.
+      Tensor cr = upload_tensor(*cpu_, residual, tokens, hidden, DType::kF32);
+      Tensor cd = upload_tensor(*cpu_, delta, tokens, hidden, DType::kF32);
+      Tensor cn = upload_tensor(*cpu_, std::vector<float>(tokens * hidden, 0.0f), tokens, hidden,
+                                DType::kF32);
+      const DeviceBuffer cpu_norm = upload_raw(*cpu_, norm_weight);
+      cpu_->add_rmsnorm(cr.mat, cd.mat, cpu_norm.data(), eps, cn.mat);
+      EXPECT_CLOSE(fused.residual, download_tensor(*cpu_, cr.mat), tol(1));
+      EXPECT_CLOSE(fused.normed, download_tensor(*cpu_, cn.mat), tol(2));
+    }
+  }
+}
+
 TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
   // Every biased choice value negative: a dropped group masked with 0 would win; −inf never does.
   MoeRoutingParams p = v3_noaux();

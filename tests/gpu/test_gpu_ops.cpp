@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "gpu_test_util.h"
+#include "kernels/cuda/launchers.h"
 #include "kernels/rope.h"
 
 namespace dshpc::gpu_test {
@@ -356,33 +357,49 @@ TEST_P(GpuOps, MatmulFloat32OutputOfBf16Inputs) {
                dtype() == DType::kF32 ? kF32Tol : 10 * kF32Tol);
 }
 
+// Up to kArgmaxSlicedMaxRows rows, a row is cut into 4,096-element slices over several CTAs
+// (32,000: eight, the last one partial), the rows' last CTAs reducing them; more rows take one
+// CTA each. Three launches in a row check that the per-row counters are left at zero.
 TEST_P(GpuOps, ArgmaxTiesNanAndInfinities) {
-  const int64_t rows = 6, vocab = 32000;
-  std::vector<float> logits = values(rows * vocab, 80, 3.0f);
-  logits[0 * vocab + 500] = 50.0f;  // row 0: a tie, the lower index wins
-  logits[0 * vocab + 300] = 50.0f;
-  for (int64_t i = 0; i < vocab; ++i) logits[1 * vocab + i] = -INFINITY;  // row 1: all −inf → 0
-  for (int64_t i = 0; i < vocab; ++i) {                                   // row 2: all NaN → 0
-    logits[2 * vocab + i] = std::numeric_limits<float>::quiet_NaN();
-  }
-  logits[3 * vocab + 0] = std::numeric_limits<float>::quiet_NaN();  // row 3: NaN never wins
-  logits[3 * vocab + vocab - 1] = 100.0f;
-  logits[4 * vocab + 17] = INFINITY;  // row 4: +inf wins
-  for (DType logits_dtype : {DType::kF32, dtype()}) {
-    const std::vector<float> stored = representable(logits, logits_dtype);
-    Tensor cpu_l = upload_tensor(*cpu_, stored, rows, vocab, DType::kF32);
-    Tensor gpu_l = upload_tensor(*gpu_, stored, rows, vocab, logits_dtype);
-    DeviceBuffer cpu_ids = cpu_->allocate(rows * sizeof(int32_t));
-    DeviceBuffer gpu_ids = gpu_->allocate(rows * sizeof(int32_t));
-    cpu_->argmax(cpu_l.mat, cpu_ids.as<int32_t>());
-    gpu_->argmax(gpu_l.mat, gpu_ids.as<int32_t>());
-    const auto expected = download_raw<int32_t>(*cpu_, cpu_ids.data(), rows);
-    EXPECT_EQ(download_raw<int32_t>(*gpu_, gpu_ids.data(), rows), expected);
-    EXPECT_EQ(expected[0], 300);
-    EXPECT_EQ(expected[1], 0);
-    EXPECT_EQ(expected[2], 0);
-    EXPECT_EQ(expected[3], vocab - 1);
-    EXPECT_EQ(expected[4], 17);
+  const int64_t vocab = 32000;
+  for (const int64_t rows : {int64_t{6}, cuda::kArgmaxSlicedMaxRows + 1}) {
+    SCOPED_TRACE(testing::Message() << rows << " rows");
+    std::vector<float> logits = values(rows * vocab, 80, 3.0f);
+    logits[0 * vocab + 500] = 50.0f;  // row 0: a tie, the lower index wins
+    logits[0 * vocab + 300] = 50.0f;
+    for (int64_t i = 0; i < vocab; ++i) logits[1 * vocab + i] = -INFINITY;  // row 1: all −inf → 0
+    for (int64_t i = 0; i < vocab; ++i) {                                   // row 2: all NaN → 0
+      logits[2 * vocab + i] = std::numeric_limits<float>::quiet_NaN();
+    }
+    logits[3 * vocab + 0] = std::numeric_limits<float>::quiet_NaN();  // row 3: NaN never wins
+    logits[3 * vocab + vocab - 1] = 100.0f;                           // (in the partial slice)
+    logits[4 * vocab + 17] = INFINITY;  // row 4: +inf wins
+    logits[5 * vocab + 30000] = 60.0f;  // row 5: a tie across slices 1 and 7
+    logits[5 * vocab + 4100] = 60.0f;
+    for (DType logits_dtype : {DType::kF32, dtype()}) {
+      const std::vector<float> stored = representable(logits, logits_dtype);
+      Tensor cpu_l = upload_tensor(*cpu_, stored, rows, vocab, DType::kF32);
+      Tensor gpu_l = upload_tensor(*gpu_, stored, rows, vocab, logits_dtype);
+      DeviceBuffer cpu_ids = cpu_->allocate(rows * sizeof(int32_t));
+      DeviceBuffer gpu_ids = gpu_->allocate(rows * sizeof(int32_t));
+      cpu_->argmax(cpu_l.mat, cpu_ids.as<int32_t>());
+      const auto expected = download_raw<int32_t>(*cpu_, cpu_ids.data(), rows);
+      EXPECT_EQ(expected[0], 300);
+      EXPECT_EQ(expected[1], 0);
+      EXPECT_EQ(expected[2], 0);
+      EXPECT_EQ(expected[3], vocab - 1);
+      EXPECT_EQ(expected[4], 17);
+      EXPECT_EQ(expected[5], 4100);
+      const int64_t sliced_before = cuda_path_counters(*gpu_).argmax_sliced;
+      for (int launch = 0; launch < 3; ++launch) {
+        gpu_->upload(gpu_ids.data(), std::vector<int32_t>(rows, -1).data(), rows * 4);
+        gpu_->argmax(gpu_l.mat, gpu_ids.as<int32_t>());
+        EXPECT_EQ(download_raw<int32_t>(*gpu_, gpu_ids.data(), rows), expected)
+            << "launch " << launch;
+      }
+      EXPECT_EQ(cuda_path_counters(*gpu_).argmax_sliced - sliced_before,
+                rows <= cuda::kArgmaxSlicedMaxRows ? 3 : 0);
+    }
   }
 }
 
