@@ -23,6 +23,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -87,6 +88,8 @@ __host__ __device__ inline SmemLayout smem_layout(int rows, int head_dim, int v_
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) paged_attention_kernel(AttentionArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = a.heads_per_cta * a.tokens_per_cta;
   const SmemLayout layout = smem_layout(rows, a.head_dim, a.v_dim, a.v_in_k);
@@ -331,7 +334,8 @@ void launch_paged_attention(const Mat& q, const Mat& out, const PagedSequence* s
                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
     }
-    paged_attention_kernel<T><<<grid, kThreads, smem, stream>>>(args);
+    launch_pdl("paged_attention_kernel", paged_attention_kernel<T>, grid, kThreads, smem, stream,
+               args);
     DSHPC_CUDA_LAUNCH_CHECK("paged_attention_kernel");
   });
 }

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -70,8 +71,7 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
 // acc += p · v over this lane's N value dims.
 template <int kU, int N>
 __device__ __forceinline__ void softmax_update(float (&score)[kU], int key0, int end, float& m,
-                                               float& l, float (&acc)[N],
-                                               const float (&v)[kU][N]) {
+                                               float& l, float (&acc)[N], const float (&v)[kU][N]) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
 #pragma unroll
@@ -168,6 +168,8 @@ struct DecodeArgs {
 // D = head_dim = v_dim = 32 · DPL; G query heads per CTA (of the group).
 template <typename T, int DPL, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   constexpr int D = 32 * DPL;
   __shared__ float red_m[kWarps][G];
   __shared__ float red_l[kWarps][G];
@@ -275,6 +277,8 @@ __device__ __forceinline__ void split_weights(const float* part, int splits, int
 template <typename T>
 __global__ void decode_attention_combine(const float* partial, const PagedSequence* sequences,
                                          T* out, int q_heads, int splits, int d_model) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float weight[kMaxSplits];
   __shared__ float inv_l;
   const int s = blockIdx.x, head = blockIdx.y;
@@ -314,6 +318,8 @@ constexpr int kMlaHeads = 4;  // query heads per CTA
 
 template <typename T, int LPL, int RPL, int G>
 __global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   constexpr int L = 32 * LPL;
   constexpr int RP = RPL > 0 ? RPL : 1;
   __shared__ float red_m[kWarps][G];
@@ -410,9 +416,8 @@ void launch_split_combine(const float* partial, const PagedSequence* sequences, 
                           int num_seqs, int q_heads, int splits, int d_model, cudaStream_t stream) {
   if (splits <= 1) return;
   const dim3 grid(static_cast<unsigned int>(num_seqs), static_cast<unsigned int>(q_heads));
-  decode_attention_combine<T><<<grid, d_model, 0, stream>>>(partial, sequences,
-                                                            static_cast<T*>(out), q_heads, splits,
-                                                            d_model);
+  launch_pdl("decode_attention_combine", decode_attention_combine<T>, grid, d_model, 0, stream,
+             partial, sequences, static_cast<T*>(out), q_heads, splits, d_model);
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_combine");
 }
 
@@ -427,6 +432,8 @@ template <typename T, int L>
 __global__ void __launch_bounds__(kThreads)
     mla_values_kernel(const float* partial, const PagedSequence* sequences, const T* out,
                       int q_heads, int splits, MlaValueProjection proj) {
+  pdl_wait();
+  pdl_launch_dependents();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ __align__(16) float o[L];
   __shared__ float weight[kMaxSplits];
@@ -476,7 +483,8 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
                        const MlaValueProjection* proj, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(num_seqs), static_cast<unsigned int>(head_chunks),
                   static_cast<unsigned int>(args.splits));
-  mla_decode_kernel<T, LPL, RPL, kMlaHeads><<<grid, kThreads, 0, stream>>>(args);
+  launch_pdl("mla_decode_kernel", mla_decode_kernel<T, LPL, RPL, kMlaHeads>, grid, kThreads, 0,
+             stream, args);
   DSHPC_CUDA_LAUNCH_CHECK("mla_decode_kernel");
   if (proj == nullptr) {
     launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
@@ -486,9 +494,9 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
   const dim3 values_grid(static_cast<unsigned int>(num_seqs),
                          static_cast<unsigned int>(args.q_heads),
                          static_cast<unsigned int>((proj->v_dim + kValueRows - 1) / kValueRows));
-  mla_values_kernel<T, 32 * LPL><<<values_grid, kThreads, 0, stream>>>(
-      args.partial, args.sequences, static_cast<const T*>(args.out), args.q_heads, args.splits,
-      *proj);
+  launch_pdl("mla_values_kernel", mla_values_kernel<T, 32 * LPL>, values_grid, kThreads, 0, stream,
+             args.partial, args.sequences, static_cast<const T*>(args.out), args.q_heads,
+             args.splits, *proj);
   DSHPC_CUDA_LAUNCH_CHECK("mla_values_kernel");
 }
 
@@ -497,7 +505,8 @@ void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, cudaStrea
   const dim3 grid(static_cast<unsigned int>(num_seqs),
                   static_cast<unsigned int>(kv_heads * args.head_chunks),
                   static_cast<unsigned int>(args.splits));
-  decode_attention_kernel<T, DPL, G><<<grid, kThreads, 0, stream>>>(args);
+  launch_pdl("decode_attention_kernel", decode_attention_kernel<T, DPL, G>, grid, kThreads, 0,
+             stream, args);
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_kernel");
   launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
                           args.splits, 32 * DPL, stream);
@@ -650,8 +659,7 @@ bool mla_values_supported(const MlaValueProjection& proj, const PagedKvView& cac
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));
   return num_seqs >= 1 && num_seqs <= kMlaValuesMaxSequences && proj.v_dim >= 1 &&
          proj.v_dim <= 65535 * kValueRows && proj.row_stride % vec == 0 &&
-         proj.head_stride % vec == 0 && aligned_to(proj.w_uv, 16) &&
-         cache.v_dim % vec == 0;
+         proj.head_stride % vec == 0 && aligned_to(proj.w_uv, 16) && cache.v_dim % vec == 0;
 }
 
 void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,

@@ -18,6 +18,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -86,6 +87,8 @@ struct Smem {
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   using S = Smem<D>;
   constexpr int kPitch = S::kPitch;
   constexpr int kChunks = D / 8;  // 16-byte pieces per row
@@ -284,7 +287,8 @@ void launch(const PrefillArgs& args, int64_t num_tiles, cudaStream_t stream) {
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned int>(num_tiles), static_cast<unsigned int>(args.q_heads));
-  prefill_attention_kernel<D><<<grid, kThreads, smem, stream>>>(args);
+  launch_pdl("prefill_attention_kernel", prefill_attention_kernel<D>, grid, kThreads, smem, stream,
+             args);
   DSHPC_CUDA_LAUNCH_CHECK("prefill_attention_kernel");
 }
 

@@ -80,10 +80,10 @@ class CudaBackend final : public Backend {
     const char* disallow = std::getenv("DSHPC_CUBLAS_DISALLOW_REDUCED");
     const bool full_reduction = disallow != nullptr && std::string(disallow) == "1";
     DSHPC_CUBLAS_CHECK(cublasSetMathMode(
-        cublas_, full_reduction ? static_cast<cublasMath_t>(
-                                      CUBLAS_DEFAULT_MATH |
-                                      CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
-                                : CUBLAS_DEFAULT_MATH));
+        cublas_, full_reduction
+                     ? static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                                 CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+                     : CUBLAS_DEFAULT_MATH));
     // An explicit workspace keeps cuBLAS from allocating on its own (and is what CUDA graph
     // capture requires).
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
@@ -314,12 +314,13 @@ class CudaBackend final : public Backend {
     // The decode launches depend on the batch and, through the key splits of the attention,
     // on the longest context's split caps (decode_attention_plan, mla_decode_attention_plan).
     graph_key_ =
-        decode ? 1 + (static_cast<uint64_t>(num_seqs) << 16) +
-                     (static_cast<uint64_t>(
-                          cuda::decode_split_cap(max_context, cuda::kDecodeMinSplitKeys))
-                      << 8) +
-                     static_cast<uint64_t>(cuda::decode_split_cap(max_context, cuda::kMlaMinSplitKeys))
-               : 0;
+        decode
+            ? 1 + (static_cast<uint64_t>(num_seqs) << 16) +
+                  (static_cast<uint64_t>(
+                       cuda::decode_split_cap(max_context, cuda::kDecodeMinSplitKeys))
+                   << 8) +
+                  static_cast<uint64_t>(cuda::decode_split_cap(max_context, cuda::kMlaMinSplitKeys))
+            : 0;
     return step;
   }
 
@@ -557,10 +558,9 @@ class CudaBackend final : public Backend {
     if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {
       const cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
           step.num_sequences, q_heads, cache.kv_heads, max_context_, num_sms_);
-      cuda::launch_decode_attention(q, out, step.sequences, step.num_sequences, q_heads, cache,
-                                    dtype_, scale, plan,
-                                    decode_partial(plan, step.num_sequences, q_heads, cache.v_dim),
-                                    stream_);
+      cuda::launch_decode_attention(
+          q, out, step.sequences, step.num_sequences, q_heads, cache, dtype_, scale, plan,
+          decode_partial(plan, step.num_sequences, q_heads, cache.v_dim), stream_);
       ++counters_.decode_attention;
       return;
     }
@@ -918,7 +918,8 @@ const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_exp
     const bool fits = w.gate_up.dtype == dtype_ && w.down.dtype == dtype_ &&
                       w.gate_up.rows == 2 * rows && w.gate_up.cols == hidden &&
                       w.gate_up.contiguous() && w.down.rows == hidden && w.down.cols == rows &&
-                      w.down.contiguous() && reinterpret_cast<uintptr_t>(w.gate_up.data) % 16 == 0 &&
+                      w.down.contiguous() &&
+                      reinterpret_cast<uintptr_t>(w.gate_up.data) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(w.down.data) % 16 == 0;
     if (!fits) return nullptr;
     pointers[e] = w.gate_up.data;
@@ -955,8 +956,7 @@ cuda::MoeGateIndex CudaBackend::moe_index_layout(int64_t tokens, int64_t top_k,
 
 bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const Mat& router,
                              Mat logits, const float* bias, const MoeRoutingParams& params,
-                             int32_t* expert_ids, float* weights,
-                             const MoeExpertsAfterGate* next) {
+                             int32_t* expert_ids, float* weights, const MoeExpertsAfterGate* next) {
   gate_index_ = {};
   if (!moe_gate_enabled_ || logits.cols != params.num_experts ||
       !cuda::moe_gate_supported(x, router, logits, params, norm)) {
@@ -973,16 +973,16 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
     // moe_experts_with_shared's conditions that do not depend on the experts' shapes.
     const bool shared = next->with_shared && moe_fuse_shared_enabled_ && moe_mma_enabled_ &&
                         dtype_ == DType::kBF16 && tokens <= cuda::kMoeSharedFuseMaxTokens;
-    index = moe_index_layout(tokens, params.top_k, next->expert_begin, next->num_local,
-                             shared ? 1 : 0);
+    index =
+        moe_index_layout(tokens, params.top_k, next->expert_begin, next->num_local, shared ? 1 : 0);
   }
-  const bool with_index =
-      plan && cuda::moe_gate_supported(x, router, logits, params, norm, &index);
+  const bool with_index = plan && cuda::moe_gate_supported(x, router, logits, params, norm, &index);
   cuda::launch_moe_gate(x, router, logits, bias, params, expert_ids, weights,
                         gate_done_.as<unsigned int>(), stream_, norm,
                         with_index ? &index : nullptr);
   if (with_index) {
-    gate_index_ = {expert_ids,          pairs, index.expert_begin, index.num_local,
+    gate_index_ = {expert_ids,          pairs,
+                   index.expert_begin,  index.num_local,
                    index.shared_tokens, moe_small_index_.data()};
   }
   ++counters_.moe_gate;
@@ -991,10 +991,8 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
 }
 
 bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float* weights,
-                            int64_t top_k, const ExpertWeights* local_experts,
-                            int64_t expert_begin, int64_t num_local, const ExpertWeights* shared,
-                            const Mat& out) {
-  const GateIndex pending = std::exchange(gate_index_, GateIndex{});  // used at most once
+                            int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
+                            int64_t num_local, const ExpertWeights* shared, const Mat& out) {
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   const int64_t inter = local_experts[0].down.cols;
   const int64_t shared_inter = shared != nullptr ? shared->down.cols : 0;
@@ -1005,8 +1003,7 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   }
   const bool mma = moe_mma_enabled_ && cuda::moe_small_mma_supported(hidden, inter, dtype_);
   // The shared experts ride along on the tensor-core kernels only.
-  if (shared != nullptr &&
-      (!mma || !cuda::moe_small_mma_supported(hidden, shared_inter, dtype_))) {
+  if (shared != nullptr && (!mma || !cuda::moe_small_mma_supported(hidden, shared_inter, dtype_))) {
     return false;
   }
   const void* const* table = moe_pointer_table(local_experts, num_local, hidden, shared);
@@ -1024,6 +1021,10 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   int32_t* active = index.active;
   const Mat act = Mat::of(moe_act_.data(), dtype_, rows, act_cols);
   const Mat expert_out = Mat::of(moe_out_.data(), dtype_, rows, hidden);
+  // The index the gate built, where it is this step's (used once: cleared either way here; a
+  // declined call above leaves it for the call that follows, e.g. moe_experts after
+  // moe_experts_with_shared declined).
+  const GateIndex pending = std::exchange(gate_index_, GateIndex{});
   const bool indexed = pending.ids == expert_ids && pending.pairs == pairs &&
                        pending.expert_begin == expert_begin && pending.num_local == num_local &&
                        pending.shared_tokens == extra * tokens &&
@@ -1051,9 +1052,8 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
 
 bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,
                                           const float* weights, int64_t top_k,
-                                          const ExpertWeights* local_experts,
-                                          int64_t expert_begin, int64_t num_local,
-                                          const ExpertWeights& shared, Mat out) {
+                                          const ExpertWeights* local_experts, int64_t expert_begin,
+                                          int64_t num_local, const ExpertWeights& shared, Mat out) {
   // Up to one pass of the tensor-core kernels (16 tokens): beyond, the shared experts' rows take
   // several passes over their weights, which then outlast the routed experts' CTAs. Measured on
   // V2-Lite (one H200, same call): batch 1 316.5 tok/s fused against 297.7 unfused; batch 64

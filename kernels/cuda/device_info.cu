@@ -1,8 +1,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "kernels/cuda/device_info.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 
@@ -25,6 +28,14 @@ std::string device_description(int device) {
   std::snprintf(text, sizeof(text), "%s (sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
                 static_cast<double>(prop.totalGlobalMem) / (1ull << 30));
   return text;
+}
+
+bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("DSHPC_PDL");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
 }
 
 }  // namespace dshpc::cuda

@@ -5,6 +5,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -14,6 +15,8 @@ constexpr int kThreads = 256;
 template <typename TSrc, typename TDst>
 __global__ void copy_kernel(const TSrc* src, int64_t src_stride, TDst* dst, int64_t dst_stride,
                             int64_t rows, int64_t cols) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -25,6 +28,8 @@ __global__ void copy_kernel(const TSrc* src, int64_t src_stride, TDst* dst, int6
 template <typename T>
 __global__ void add_kernel(T* a, int64_t a_stride, const T* b, int64_t b_stride, int64_t rows,
                            int64_t cols) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -43,9 +48,9 @@ void launch_copy(const Mat& src, const Mat& dst, cudaStream_t stream) {
     using TSrc = decltype(src_tag);
     dispatch_float(dst.dtype, "copy", [&](auto dst_tag) {
       using TDst = decltype(dst_tag);
-      copy_kernel<TSrc, TDst><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-          static_cast<const TSrc*>(src.data), src.stride, static_cast<TDst*>(dst.data), dst.stride,
-          src.rows, src.cols);
+      launch_pdl("copy_kernel", copy_kernel<TSrc, TDst>, grid_for(total, kThreads), kThreads, 0,
+                 stream, static_cast<const TSrc*>(src.data), src.stride,
+                 static_cast<TDst*>(dst.data), dst.stride, src.rows, src.cols);
       DSHPC_CUDA_LAUNCH_CHECK("copy_kernel");
     });
   });
@@ -58,8 +63,9 @@ void launch_add(const Mat& a, const Mat& b, cudaStream_t stream) {
                                   << " += " << dtype_name(b.dtype);
   dispatch_float(a.dtype, "add", [&](auto tag) {
     using T = decltype(tag);
-    add_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<T*>(a.data), a.stride, static_cast<const T*>(b.data), b.stride, a.rows, a.cols);
+    launch_pdl("add_kernel", add_kernel<T>, grid_for(total, kThreads), kThreads, 0, stream,
+               static_cast<T*>(a.data), a.stride, static_cast<const T*>(b.data), b.stride, a.rows,
+               a.cols);
     DSHPC_CUDA_LAUNCH_CHECK("add_kernel");
   });
 }

@@ -3,6 +3,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -12,6 +13,8 @@ constexpr int kThreads = 256;
 template <typename TTable, typename TOut>
 __global__ void embedding_kernel(const TTable* table, int64_t vocab_begin, int64_t vocab_rows,
                                  int64_t dim, const int32_t* ids, TOut* out, int64_t out_stride) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int64_t local = static_cast<int64_t>(ids[t]) - vocab_begin;
   TOut* row = out + t * out_stride;
@@ -35,9 +38,10 @@ void launch_embedding(const Mat& table, int64_t vocab_begin, const int32_t* ids,
     using TTable = decltype(table_tag);
     dispatch_float(out.dtype, "embedding", [&](auto out_tag) {
       using TOut = decltype(out_tag);
-      embedding_kernel<TTable, TOut><<<static_cast<unsigned int>(out.rows), kThreads, 0, stream>>>(
-          static_cast<const TTable*>(table.data), vocab_begin, table.rows, table.cols, ids,
-          static_cast<TOut*>(out.data), out.stride);
+      launch_pdl("embedding_kernel", embedding_kernel<TTable, TOut>,
+                 static_cast<unsigned int>(out.rows), kThreads, 0, stream,
+                 static_cast<const TTable*>(table.data), vocab_begin, table.rows, table.cols, ids,
+                 static_cast<TOut*>(out.data), out.stride);
       DSHPC_CUDA_LAUNCH_CHECK("embedding_kernel");
     });
   });

@@ -11,6 +11,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -39,6 +40,7 @@ struct GemvOperand {
   int n;
 };
 
+// Launched with launch_pdl (pdl.h): loads weights before pdl_wait, touches x and y only after.
 template <int M, typename TY>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x, int64_t x_stride, GemvOperand<TY> first,
@@ -57,14 +59,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
-
-  for (int c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    uint4 wv[kUnroll];
+  auto load = [&](uint4(&wv)[kUnroll], int c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * 32;
       if (c < chunks) wv[u] = __ldcs(wr + c);  // streamed once: keep it out of the caches
     }
+  };
+  // The row's first loads (all of a 4,096-byte row) are weights: they are issued before
+  // pdl_wait, while the kernel before still runs.
+  uint4 wv[kUnroll];
+  load(wv, lane);
+  pdl_wait();
+  pdl_launch_dependents();
+
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+    if (c0 != lane) load(wv, c0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * 32;
@@ -105,10 +115,10 @@ void launch_rows(const Mat& x, GemvOperand<TY> first, GemvOperand<TY> second, in
   const int64_t rows = static_cast<int64_t>(first.n) + second.n;
   const unsigned int blocks = static_cast<unsigned int>((rows + kWarps - 1) / kWarps);
   const auto* xp = static_cast<const bf16*>(x.data);
-#define DSHPC_GEMV_CASE(M)                                                                  \
-  case M:                                                                                   \
-    gemv_kernel<M, TY><<<blocks, kWarps * 32, 0, stream>>>(xp, x.stride, first, second, k, \
-                                                           accumulate);                     \
+#define DSHPC_GEMV_CASE(M)                                                                      \
+  case M:                                                                                       \
+    launch_pdl("gemv_kernel", gemv_kernel<M, TY>, blocks, kWarps * 32, 0, stream, xp, x.stride, \
+               first, second, k, accumulate);                                                   \
     break;
   switch (x.rows) {
     DSHPC_GEMV_CASE(1)
@@ -152,8 +162,7 @@ void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cuda
   }
 }
 
-bool gemv_pair_supported(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2,
-                         const Mat& y2) {
+bool gemv_pair_supported(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2) {
   return gemv_supported(x, w1, y1, true) && gemv_supported(x, w2, y2, true) &&
          y1.dtype == y2.dtype && w1.cols == w2.cols && w1.rows + w2.rows <= 0x7fffffff;
 }

@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(kIpcAllReduceThreads)
   // above, ordered before it by the barrier, are visible first), then waits for rank r's flag.
   if (threadIdx.x < peers.world) {
     const int r = threadIdx.x;
-    uint32_t* remote = reinterpret_cast<uint32_t*>(peers.regions[r]) +
-                       block * kIpcAllReduceMaxRanks + peers.rank;
+    uint32_t* remote =
+        reinterpret_cast<uint32_t*>(peers.regions[r]) + block * kIpcAllReduceMaxRanks + peers.rank;
     store_release_sys(remote, epoch);
     const uint32_t* local = reinterpret_cast<const uint32_t*>(peers.regions[peers.rank]) +
                             block * kIpcAllReduceMaxRanks + r;

@@ -6,6 +6,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -20,6 +21,8 @@ __global__ void kv_cache_write_kernel(const T* __restrict__ k, int64_t k_row_str
                                       int64_t v_row_stride, int64_t v_width, const int64_t* slots,
                                       T* __restrict__ cache_k, int64_t k_token_stride,
                                       T* __restrict__ cache_v, int64_t v_token_stride) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int64_t slot = slots[t];
   if (slot < 0) return;
@@ -43,11 +46,11 @@ void launch_kv_cache_write(const Mat& k, const Mat* v, const int64_t* slots,
                                    v != nullptr ? cache.kv_heads * cache.v_dim : int64_t{0});
     const dim3 grid(static_cast<unsigned int>(k.rows),
                     static_cast<unsigned int>((width + kThreads - 1) / kThreads));
-    kv_cache_write_kernel<T><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(k.data), k.stride, cache.kv_heads * cache.head_dim,
-        v ? static_cast<const T*>(v->data) : nullptr, v ? v->stride : 0,
-        cache.kv_heads * cache.v_dim, slots, reinterpret_cast<T*>(cache.k), cache.k_token_stride,
-        reinterpret_cast<T*>(cache.v), cache.v_token_stride);
+    launch_pdl("kv_cache_write_kernel", kv_cache_write_kernel<T>, grid, kThreads, 0, stream,
+               static_cast<const T*>(k.data), k.stride, cache.kv_heads * cache.head_dim,
+               v ? static_cast<const T*>(v->data) : nullptr, v ? v->stride : 0,
+               cache.kv_heads * cache.v_dim, slots, reinterpret_cast<T*>(cache.k),
+               cache.k_token_stride, reinterpret_cast<T*>(cache.v), cache.v_token_stride);
     DSHPC_CUDA_LAUNCH_CHECK("kv_cache_write_kernel");
   });
 }

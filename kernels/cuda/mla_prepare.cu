@@ -16,12 +16,13 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kCols = 64;     // latent columns per absorption CTA: two per lane
+constexpr int kCols = 64;      // latent columns per absorption CTA: two per lane
 constexpr int kRowBatch = 16;  // W_UK rows per warp whose loads are in flight together
 
 template <typename T>
@@ -70,7 +71,7 @@ template <typename T>
 __device__ void absorb(const MlaPrepareParams<T>& p, int h, int chunk, float* smem) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int qk = p.nope + p.rope, entry = p.lora + p.rope;
-  float* qn = smem;                        // [tokens][nope]
+  float* qn = smem;                       // [tokens][nope]
   float* red = smem + p.tokens * p.nope;  // [kWarps][tokens][kCols]
   for (int i = threadIdx.x; i < p.tokens * p.nope; i += blockDim.x) {
     const int t = i / p.nope, n = i % p.nope;
@@ -152,6 +153,8 @@ __device__ void latent_entry(const MlaPrepareParams<T>& p, int t) {
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32) mla_prepare_kernel(MlaPrepareParams<T> p) {
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ float smem[];
   const int absorb_ctas = p.heads * (p.lora / kCols);
   if (static_cast<int>(blockIdx.x) < absorb_ctas) {
@@ -214,9 +217,9 @@ void launch_mla_prepare(const MlaPrepareArgs& a, DType dtype, cudaStream_t strea
     p.cache_stride = a.cache.k_token_stride;
     p.out = static_cast<T*>(a.q_absorbed.data);
     p.out_stride = a.q_absorbed.stride;
-    const unsigned int blocks =
-        static_cast<unsigned int>(a.heads * (p.lora / kCols) + a.q.rows);
-    mla_prepare_kernel<T><<<blocks, kWarps * 32, shared_bytes(a.q.rows, a.nope), stream>>>(p);
+    const unsigned int blocks = static_cast<unsigned int>(a.heads * (p.lora / kCols) + a.q.rows);
+    launch_pdl("mla_prepare_kernel", mla_prepare_kernel<T>, blocks, kWarps * 32,
+               shared_bytes(a.q.rows, a.nope), stream, p);
     DSHPC_CUDA_LAUNCH_CHECK("mla_prepare_kernel");
   });
 }

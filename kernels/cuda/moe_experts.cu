@@ -13,6 +13,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/moe_index.cuh"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -22,6 +23,8 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* token_of_row,
                                    T* out, int64_t out_stride, int64_t cols) {
+  pdl_wait();
+  pdl_launch_dependents();
   const T* src = x + static_cast<int64_t>(token_of_row[blockIdx.x]) * x_stride;
   T* dst = out + blockIdx.x * out_stride;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
@@ -32,6 +35,8 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
                                    const int32_t* row_of_pair, const float* weights, int top_k,
                                    const int32_t* shared_row0, T* out, int64_t out_stride,
                                    int64_t cols) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int32_t* rows = row_of_pair + t * top_k;
   const float* w = weights + t * top_k;
@@ -61,9 +66,9 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
       << "gather_rows: " << out.rows << " rows";
   dispatch_float(x.dtype, "gather_rows", [&](auto tag) {
     using T = decltype(tag);
-    gather_rows_kernel<T><<<static_cast<unsigned int>(out.rows), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), x.stride, token_of_row, static_cast<T*>(out.data),
-        out.stride, out.cols);
+    launch_pdl("gather_rows_kernel", gather_rows_kernel<T>, static_cast<unsigned int>(out.rows),
+               kThreads, 0, stream, static_cast<const T*>(x.data), x.stride, token_of_row,
+               static_cast<T*>(out.data), out.stride, out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("gather_rows_kernel");
   });
 }
@@ -77,15 +82,16 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
       << "moe_combine: " << out.rows << " tokens, top_k " << top_k;
   dispatch_float(out.dtype, "moe_combine", [&](auto tag) {
     using T = decltype(tag);
-    const dim3 grid(static_cast<unsigned int>(out.rows),
-                    static_cast<unsigned int>(std::min<int64_t>(8, (out.cols + kThreads - 1) / kThreads)));
-    moe_combine_kernel<T><<<grid, kThreads, 0, stream>>>(
-        static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
-        static_cast<int>(top_k), shared_row0, static_cast<T*>(out.data), out.stride, out.cols);
+    const dim3 grid(
+        static_cast<unsigned int>(out.rows),
+        static_cast<unsigned int>(std::min<int64_t>(8, (out.cols + kThreads - 1) / kThreads)));
+    launch_pdl("moe_combine_kernel", moe_combine_kernel<T>, grid, kThreads, 0, stream,
+               static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
+               static_cast<int>(top_k), shared_row0, static_cast<T*>(out.data), out.stride,
+               out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("moe_combine_kernel");
   });
 }
-
 
 // ---- The small-step path: no host round trip, so that decode steps of MoE models are captured
 // in CUDA graphs. The (token, slot) pairs are sorted by local expert on the device (stable:
@@ -101,6 +107,8 @@ constexpr int kWarpRows = 8;  // output rows (warps) per CTA
 __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin, int num_local,
                                  int shared_tokens, int32_t* offsets, int32_t* pair_of_row,
                                  int32_t* row_of_pair, int32_t* active) {
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ int32_t shared[];  // moe_index_shared_ints(num_local)
   build_moe_index(ids, pairs, expert_begin, num_local, shared_tokens, offsets, pair_of_row,
                   row_of_pair, active, shared);
@@ -115,7 +123,7 @@ __device__ __forceinline__ void warp_dots(const T* const (&w)[kMats], const T* c
   constexpr int kVec = 16 / sizeof(T);
   constexpr int64_t kStep = 32 * kVec;
   const int lane = threadIdx.x & 31;
-  auto accumulate = [&](const uint4 (&wv)[kMats], int64_t k) {
+  auto accumulate = [&](const uint4(&wv)[kMats], int64_t k) {
 #pragma unroll
     for (int c = 0; c < kRows; ++c) {
       if (c >= n) break;
@@ -125,7 +133,8 @@ __device__ __forceinline__ void warp_dots(const T* const (&w)[kMats], const T* c
       for (int m = 0; m < kMats; ++m) {
         const T* we = reinterpret_cast<const T*>(&wv[m]);
 #pragma unroll
-        for (int i = 0; i < kVec; ++i) acc[m][c] = fmaf(to_float(we[i]), to_float(xe[i]), acc[m][c]);
+        for (int i = 0; i < kVec; ++i)
+          acc[m][c] = fmaf(to_float(we[i]), to_float(xe[i]), acc[m][c]);
       }
     }
   };
@@ -160,6 +169,8 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     moe_gate_up_small_kernel(const T* x, int64_t x_stride, const T* const* gate_up, int64_t hidden,
                              int64_t inter, const int32_t* offsets, const int32_t* active,
                              const int32_t* pair_of_row, int top_k, T* act, int64_t act_stride) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int e = active[blockIdx.y];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
   if (e < 0 || j >= inter) return;
@@ -170,7 +181,8 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     const T* xs[kSmallRowsPerPass];
 #pragma unroll
     for (int c = 0; c < kSmallRowsPerPass; ++c) {
-      xs[c] = x + static_cast<int64_t>(pair_of_row[begin + first + min(c, n - 1)] / top_k) * x_stride;
+      xs[c] =
+          x + static_cast<int64_t>(pair_of_row[begin + first + min(c, n - 1)] / top_k) * x_stride;
     }
     float gu[2][kSmallRowsPerPass] = {};
     warp_dots<T, 2, kSmallRowsPerPass>(w, xs, n, hidden, gu);
@@ -190,6 +202,8 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     moe_down_small_kernel(const T* act, int64_t act_stride, const T* const* down, int64_t hidden,
                           int64_t inter, const int32_t* offsets, const int32_t* active, T* y,
                           int64_t y_stride) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int e = active[blockIdx.y];
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
   if (e < 0 || r >= hidden) return;
@@ -335,6 +349,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
                            int64_t hidden, int64_t inter, const int32_t* offsets,
                            const int32_t* active, const int32_t* pair_of_row, int top_k, bf16* act,
                            int64_t act_stride, MoeSharedExpert shared) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float red[kMmaWarps][2 * 8][32];
   const int e = active[blockIdx.y];
   if (e < 0) return;  // uniform over the CTA
@@ -378,10 +394,9 @@ constexpr int kDownInFlight = 4;
 // One tile of the down product: kMats · 16 rows of y from r0 on, for the expert's rows
 // [begin, begin + count) of act.
 template <int kMats>
-__device__ __forceinline__ void moe_down_tile(const bf16* act, int64_t act_stride,
-                                              const bf16* down, int64_t inter, int64_t r0,
-                                              int begin, int count, bf16* y, int64_t y_stride,
-                                              float* red_flat) {
+__device__ __forceinline__ void moe_down_tile(const bf16* act, int64_t act_stride, const bf16* down,
+                                              int64_t inter, int64_t r0, int begin, int count,
+                                              bf16* y, int64_t y_stride, float* red_flat) {
   auto red = reinterpret_cast<float(*)[kMats * 8][32]>(red_flat);
   bf16 const* w[kMats];
 #pragma unroll
@@ -390,9 +405,8 @@ __device__ __forceinline__ void moe_down_tile(const bf16* act, int64_t act_strid
   for (int first = 0; first < count; first += kMmaTokens) {
     const int n = min(kMmaTokens, count - first);
     const bf16* xr[2];
-    mma_token_rows(xr, n, [&](int c) {
-      return act + static_cast<int64_t>(begin + first + c) * act_stride;
-    });
+    mma_token_rows(
+        xr, n, [&](int c) { return act + static_cast<int64_t>(begin + first + c) * act_stride; });
     float d[kMats][2][4] = {};
     mma_rows<kMats, kDownInFlight>(w, inter, {xr[0], xr[1]}, d, red);
     if (threadIdx.x < 32) {
@@ -422,13 +436,15 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_down_mma_kernel(const bf16* act, int64_t act_stride, const bf16* const* down,
                         int64_t hidden, int64_t inter, const int32_t* offsets,
                         const int32_t* active, bf16* y, int64_t y_stride, MoeSharedExpert shared) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float red[kMmaWarps * 2 * 8 * 32];
   const int e = active[blockIdx.y];
   if (e < 0) return;
   const int begin = offsets[e], count = offsets[e + 1] - begin;
   if (e == shared.slot && shared.inter > inter) {
-    moe_down_tile<1>(act, act_stride, down[e], shared.inter,
-                     static_cast<int64_t>(blockIdx.x) * 16, begin, count, y, y_stride, red);
+    moe_down_tile<1>(act, act_stride, down[e], shared.inter, static_cast<int64_t>(blockIdx.x) * 16,
+                     begin, count, y, y_stride, red);
     return;
   }
   if (e == shared.slot) inter = shared.inter;
@@ -456,10 +472,9 @@ void launch_moe_index(const int32_t* expert_ids, int64_t pairs, int64_t expert_b
               (shared_tokens == 0 || pairs % shared_tokens == 0))
       << "moe_index: " << pairs << " pairs, " << num_local << " local experts";
   const size_t shared = moe_index_shared_ints(num_local) * sizeof(int32_t);
-  moe_index_kernel<<<1, kIndexThreads, shared, stream>>>(
-      expert_ids, static_cast<int>(pairs), static_cast<int>(expert_begin),
-      static_cast<int>(num_local), static_cast<int>(shared_tokens), offsets, pair_of_row,
-      row_of_pair, active);
+  launch_pdl("moe_index_kernel", moe_index_kernel, 1, kIndexThreads, shared, stream, expert_ids,
+             static_cast<int>(pairs), static_cast<int>(expert_begin), static_cast<int>(num_local),
+             static_cast<int>(shared_tokens), offsets, pair_of_row, row_of_pair, active);
   DSHPC_CUDA_LAUNCH_CHECK("moe_index_kernel");
 }
 
@@ -481,10 +496,11 @@ void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t 
     const dim3 grid(
         static_cast<unsigned>(std::max(inter, with.inter) / 16),
         static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local) + (shared ? 1 : 0)));
-    moe_gate_up_mma_kernel<<<grid, kMmaWarps * 32, 0, stream>>>(
-        static_cast<const bf16*>(x.data), x.stride, reinterpret_cast<const bf16* const*>(gate_up),
-        x.cols, inter, offsets, active, pair_of_row, static_cast<int>(top_k),
-        static_cast<bf16*>(act.data), act.stride, with);
+    launch_pdl("moe_gate_up_mma_kernel", moe_gate_up_mma_kernel, grid, kMmaWarps * 32, 0, stream,
+               static_cast<const bf16*>(x.data), x.stride,
+               reinterpret_cast<const bf16* const*>(gate_up), x.cols, inter, offsets, active,
+               pair_of_row, static_cast<int>(top_k), static_cast<bf16*>(act.data), act.stride,
+               with);
     DSHPC_CUDA_LAUNCH_CHECK("moe_gate_up_mma_kernel");
     return;
   }
@@ -493,11 +509,10 @@ void launch_moe_gate_up_small(const Mat& x, const void* const* gate_up, int64_t 
                   static_cast<unsigned>(moe_active_slots(x.rows * top_k, num_local)));
   dispatch_float(x.dtype, "moe_gate_up_small", [&](auto tag) {
     using T = decltype(tag);
-    moe_gate_up_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(
-        static_cast<const T*>(x.data), x.stride, reinterpret_cast<const T* const*>(gate_up),
-        x.cols, inter, offsets, active, pair_of_row, static_cast<int>(top_k),
-        static_cast<T*>(act.data),
-        act.stride);
+    launch_pdl("moe_gate_up_small_kernel", moe_gate_up_small_kernel<T>, grid, kWarpRows * 32, 0,
+               stream, static_cast<const T*>(x.data), x.stride,
+               reinterpret_cast<const T* const*>(gate_up), x.cols, inter, offsets, active,
+               pair_of_row, static_cast<int>(top_k), static_cast<T*>(act.data), act.stride);
     DSHPC_CUDA_LAUNCH_CHECK("moe_gate_up_small_kernel");
   });
 }
@@ -514,9 +529,10 @@ void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_
     const dim3 grid(
         static_cast<unsigned>(y.cols / 16),
         static_cast<unsigned>(moe_active_slots(routed_pairs, num_local) + (shared ? 1 : 0)));
-    moe_down_mma_kernel<<<grid, kMmaWarps * 32, 0, stream>>>(
-        static_cast<const bf16*>(act.data), act.stride, reinterpret_cast<const bf16* const*>(down),
-        y.cols, inter, offsets, active, static_cast<bf16*>(y.data), y.stride, with);
+    launch_pdl("moe_down_mma_kernel", moe_down_mma_kernel, grid, kMmaWarps * 32, 0, stream,
+               static_cast<const bf16*>(act.data), act.stride,
+               reinterpret_cast<const bf16* const*>(down), y.cols, inter, offsets, active,
+               static_cast<bf16*>(y.data), y.stride, with);
     DSHPC_CUDA_LAUNCH_CHECK("moe_down_mma_kernel");
     return;
   }
@@ -526,9 +542,9 @@ void launch_moe_down_small(const Mat& act, const void* const* down, int64_t num_
                   static_cast<unsigned>(moe_active_slots(routed_pairs, num_local)));
   dispatch_float(act.dtype, "moe_down_small", [&](auto tag) {
     using T = decltype(tag);
-    moe_down_small_kernel<T><<<grid, kWarpRows * 32, 0, stream>>>(
-        static_cast<const T*>(act.data), act.stride, reinterpret_cast<const T* const*>(down),
-        y.cols, act.cols, offsets, active, static_cast<T*>(y.data), y.stride);
+    launch_pdl("moe_down_small_kernel", moe_down_small_kernel<T>, grid, kWarpRows * 32, 0, stream,
+               static_cast<const T*>(act.data), act.stride, reinterpret_cast<const T* const*>(down),
+               y.cols, act.cols, offsets, active, static_cast<T*>(y.data), y.stride);
     DSHPC_CUDA_LAUNCH_CHECK("moe_down_small_kernel");
   });
 }

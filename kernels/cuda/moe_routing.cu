@@ -14,6 +14,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/moe_index.cuh"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -158,10 +159,11 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     moe_route_kernel(const T* logits, int64_t stride, const float* bias, RouteArgs a,
                      int32_t* expert_ids, float* weights) {
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t t = blockIdx.x;
-  route_token(logits + t * stride, bias, a, smem, expert_ids + t * a.top_k,
-              weights + t * a.top_k);
+  route_token(logits + t * stride, bias, a, smem, expert_ids + t * a.top_k, weights + t * a.top_k);
 }
 
 // The add_rmsnorm of MoeGateNorm, on the device: rows in the activation type T.
@@ -272,19 +274,31 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kVec = 16 / sizeof(T);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   unsigned char* route_smem = smem + norm_bytes;
+  const int e = blockIdx.x * (kThreads / 32) + warp;
+  // The expert's first router loads (a 2,048-wide row whole) before pdl_wait: weights only.
+  constexpr int kPreload = 8;
+  const uint4* w =
+      e < a.num_experts
+          ? reinterpret_cast<const uint4*>(router + static_cast<int64_t>(e) * router_stride)
+          : nullptr;
+  uint4 preload[kPreload];
+#pragma unroll
+  for (int i = 0; i < kPreload; ++i) {
+    const int c = lane + 32 * i;
+    if (w != nullptr && c < hidden / kVec) preload[i] = __ldg(w + c);
+  }
+  pdl_wait();
+  pdl_launch_dependents();
   if constexpr (kNorm) {
     gate_norm_rows(norm, tokens, hidden, reinterpret_cast<T*>(smem));
     x = reinterpret_cast<const T*>(smem);
     x_stride = hidden;
   }
-  const int e = blockIdx.x * (kThreads / 32) + warp;
-  if (e < a.num_experts) {
-    const uint4* w = reinterpret_cast<const uint4*>(router + static_cast<int64_t>(e) * router_stride);
+  if (w != nullptr) {
     float acc[kMoeGateMaxTokens] = {};
-#pragma unroll 8
-    for (int c = lane; c < hidden / kVec; c += 32) {  // unrolled: eight loads in flight per lane
+    auto dot = [&](const uint4& raw, int c) {  // acc[t] += w[c] · x[t][c], 16 bytes of each
       Chunk<T> wc, xc;
-      wc.raw = __ldg(w + c);
+      wc.raw = raw;
 #pragma unroll
       for (int t = 0; t < kMoeGateMaxTokens; ++t) {
         if (t >= tokens) break;
@@ -297,6 +311,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int j = 0; j < kVec; ++j) acc[t] = fmaf(to_float(wc.e[j]), to_float(xc.e[j]), acc[t]);
       }
+    };
+    const int chunks = hidden / kVec;
+#pragma unroll
+    for (int i = 0; i < kPreload; ++i) {
+      if (lane + 32 * i < chunks) dot(preload[i], lane + 32 * i);
+    }
+#pragma unroll 8
+    for (int c = lane + 32 * kPreload; c < chunks; c += 32) {  // eight loads in flight per lane
+      dot(__ldg(w + c), c);
     }
 #pragma unroll
     for (int t = 0; t < kMoeGateMaxTokens; ++t) {
@@ -327,7 +350,8 @@ __global__ void __launch_bounds__(kThreads)
         rc.raw = r[c];
         dc.raw = d[c];
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) rc.e[j] = from_float<T>(to_float(rc.e[j]) + to_float(dc.e[j]));
+        for (int j = 0; j < kVec; ++j)
+          rc.e[j] = from_float<T>(to_float(rc.e[j]) + to_float(dc.e[j]));
         r[c] = rc.raw;
         out[c] = xs[c];
       }
@@ -386,9 +410,9 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
   DSHPC_CHECK_LE(logits.rows, int64_t{0x7fffffff}) << "moe_route: tokens exceed gridDim.x";
   dispatch_float(logits.dtype, "moe_route", [&](auto tag) {
     using T = decltype(tag);
-    moe_route_kernel<T>
-        <<<static_cast<unsigned int>(logits.rows), kThreads, route_shared_bytes(args), stream>>>(
-            static_cast<const T*>(logits.data), logits.stride, bias, args, expert_ids, weights);
+    launch_pdl("moe_route_kernel", moe_route_kernel<T>, static_cast<unsigned int>(logits.rows),
+               kThreads, route_shared_bytes(args), stream, static_cast<const T*>(logits.data),
+               logits.stride, bias, args, expert_ids, weights);
     DSHPC_CUDA_LAUNCH_CHECK("moe_route_kernel");
   });
 }
@@ -416,8 +440,8 @@ size_t gate_shared_bytes(const Mat& x, const MoeRoutingParams& p, const MoeGateN
   shape.num_groups = p.method != MoeTopkMethod::kGreedy ? static_cast<int>(p.num_groups) : 1;
   size_t tail = route_shared_bytes(shape) + sizeof(float) * p.num_experts;
   if (index != nullptr) {
-    tail = std::max(tail, moe_index_shared_ints(static_cast<int>(index->num_local)) *
-                              sizeof(int32_t));
+    tail =
+        std::max(tail, moe_index_shared_ints(static_cast<int>(index->num_local)) * sizeof(int32_t));
   }
   return norm_bytes + tail;
 }
@@ -434,13 +458,13 @@ bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits,
     return false;
   }
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(x.dtype));
-  const bool shapes =
-      x.rows >= 1 && x.rows <= kMoeGateMaxTokens && logits.dtype == DType::kF32 &&
-      router.rows >= 1 && router.rows <= 2048 && p.num_experts == router.rows &&
-      p.top_k >= 1 && p.top_k <= p.num_experts && p.num_groups >= 1 &&
-      logits.rows == x.rows && logits.cols == router.rows && router.cols == x.cols &&
-      x.cols % vec == 0 && x.stride % vec == 0 && router.stride % vec == 0 &&
-      aligned_to(x.data, 16) && aligned_to(router.data, 16) && x.cols <= 0x7fffffff;
+  const bool shapes = x.rows >= 1 && x.rows <= kMoeGateMaxTokens && logits.dtype == DType::kF32 &&
+                      router.rows >= 1 && router.rows <= 2048 && p.num_experts == router.rows &&
+                      p.top_k >= 1 && p.top_k <= p.num_experts && p.num_groups >= 1 &&
+                      logits.rows == x.rows && logits.cols == router.rows &&
+                      router.cols == x.cols && x.cols % vec == 0 && x.stride % vec == 0 &&
+                      router.stride % vec == 0 && aligned_to(x.data, 16) &&
+                      aligned_to(router.data, 16) && x.cols <= 0x7fffffff;
   if (!shapes) return false;
   if (norm != nullptr) {
     // rmsnorm_vec_kernel's conditions, the rows in one piece each, nothing aliased.
@@ -480,8 +504,8 @@ void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const f
       << router.cols << "], " << p.num_experts << " experts" << (norm ? ", with the norm" : "")
       << (index ? ", with the index" : "");
   const RouteArgs args = route_args(p, bias);
-  const unsigned int blocks = static_cast<unsigned int>((router.rows + kThreads / 32 - 1) /
-                                                        (kThreads / 32));
+  const unsigned int blocks =
+      static_cast<unsigned int>((router.rows + kThreads / 32 - 1) / (kThreads / 32));
   const size_t smem = gate_shared_bytes(x, p, norm, index);
   const size_t norm_bytes = norm != nullptr ? smem - gate_shared_bytes(x, p, nullptr, index) : 0;
   const MoeGateIndex no_index{};
@@ -499,11 +523,11 @@ void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const f
       n.eps = norm->eps;
     }
     auto kernel = norm != nullptr ? moe_gate_kernel<T, true> : moe_gate_kernel<T, false>;
-    kernel<<<blocks, kThreads, smem, stream>>>(
-        static_cast<const T*>(x.data), x.stride, static_cast<int>(x.rows),
-        static_cast<const T*>(router.data), router.stride, static_cast<int>(x.cols),
-        static_cast<float*>(logits.data), logits.stride, bias, args, expert_ids, weights, done, n,
-        norm_bytes, index != nullptr ? *index : no_index);
+    launch_pdl("moe_gate_kernel", kernel, blocks, kThreads, smem, stream,
+               static_cast<const T*>(x.data), x.stride, static_cast<int>(x.rows),
+               static_cast<const T*>(router.data), router.stride, static_cast<int>(x.cols),
+               static_cast<float*>(logits.data), logits.stride, bias, args, expert_ids, weights,
+               done, n, norm_bytes, index != nullptr ? *index : no_index);
     DSHPC_CUDA_LAUNCH_CHECK("moe_gate_kernel");
   });
 }

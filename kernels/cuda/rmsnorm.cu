@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -20,6 +21,8 @@ constexpr int kThreads = 256;
 template <typename T, typename W>
 __global__ void rmsnorm_kernel(const T* x, int64_t x_stride, const W* weight, T* out,
                                int64_t out_stride, int64_t dim, float eps) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float scratch[32];
   const T* row = x + blockIdx.x * x_stride;
   float sum_squares = 0.0f;
@@ -39,6 +42,8 @@ template <typename T, typename W>
 __global__ void add_rmsnorm_kernel(T* residual, int64_t residual_stride, const T* delta,
                                    int64_t delta_stride, const W* weight, T* out,
                                    int64_t out_stride, int64_t dim, float eps) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float scratch[32];
   T* row = residual + blockIdx.x * residual_stride;
   const T* d = delta + blockIdx.x * delta_stride;
@@ -74,6 +79,8 @@ template <typename T, typename W>
 __global__ void __launch_bounds__(kThreads)
     rmsnorm_vec_kernel(T* residual, int64_t residual_stride, const T* delta, int64_t delta_stride,
                        const W* weight, T* out, int64_t out_stride, int dim, float eps) {
+  pdl_wait();
+  pdl_launch_dependents();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
   T* row = residual + blockIdx.x * residual_stride;
@@ -157,15 +164,16 @@ void launch_rmsnorm(const Mat& x, const void* weight, DType weight_dtype, float 
     dispatch_float(weight_dtype, "rmsnorm weight", [&](auto weight_tag) {
       using W = decltype(weight_tag);
       if (vectorisable(x.dtype, x.cols, {{x.data, x.stride}, {out.data, out.stride}})) {
-        rmsnorm_vec_kernel<T, W><<<static_cast<unsigned int>(x.rows), kThreads, 0, stream>>>(
-            static_cast<T*>(x.data), x.stride, nullptr, 0, static_cast<const W*>(weight),
-            static_cast<T*>(out.data), out.stride, static_cast<int>(x.cols), eps);
+        launch_pdl("rmsnorm_vec_kernel", rmsnorm_vec_kernel<T, W>,
+                   static_cast<unsigned int>(x.rows), kThreads, 0, stream, static_cast<T*>(x.data),
+                   x.stride, nullptr, 0, static_cast<const W*>(weight), static_cast<T*>(out.data),
+                   out.stride, static_cast<int>(x.cols), eps);
         DSHPC_CUDA_LAUNCH_CHECK("rmsnorm_vec_kernel");
         return;
       }
-      rmsnorm_kernel<T, W><<<static_cast<unsigned int>(x.rows), kThreads, 0, stream>>>(
-          static_cast<const T*>(x.data), x.stride, static_cast<const W*>(weight),
-          static_cast<T*>(out.data), out.stride, x.cols, eps);
+      launch_pdl("rmsnorm_kernel", rmsnorm_kernel<T, W>, static_cast<unsigned int>(x.rows),
+                 kThreads, 0, stream, static_cast<const T*>(x.data), x.stride,
+                 static_cast<const W*>(weight), static_cast<T*>(out.data), out.stride, x.cols, eps);
       DSHPC_CUDA_LAUNCH_CHECK("rmsnorm_kernel");
     });
   });
@@ -186,17 +194,19 @@ void launch_add_rmsnorm(const Mat& residual, const Mat& delta, const void* weigh
                        {{residual.data, residual.stride},
                         {delta.data, delta.stride},
                         {out.data, out.stride}})) {
-        rmsnorm_vec_kernel<T, W><<<static_cast<unsigned int>(residual.rows), kThreads, 0, stream>>>(
-            static_cast<T*>(residual.data), residual.stride, static_cast<const T*>(delta.data),
-            delta.stride, static_cast<const W*>(weight), static_cast<T*>(out.data), out.stride,
-            static_cast<int>(residual.cols), eps);
+        launch_pdl("rmsnorm_vec_kernel", rmsnorm_vec_kernel<T, W>,
+                   static_cast<unsigned int>(residual.rows), kThreads, 0, stream,
+                   static_cast<T*>(residual.data), residual.stride,
+                   static_cast<const T*>(delta.data), delta.stride, static_cast<const W*>(weight),
+                   static_cast<T*>(out.data), out.stride, static_cast<int>(residual.cols), eps);
         DSHPC_CUDA_LAUNCH_CHECK("rmsnorm_vec_kernel");
         return;
       }
-      add_rmsnorm_kernel<T, W><<<static_cast<unsigned int>(residual.rows), kThreads, 0, stream>>>(
-          static_cast<T*>(residual.data), residual.stride, static_cast<const T*>(delta.data),
-          delta.stride, static_cast<const W*>(weight), static_cast<T*>(out.data), out.stride,
-          residual.cols, eps);
+      launch_pdl("add_rmsnorm_kernel", add_rmsnorm_kernel<T, W>,
+                 static_cast<unsigned int>(residual.rows), kThreads, 0, stream,
+                 static_cast<T*>(residual.data), residual.stride, static_cast<const T*>(delta.data),
+                 delta.stride, static_cast<const W*>(weight), static_cast<T*>(out.data), out.stride,
+                 residual.cols, eps);
       DSHPC_CUDA_LAUNCH_CHECK("add_rmsnorm_kernel");
     });
   });

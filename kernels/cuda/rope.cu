@@ -4,6 +4,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -14,6 +15,8 @@ template <typename T>
 __global__ void rope_kernel(T* x, int64_t tokens, int64_t heads, int64_t token_stride,
                             int64_t head_stride, int64_t half, const int32_t* positions,
                             const float* cos_table, const float* sin_table, bool interleaved) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t total = tokens * heads * half;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -43,9 +46,9 @@ void launch_rope(const Mat& x, int64_t heads, int64_t head_stride, int64_t rot_d
   if (total == 0) return;
   dispatch_float(x.dtype, "rope", [&](auto tag) {
     using T = decltype(tag);
-    rope_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<T*>(x.data), x.rows, heads, x.stride, head_stride, half, positions, tables.cos,
-        tables.sin, style == RopeStyle::kInterleaved);
+    launch_pdl("rope_kernel", rope_kernel<T>, grid_for(total, kThreads), kThreads, 0, stream,
+               static_cast<T*>(x.data), x.rows, heads, x.stride, head_stride, half, positions,
+               tables.cos, tables.sin, style == RopeStyle::kInterleaved);
     DSHPC_CUDA_LAUNCH_CHECK("rope_kernel");
   });
 }

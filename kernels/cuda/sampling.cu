@@ -39,6 +39,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -120,6 +121,8 @@ __device__ int block_argmax(const T* row, int vocab, Best* scratch) {
 template <typename T>
 __global__ void __launch_bounds__(kArgmaxThreads)
     argmax_kernel(const T* logits, int64_t stride, int vocab, int32_t* ids) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ Best scratch[32];
   const int index = block_argmax(logits + blockIdx.x * stride, vocab, scratch);
   if (threadIdx.x == 0) ids[blockIdx.x] = index;
@@ -137,6 +140,8 @@ template <typename T>
 __global__ void __launch_bounds__(kArgmaxSliceThreads)
     argmax_sliced_kernel(const T* logits, int64_t stride, int vocab, int32_t* ids, Best* partial,
                          unsigned int* done) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ Best scratch[32];
   __shared__ bool last;
   const int slice = blockIdx.x, row = blockIdx.y, slices = gridDim.x;
@@ -588,6 +593,8 @@ __device__ Found find_crossing(const RowContext& c, RankBound bound, uint32_t kl
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(const float* logits, int64_t stride, int vocab, const SamplingRow* rows,
                   int32_t* ids) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ SampleShared sh;
   const float* row = logits + blockIdx.x * stride;
   const SamplingRow params = rows[blockIdx.x];
@@ -696,16 +703,16 @@ void launch_argmax(const Mat& logits, int32_t* ids, cudaStream_t stream, void* p
     using T = decltype(tag);
     const int64_t slices = argmax_slices(logits);
     if (slices > 0 && partial != nullptr && done != nullptr) {
-      argmax_sliced_kernel<T><<<dim3(static_cast<unsigned int>(slices),
-                                     static_cast<unsigned int>(logits.rows)),
-                                kArgmaxSliceThreads, 0, stream>>>(
-          static_cast<const T*>(logits.data), logits.stride, static_cast<int>(logits.cols), ids,
-          static_cast<Best*>(partial), done);
+      launch_pdl("argmax_sliced_kernel", argmax_sliced_kernel<T>,
+                 dim3(static_cast<unsigned int>(slices), static_cast<unsigned int>(logits.rows)),
+                 kArgmaxSliceThreads, 0, stream, static_cast<const T*>(logits.data), logits.stride,
+                 static_cast<int>(logits.cols), ids, static_cast<Best*>(partial), done);
       DSHPC_CUDA_LAUNCH_CHECK("argmax_sliced_kernel");
       return;
     }
-    argmax_kernel<T><<<static_cast<unsigned int>(logits.rows), kArgmaxThreads, 0, stream>>>(
-        static_cast<const T*>(logits.data), logits.stride, static_cast<int>(logits.cols), ids);
+    launch_pdl("argmax_kernel", argmax_kernel<T>, static_cast<unsigned int>(logits.rows),
+               kArgmaxThreads, 0, stream, static_cast<const T*>(logits.data), logits.stride,
+               static_cast<int>(logits.cols), ids);
     DSHPC_CUDA_LAUNCH_CHECK("argmax_kernel");
   });
 }
@@ -718,9 +725,9 @@ void launch_sample(const Mat& logits, const SamplingRow* rows, int32_t* ids, cud
               logits.stride >= logits.cols)
       << "sample: " << logits.rows << " rows of " << logits.cols << ", stride " << logits.stride;
   DSHPC_CHECK(rows != nullptr && ids != nullptr) << "sample: no parameters or output";
-  sample_kernel<<<static_cast<unsigned int>(logits.rows), kSampleThreads, 0, stream>>>(
-      static_cast<const float*>(logits.data), logits.stride, static_cast<int>(logits.cols), rows,
-      ids);
+  launch_pdl("sample_kernel", sample_kernel, static_cast<unsigned int>(logits.rows), kSampleThreads,
+             0, stream, static_cast<const float*>(logits.data), logits.stride,
+             static_cast<int>(logits.cols), rows, ids);
   DSHPC_CUDA_LAUNCH_CHECK("sample_kernel");
 }
 

@@ -4,6 +4,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/pdl.h"
 
 namespace dshpc::cuda {
 namespace {
@@ -13,6 +14,8 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void swiglu_kernel(const T* gate_up, int64_t in_stride, T* out, int64_t out_stride,
                               int64_t rows, int64_t inter) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t total = rows * inter;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -33,9 +36,9 @@ void launch_swiglu(const Mat& gate_up, const Mat& out, cudaStream_t stream) {
       << "swiglu: input " << dtype_name(gate_up.dtype) << ", output " << dtype_name(out.dtype);
   dispatch_float(out.dtype, "swiglu", [&](auto tag) {
     using T = decltype(tag);
-    swiglu_kernel<T><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<const T*>(gate_up.data), gate_up.stride, static_cast<T*>(out.data), out.stride,
-        out.rows, out.cols);
+    launch_pdl("swiglu_kernel", swiglu_kernel<T>, grid_for(total, kThreads), kThreads, 0, stream,
+               static_cast<const T*>(gate_up.data), gate_up.stride, static_cast<T*>(out.data),
+               out.stride, out.rows, out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("swiglu_kernel");
   });
 }

@@ -1,0 +1,59 @@
+// Programmatic dependent launch (sm_90 and later). A decode step is a chain of short kernels, each
+// reading what the one before wrote; launched normally, a kernel's CTAs only start once the one
+// before has drained. Launched with launch_pdl, its CTAs start as soon as every CTA of the kernel
+// before has started (pdl_launch_dependents), and wait in pdl_wait() until that kernel has
+// finished and its writes are visible. What a kernel does before pdl_wait() overlaps the kernel
+// before: only loads of data no kernel of the step writes (weights).
+//
+// Rule for every kernel launched with launch_pdl: no load of step data and no store of any kind
+// before pdl_wait(). Since each kernel waits for the one before it, pdl_wait() also covers every
+// earlier kernel in the stream. A kernel launched normally after one of these waits for it to
+// finish, as always. DSHPC_PDL=0 launches every kernel normally (for comparison).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace dshpc::cuda {
+
+// Whether launch_pdl allows the early start (DSHPC_PDL, read once; on unless "0").
+bool pdl_enabled();
+
+// Both are no-ops in a kernel that was launched normally.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent launch.
+template <typename... Params, typename... Args>
+void launch_pdl(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                size_t shared_bytes, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  const cudaError_t error = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (error != cudaSuccess) {
+    ::dshpc::FatalMessage(__FILE__, __LINE__, "CUDA kernel launch failed:").stream()
+        << name << ": " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ")";
+  }
+}
+
+}  // namespace dshpc::cuda
