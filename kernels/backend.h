@@ -124,6 +124,15 @@ struct ExpertWeights {
   Mat down;
 };
 
+// What follows an op that produces a layer's output delta: residual += delta; normed =
+// rmsnorm(residual) · weight (Backend::add_rmsnorm with the next layer's input norm).
+struct ResidualNorm {
+  Mat residual;
+  const void* weight = nullptr;
+  float eps = 0.0f;
+  Mat normed;
+};
+
 // The routed experts that follow a moe_gate on this rank (Model::moe): local experts
 // [expert_begin, expert_begin + num_local), and whether the layer's shared experts go with them
 // (moe_experts_with_shared).
@@ -286,10 +295,13 @@ class Backend {
   // same launches as the routed experts; out is overwritten. Returns false, having done nothing,
   // where the backend has no such path for these shapes: the caller then runs the shared MLP and
   // moe_experts.
+  // With `then` given, a true return also means then->residual += out and then->normed =
+  // rmsnorm(then->residual) · then->weight (add_rmsnorm: the next layer's input norm) are done.
   virtual bool moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,
                                        const float* weights, int64_t top_k,
                                        const ExpertWeights* local_experts, int64_t expert_begin,
-                                       int64_t num_local, const ExpertWeights& shared, Mat out) {
+                                       int64_t num_local, const ExpertWeights& shared, Mat out,
+                                       const ResidualNorm* then = nullptr) {
     return false;
   }
   // ids[r] = argmax of logits row r (ties to the lowest index).

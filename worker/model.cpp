@@ -196,13 +196,20 @@ void Model::forward(const StepTensors& step, KvCache& cache, Mat hidden) {
     if (tp_.size() > 1) tp_.all_reduce_sum_typed(delta.data, tokens * h, delta.dtype);
 
     // Feed-forward block: one all-reduce of the down projections (dense, shared and routed).
-    // The MoE layer's gate takes the residual add and norm into its launch where it can.
+    // An MoE layer's gate takes the residual add and norm before it into its launch where it
+    // can, and (one rank, a next layer) its experts' last launch those after it.
+    bool next_normed = false;
     if (layer.moe) {
-      moe(layer.moe_weights, hidden, layer.post_attention_norm.data(), normed, delta);
+      const bool fuse_next = tp_.size() == 1 && i + 1 < layers_.size();
+      const ResidualNorm next{hidden, fuse_next ? layers_[i + 1].input_norm.data() : nullptr, eps,
+                              normed};
+      next_normed = moe(layer.moe_weights, hidden, layer.post_attention_norm.data(), normed, delta,
+                        fuse_next ? &next : nullptr);
     } else {
       backend_.add_rmsnorm(hidden, delta, layer.post_attention_norm.data(), eps, normed);
       mlp(layer.mlp, normed, delta, /*accumulate=*/false);
     }
+    if (next_normed) continue;
     if (tp_.size() > 1) tp_.all_reduce_sum_typed(delta.data, tokens * h, delta.dtype);
     if (i + 1 < layers_.size()) {
       backend_.add_rmsnorm(hidden, delta, layers_[i + 1].input_norm.data(), eps, normed);
@@ -225,7 +232,8 @@ void Model::mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate) {
   backend_.matmul(act, w.down.mat, out, true, accumulate);  // [T, hidden], partial sum over tp
 }
 
-void Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta) {
+bool Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta,
+                const ResidualNorm* then) {
   const int64_t tokens = normed.rows;
   const MoeRoutingParams& routing = config_.routing;
   // Every tp rank routes every token (the router is replicated), then runs only its experts.
@@ -239,19 +247,17 @@ void Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat no
   // hidden += delta; normed = rmsnorm(hidden); logits [T, n_routed_experts]; ids and weights.
   const MoeExpertsAfterGate next{w.expert_begin, static_cast<int64_t>(w.experts.size()),
                                  w.has_shared};
-  backend_.add_rmsnorm_moe_gate(hidden, delta, norm_weight, config_.rms_norm_eps, normed,
-                                w.router.mat, router_logits,
-                                static_cast<const float*>(w.bias.buffer.data()), routing,
-                                expert_ids, expert_weights, &next);
+  backend_.add_rmsnorm_moe_gate(
+      hidden, delta, norm_weight, config_.rms_norm_eps, normed, w.router.mat, router_logits,
+      static_cast<const float*>(w.bias.buffer.data()), routing, expert_ids, expert_weights, &next);
   Mat out = delta;  // the gate has read the attention's delta: the experts overwrite it
   if (w.has_shared) {
     // Shared experts: a tp-split dense MLP, in the routed experts' launches where the backend can.
-    if (backend_.moe_experts_with_shared(normed, expert_ids, expert_weights, routing.top_k,
-                                         w.expert_views.data(), w.expert_begin,
-                                         static_cast<int64_t>(w.experts.size()),
-                                         ExpertWeights{w.shared.gate_up.mat, w.shared.down.mat},
-                                         out)) {
-      return;
+    if (backend_.moe_experts_with_shared(
+            normed, expert_ids, expert_weights, routing.top_k, w.expert_views.data(),
+            w.expert_begin, static_cast<int64_t>(w.experts.size()),
+            ExpertWeights{w.shared.gate_up.mat, w.shared.down.mat}, out, then)) {
+      return then != nullptr;
     }
     mlp(w.shared, normed, out, /*accumulate=*/false);
   } else {
@@ -259,6 +265,7 @@ void Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat no
   }
   backend_.moe_experts(normed, expert_ids, expert_weights, routing.top_k, w.expert_views.data(),
                        w.expert_begin, static_cast<int64_t>(w.experts.size()), out);
+  return false;
 }
 
 void Model::logits(Mat hidden_rows, Mat logits_out) {

@@ -197,8 +197,10 @@ class Model {
                      Mat normed, Mat out);
   void mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate);
   // hidden += delta; normed = rmsnorm(hidden) · norm_weight; then delta = the MoE layer of
-  // normed (shared and routed experts, this rank's part).
-  void moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta);
+  // normed (shared and routed experts, this rank's part). With `then` (one rank only), returns
+  // whether the backend also did then's residual add and norm (the next layer's input).
+  bool moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta,
+           const ResidualNorm* then = nullptr);
   // Scratch activation buffers, each grown to the largest step seen. kNormed and kDelta live
   // across a layer; the kWork slots are free for the block being computed.
   enum ScratchSlot : int {

@@ -611,7 +611,7 @@ class CudaBackend final : public Backend {
   bool moe_experts_with_shared(const Mat& x, const int32_t* expert_ids, const float* weights,
                                int64_t top_k, const ExpertWeights* local_experts,
                                int64_t expert_begin, int64_t num_local, const ExpertWeights& shared,
-                               Mat out) override;
+                               Mat out, const ResidualNorm* then) override;
 
   void argmax(const Mat& logits, int32_t* ids) override {
     DSHPC_CHECK(logits.contiguous());
@@ -835,7 +835,7 @@ class CudaBackend final : public Backend {
   // unaligned weights; checked on every call, which costs a few comparisons per layer).
   bool moe_small(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
                  const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
-                 const ExpertWeights* shared, const Mat& out);
+                 const ExpertWeights* shared, const Mat& out, const ResidualNorm* then = nullptr);
   const void* const* moe_pointer_table(const ExpertWeights* local_experts, int64_t num_local,
                                        int64_t hidden, const ExpertWeights* shared);
   struct MoeTable {
@@ -877,6 +877,8 @@ class CudaBackend final : public Backend {
   // DSHPC_MOE_GATE_INDEX=0: the experts' index in its own launch.
   bool moe_gate_norm_enabled_ = env_enabled("DSHPC_MOE_GATE_NORM");
   bool moe_gate_index_enabled_ = env_enabled("DSHPC_MOE_GATE_INDEX");
+  // DSHPC_MOE_COMBINE_NORM=0: the residual add and norm after the experts in their own launch.
+  bool moe_combine_norm_enabled_ = env_enabled("DSHPC_MOE_COMBINE_NORM");
   // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
   // tests pass but its speed has not been measured yet).
   bool mla_values_enabled_ = [] {
@@ -992,7 +994,8 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
 
 bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float* weights,
                             int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
-                            int64_t num_local, const ExpertWeights* shared, const Mat& out) {
+                            int64_t num_local, const ExpertWeights* shared, const Mat& out,
+                            const ResidualNorm* then) {
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   const int64_t inter = local_experts[0].down.cols;
   const int64_t shared_inter = shared != nullptr ? shared->down.cols : 0;
@@ -1042,8 +1045,14 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
                               pairs, expert_out, mma, shared != nullptr ? &shared_expert : nullptr,
                               stream_);
   // With the shared experts, out = their rows + the weighted routed rows (nothing read from out).
+  // With `then`, the residual add and the next layer's norm in the combine's launch.
+  const cuda::MoeCombineNorm combine_norm =
+      then != nullptr ? cuda::MoeCombineNorm{then->residual, then->weight, then->eps, then->normed}
+                      : cuda::MoeCombineNorm{};
   cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k,
-                           shared != nullptr ? offsets + num_local : nullptr, out, stream_);
+                           shared != nullptr ? offsets + num_local : nullptr, out, stream_,
+                           then != nullptr ? &combine_norm : nullptr);
+  if (then != nullptr) ++counters_.moe_combine_norm;
   ++counters_.moe_small;
   if (mma) ++counters_.moe_mma;
   if (shared != nullptr) ++counters_.moe_shared_fused;
@@ -1053,7 +1062,8 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
 bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,
                                           const float* weights, int64_t top_k,
                                           const ExpertWeights* local_experts, int64_t expert_begin,
-                                          int64_t num_local, const ExpertWeights& shared, Mat out) {
+                                          int64_t num_local, const ExpertWeights& shared, Mat out,
+                                          const ResidualNorm* then) {
   // Up to one pass of the tensor-core kernels (16 tokens): beyond, the shared experts' rows take
   // several passes over their weights, which then outlast the routed experts' CTAs. Measured on
   // V2-Lite (one H200, same call): batch 1 316.5 tok/s fused against 297.7 unfused; batch 64
@@ -1065,8 +1075,14 @@ bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_id
   DSHPC_CHECK(x.rows == out.rows && x.cols == out.cols)
       << "moe_experts_with_shared: x [" << x.rows << ", " << x.cols << "], out [" << out.rows
       << ", " << out.cols << "]";
-  return moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, &shared,
-                   out);
+  if (!moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, &shared,
+                 out, moe_combine_norm_enabled_ ? then : nullptr)) {
+    return false;
+  }
+  if (then != nullptr && !moe_combine_norm_enabled_) {
+    add_rmsnorm(then->residual, out, then->weight, then->eps, then->normed);
+  }
+  return true;
 }
 
 // Routed experts. The number of rows each expert gets decides the shapes of its matrix products,

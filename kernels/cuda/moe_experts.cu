@@ -57,6 +57,82 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
   }
 }
 
+// moe_combine_kernel's sum of token blockIdx.x, then the residual add and the norm of the next
+// layer's input with rmsnorm_vec_kernel's arithmetic and order (same block size, the same chunk
+// of each thread, the same reduction), so every value equals what the two launches give. One CTA
+// a token; rows of up to kThreads · kNormChunks 16-byte chunks.
+constexpr int kNormChunks = 4;
+
+template <typename T>
+union Chunk {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    moe_combine_norm_kernel(const T* expert_out, int64_t expert_stride, const int32_t* row_of_pair,
+                            const float* weights, int top_k, const int32_t* shared_row0, T* out,
+                            int64_t out_stride, T* residual, int64_t residual_stride,
+                            const T* norm_weight, float eps, T* normed, int64_t normed_stride,
+                            int cols) {
+  pdl_wait();
+  pdl_launch_dependents();
+  constexpr int kVec = 16 / sizeof(T);
+  __shared__ float scratch[32];
+  const int64_t t = blockIdx.x;
+  const int32_t* rows = row_of_pair + t * top_k;
+  const float* w = weights + t * top_k;
+  const int chunks = cols / kVec;
+  Chunk<T> x[kNormChunks];
+  float sum_squares = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kNormChunks; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c >= chunks) continue;
+    Chunk<T> acc_in, r;
+    acc_in.raw =
+        shared_row0 != nullptr
+            ? reinterpret_cast<const uint4*>(expert_out + (*shared_row0 + t) * expert_stride)[c]
+            : reinterpret_cast<const uint4*>(out + t * out_stride)[c];
+    r.raw = reinterpret_cast<const uint4*>(residual + t * residual_stride)[c];
+    float sum[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) sum[j] = to_float(acc_in.e[j]);
+    for (int k = 0; k < top_k; ++k) {
+      const int32_t row = rows[k];
+      if (row < 0) continue;
+      Chunk<T> y;
+      y.raw = reinterpret_cast<const uint4*>(expert_out + row * expert_stride)[c];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) sum[j] = fmaf(w[k], to_float(y.e[j]), sum[j]);
+    }
+    Chunk<T> o;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      o.e[j] = from_float<T>(sum[j]);
+      x[i].e[j] = from_float<T>(to_float(r.e[j]) + to_float(o.e[j]));
+      const float v = to_float(x[i].e[j]);
+      sum_squares += v * v;
+    }
+    reinterpret_cast<uint4*>(out + t * out_stride)[c] = o.raw;
+    reinterpret_cast<uint4*>(residual + t * residual_stride)[c] = x[i].raw;
+  }
+  sum_squares = block_sum(sum_squares, scratch);
+  const float inv = 1.0f / sqrtf(sum_squares / static_cast<float>(cols) + eps);
+#pragma unroll
+  for (int i = 0; i < kNormChunks; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c >= chunks) continue;
+    Chunk<T> o;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      o.e[j] = from_float<T>(to_float(norm_weight[c * kVec + j]) * (to_float(x[i].e[j]) * inv));
+    }
+    reinterpret_cast<uint4*>(normed + t * normed_stride)[c] = o.raw;
+  }
+}
+
 }  // namespace
 
 void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& out,
@@ -75,11 +151,42 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 
 void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
                         int64_t top_k, const int32_t* shared_row0, const Mat& out,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const MoeCombineNorm* then) {
   if (out.rows == 0) return;
   DSHPC_CHECK(expert_out.dtype == out.dtype && expert_out.cols == out.cols &&
               out.rows <= 0x7fffffff && top_k > 0 && top_k <= 1024)
       << "moe_combine: " << out.rows << " tokens, top_k " << top_k;
+  if (then != nullptr) {
+    DSHPC_CHECK(then->residual.rows == out.rows && then->residual.cols == out.cols &&
+                then->normed.rows == out.rows && then->normed.cols == out.cols &&
+                then->residual.dtype == out.dtype && then->normed.dtype == out.dtype)
+        << "moe_combine: the residual and normed rows must match out";
+    const int64_t vec = 16 / static_cast<int64_t>(dtype_size(out.dtype));
+    const bool vectorised =
+        out.cols % vec == 0 && out.cols / vec <= int64_t{kThreads} * kNormChunks &&
+        expert_out.stride % vec == 0 && out.stride % vec == 0 && then->residual.stride % vec == 0 &&
+        then->normed.stride % vec == 0 && aligned_to(expert_out.data, 16) &&
+        aligned_to(out.data, 16) && aligned_to(then->residual.data, 16) &&
+        aligned_to(then->normed.data, 16);
+    if (!vectorised) {
+      launch_moe_combine(expert_out, row_of_pair, weights, top_k, shared_row0, out, stream);
+      launch_add_rmsnorm(then->residual, out, then->weight, out.dtype, then->eps, then->normed,
+                         stream);
+      return;
+    }
+    dispatch_float(out.dtype, "moe_combine_norm", [&](auto tag) {
+      using T = decltype(tag);
+      launch_pdl("moe_combine_norm_kernel", moe_combine_norm_kernel<T>,
+                 static_cast<unsigned int>(out.rows), kThreads, 0, stream,
+                 static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
+                 static_cast<int>(top_k), shared_row0, static_cast<T*>(out.data), out.stride,
+                 static_cast<T*>(then->residual.data), then->residual.stride,
+                 static_cast<const T*>(then->weight), then->eps, static_cast<T*>(then->normed.data),
+                 then->normed.stride, static_cast<int>(out.cols));
+      DSHPC_CUDA_LAUNCH_CHECK("moe_combine_norm_kernel");
+    });
+    return;
+  }
   dispatch_float(out.dtype, "moe_combine", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(

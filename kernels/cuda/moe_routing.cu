@@ -1,5 +1,6 @@
 // Mixture-of-experts routing (CPU reference: kernels/moe_routing_cpu.cpp; semantics in
-// kernels/moe_routing.h). One CTA per token, the token's scores in shared memory:
+// kernels/moe_routing.h). Up to 256 experts and 32 groups one warp routes a token from
+// registers (route_token_warp); otherwise one CTA per token, the token's scores in shared memory:
 //   1. scores = softmax (max-subtracted, sum in double as the CPU) or sigmoid of the logits;
 //   2. choice = scores (+ e_score_correction_bias for noaux_tc);
 //   3. group-limited methods: group score = max (V2) or sum of the top two (V3); the top
@@ -9,6 +10,7 @@
 //   5. weights = unbiased scores of the chosen, normalised and scaled by the CPU's rule.
 #include <algorithm>
 #include <cfloat>
+#include <climits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -155,6 +157,148 @@ __device__ void route_token(const T* row, const float* bias, const RouteArgs& a,
   __syncthreads();  // the shared memory may be reused by the caller
 }
 
+// route_token's result from one warp, for up to kWarpRouteMaxExperts experts and 32 groups: the
+// same steps and arithmetic, the scores in registers (expert lane + 32 j), no CTA barrier. The
+// top k are found by k rounds of a warp argmax under `beats` with the chosen removed, which
+// gives the rank order exactly. `group_choice`: n floats of shared memory of this warp's own
+// (grouped methods only). `load(e)`: logit e as a float.
+constexpr int kWarpRouteMaxExperts = 256;
+static_assert(kMoeGateMaxTokens <= kThreads / 32, "the gate routes a token per warp");
+constexpr int kWarpRouteJ = kWarpRouteMaxExperts / 32;
+
+__device__ __forceinline__ double warp_sum_double(double v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__host__ __device__ inline bool warp_routable(const RouteArgs& a) {
+  return a.num_experts <= kWarpRouteMaxExperts && a.num_groups <= 32;
+}
+
+template <typename Load>
+__device__ void route_token_warp(Load load, const float* bias, const RouteArgs& a,
+                                 float* group_choice, int32_t* ids, float* w) {
+  const int lane = threadIdx.x & 31;
+  const int n = a.num_experts;
+  float score[kWarpRouteJ], choice[kWarpRouteJ];
+  if (a.softmax) {
+    float logit[kWarpRouteJ];
+    float local_max = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) {
+      const int e = lane + 32 * j;
+      logit[j] = e < n ? load(e) : -INFINITY;
+      local_max = fmaxf(local_max, logit[j]);
+    }
+    const float max_logit = warp_max(local_max);
+    double local_sum = 0.0;
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) {
+      score[j] = lane + 32 * j < n ? expf(logit[j] - max_logit) : 0.0f;
+      local_sum += score[j];
+    }
+    const double sum = warp_sum_double(local_sum);
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) score[j] = static_cast<float>(score[j] / sum);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) {
+      const int e = lane + 32 * j;
+      score[j] = e < n ? 1.0f / (1.0f + expf(-load(e))) : 0.0f;
+    }
+  }
+  const bool noaux = a.method == static_cast<int>(MoeTopkMethod::kNoauxTc);
+#pragma unroll
+  for (int j = 0; j < kWarpRouteJ; ++j) {
+    const int e = lane + 32 * j;
+    choice[j] = e >= n ? -INFINITY : (noaux ? score[j] + bias[e] : score[j]);
+  }
+
+  if (a.method != static_cast<int>(MoeTopkMethod::kGreedy)) {
+    const int per_group = n / a.num_groups;
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) {
+      if (lane + 32 * j < n) group_choice[lane + 32 * j] = choice[j];
+    }
+    __syncwarp();
+    float group_score = -INFINITY;  // lane g: group g's
+    if (lane < a.num_groups) {
+      const float* c = group_choice + lane * per_group;
+      if (!noaux) {
+        for (int e = 0; e < per_group; ++e) group_score = fmaxf(group_score, c[e]);
+      } else {  // the sum of the two largest (the only one if a group has one expert)
+        float first = -INFINITY, second = -INFINITY;
+        for (int e = 0; e < per_group; ++e) {
+          if (c[e] > first) {
+            second = first;
+            first = c[e];
+          } else if (c[e] > second) {
+            second = c[e];
+          }
+        }
+        group_score = per_group >= 2 ? first + second : first;
+      }
+    }
+    int rank = 0;
+    for (int o = 0; o < a.num_groups; ++o) {
+      const float other = __shfl_sync(0xffffffffu, group_score, o);
+      rank += beats(other, o, group_score, lane);
+    }
+    const bool keep = lane < a.num_groups && rank < a.topk_groups;
+    // Dropped groups get −inf, never 0: biased choice values can be negative.
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) {
+      const int e = lane + 32 * j;
+      const bool kept = __shfl_sync(0xffffffffu, keep, e < n ? e / per_group : 0);
+      if (e < n && !kept) choice[j] = -INFINITY;
+    }
+    __syncwarp();  // group_choice may be reused by the caller
+  }
+
+  unsigned int taken = 0;  // bit j: expert lane + 32 j chosen already
+  double sum = 0.0;
+  for (int r = 0; r < a.top_k; ++r) {
+    float best = -INFINITY, best_score = 0.0f;
+    int best_e = INT_MAX;
+#pragma unroll
+    for (int j = 0; j < kWarpRouteJ; ++j) {
+      const int e = lane + 32 * j;
+      if (e < n && !(taken >> j & 1u) && (best_e == INT_MAX || beats(choice[j], e, best, best_e))) {
+        best = choice[j];
+        best_e = e;
+        best_score = score[j];
+      }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int other_e = __shfl_xor_sync(0xffffffffu, best_e, offset);
+      const float other_score = __shfl_xor_sync(0xffffffffu, best_score, offset);
+      if (other_e != INT_MAX && (best_e == INT_MAX || beats(other, other_e, best, best_e))) {
+        best = other;
+        best_e = other_e;
+        best_score = other_score;
+      }
+    }
+    if ((best_e & 31) == lane) taken |= 1u << (best_e >> 5);
+    if (lane == 0) {
+      ids[r] = best_e;
+      w[r] = best_score;
+      sum += w[r];
+    }
+  }
+  if (lane == 0) {
+    const bool normalise = a.norm_topk_prob && (!a.softmax || a.top_k > 1);
+    const double factor = normalise ? 1.0 / (sum + 1e-20) : 1.0;
+    const double scaling = (normalise && a.softmax) ? 1.0 : a.routed_scaling_factor;
+    for (int r = 0; r < a.top_k; ++r) {
+      w[r] = static_cast<float>(static_cast<double>(w[r]) * factor * scaling);
+    }
+  }
+  __syncwarp();
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     moe_route_kernel(const T* logits, int64_t stride, const float* bias, RouteArgs a,
@@ -163,7 +307,16 @@ __global__ void __launch_bounds__(kThreads)
   pdl_launch_dependents();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t t = blockIdx.x;
-  route_token(logits + t * stride, bias, a, smem, expert_ids + t * a.top_k, weights + t * a.top_k);
+  const T* row = logits + t * stride;
+  if (warp_routable(a)) {
+    if (threadIdx.x < 32) {
+      route_token_warp([&](int e) { return to_float(row[e]); }, bias, a,
+                       reinterpret_cast<float*>(smem), expert_ids + t * a.top_k,
+                       weights + t * a.top_k);
+    }
+    return;
+  }
+  route_token(row, bias, a, smem, expert_ids + t * a.top_k, weights + t * a.top_k);
 }
 
 // The add_rmsnorm of MoeGateNorm, on the device: rows in the activation type T.
@@ -357,15 +510,27 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  float* row = reinterpret_cast<float*>(route_smem + route_shared_bytes(a));
-  for (int t = 0; t < tokens; ++t) {
-    for (int i = threadIdx.x; i < a.num_experts; i += blockDim.x) {
-      row[i] = __ldcg(logits + t * logits_stride + i);  // L2: written by other CTAs
+  if (warp_routable(a)) {
+    // Warp t routes token t (tokens ≤ kMoeGateMaxTokens = the CTA's warps), each with its own
+    // shared memory, the logits read through L2 (written by other CTAs).
+    if (warp < tokens) {
+      const float* row = logits + warp * logits_stride;
+      route_token_warp([&](int e) { return __ldcg(row + e); }, bias, a,
+                       reinterpret_cast<float*>(route_smem) + warp * a.num_experts,
+                       expert_ids + warp * a.top_k, weights + warp * a.top_k);
     }
-    __syncthreads();
-    route_token(row, bias, a, route_smem, expert_ids + t * a.top_k, weights + t * a.top_k);
+    __syncthreads();  // the ids, for the index
+  } else {
+    float* row = reinterpret_cast<float*>(route_smem + route_shared_bytes(a));
+    for (int t = 0; t < tokens; ++t) {
+      for (int i = threadIdx.x; i < a.num_experts; i += blockDim.x) {
+        row[i] = __ldcg(logits + t * logits_stride + i);  // L2: written by other CTAs
+      }
+      __syncthreads();
+      route_token(row, bias, a, route_smem, expert_ids + t * a.top_k, weights + t * a.top_k);
+    }
   }
-  if (index.offsets != nullptr) {  // route_token ended with a barrier: the ids are visible
+  if (index.offsets != nullptr) {  // after a barrier: the ids are visible
     build_moe_index(expert_ids, tokens * a.top_k, static_cast<int>(index.expert_begin),
                     static_cast<int>(index.num_local), static_cast<int>(index.shared_tokens),
                     index.offsets, index.pair_of_row, index.row_of_pair, index.active,
@@ -438,7 +603,9 @@ size_t gate_shared_bytes(const Mat& x, const MoeRoutingParams& p, const MoeGateN
   shape.num_experts = static_cast<int>(p.num_experts);
   shape.top_k = static_cast<int>(p.top_k);
   shape.num_groups = p.method != MoeTopkMethod::kGreedy ? static_cast<int>(p.num_groups) : 1;
-  size_t tail = route_shared_bytes(shape) + sizeof(float) * p.num_experts;
+  // The CTA routing's scores, groups and a logits row, or each routing warp's choice values.
+  size_t tail = std::max(route_shared_bytes(shape) + sizeof(float) * p.num_experts,
+                         sizeof(float) * p.num_experts * x.rows);
   if (index != nullptr) {
     tail =
         std::max(tail, moe_index_shared_ints(static_cast<int>(index->num_local)) * sizeof(int32_t));

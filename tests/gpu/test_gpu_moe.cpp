@@ -56,11 +56,20 @@ MoeRoutingParams v2_lite_normalised() {
   return p;
 }
 
+// More experts than one warp routes from registers (256): the whole CTA routes, grouped.
+MoeRoutingParams wide_group_limited() {
+  MoeRoutingParams p = v2_group_limited();
+  p.num_experts = 320;
+  p.num_groups = 10;
+  p.topk_groups = 4;
+  return p;
+}
+
 TEST_P(GpuMoe, RoutingMatchesCpuExactly) {
   const int64_t tokens = 77;
   uint32_t seed = 100;
-  for (const MoeRoutingParams& p :
-       {v2_greedy(), v2_group_limited(), v3_noaux(), v2_lite_normalised()}) {
+  for (const MoeRoutingParams& p : {v2_greedy(), v2_group_limited(), v3_noaux(),
+                                    v2_lite_normalised(), wide_group_limited()}) {
     SCOPED_TRACE(testing::Message()
                  << p.num_experts << " experts, method " << static_cast<int>(p.method));
     // Router logits are float32 in the model (a float32 output of the gate product); bf16 logits
@@ -104,7 +113,8 @@ TEST_P(GpuMoe, GateIsTheRouterProductAndTheRouting) {
   MoeRoutingParams twenty = v2_greedy();
   twenty.num_experts = 20;
   twenty.top_k = 4;
-  for (const MoeRoutingParams& p : {v2_lite_normalised(), v2_group_limited(), v3_noaux(), twenty}) {
+  for (const MoeRoutingParams& p :
+       {v2_lite_normalised(), v2_group_limited(), v3_noaux(), twenty, wide_group_limited()}) {
     for (int64_t tokens : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}}) {
       SCOPED_TRACE(testing::Message() << p.num_experts << " experts, method "
                                       << static_cast<int>(p.method) << ", " << tokens << " tokens");
@@ -478,6 +488,80 @@ TEST_P(GpuMoe, SharedExpertsInTheRoutedExpertsLaunches) {
   const int64_t one_pass = cuda::kMoeSharedFuseMaxTokens;
   for (const int64_t tokens : {int64_t{1}, int64_t{3}, one_pass, one_pass + 1, int64_t{41}}) {
     shared_experts_fused(*cpu_, *gpu_, dtype(), tokens);
+  }
+}
+
+// moe_experts_with_shared with `then` (the residual add and the next layer's norm): on the GPU
+// the experts' last launch does both, and every value (out, the residual, the normed rows) must
+// equal what the call without `then` followed by add_rmsnorm gives, bit for bit (the fused
+// kernel repeats both launches' arithmetic and order). 2,048 wide (V2-Lite) and 7,168 (V3: four
+// chunks a thread, the last partial), 1 and 5 tokens. Float32 has no fused shared experts: the
+// call must decline and leave the residual alone.
+TEST_P(GpuMoe, SharedExpertsWithTheNextNormEqualTheSeparateLaunches) {
+  const int64_t inter = 64, shared_inter = 128, begin = 0, local = 8, top_k = 3;
+  const float eps = 1e-6f;
+  uint32_t seed = 1300;
+  for (const int64_t hidden : {int64_t{2048}, int64_t{7168}}) {
+    std::vector<Tensor> gate_up, down;
+    std::vector<ExpertWeights> views;
+    for (int64_t e = 0; e < local; ++e) {
+      gate_up.push_back(upload_tensor(*gpu_, values(2 * inter * hidden, seed++, 1.0f / 16),
+                                      2 * inter, hidden, dtype()));
+      down.push_back(
+          upload_tensor(*gpu_, values(hidden * inter, seed++, 1.0f / 8), hidden, inter, dtype()));
+      views.push_back({gate_up.back().mat, down.back().mat});
+    }
+    const Tensor sgu = upload_tensor(*gpu_, values(2 * shared_inter * hidden, seed++, 1.0f / 16),
+                                     2 * shared_inter, hidden, dtype());
+    const Tensor sdn = upload_tensor(*gpu_, values(hidden * shared_inter, seed++, 1.0f / 8),
+                                     hidden, shared_inter, dtype());
+    std::vector<float> norm_weight = random_values(hidden, seed++, 0.1f);
+    for (float& w : norm_weight) w += 1.0f;
+    const Tensor gnorm = upload_tensor(*gpu_, representable(norm_weight, dtype()), 1, hidden,
+                                       dtype());
+    for (const int64_t tokens : {int64_t{1}, int64_t{5}}) {
+      SCOPED_TRACE(testing::Message() << "hidden " << hidden << ", " << tokens << " tokens");
+      std::vector<int32_t> ids(tokens * top_k);
+      std::vector<float> weights(tokens * top_k);
+      for (int64_t p = 0; p < tokens * top_k; ++p) {
+        ids[p] = static_cast<int32_t>((p * 5 + p / top_k) % local);
+        weights[p] = 0.2f + 0.1f * static_cast<float>(p % top_k);
+      }
+      const std::vector<float> x = values(tokens * hidden, seed++);
+      const std::vector<float> residual = values(tokens * hidden, seed++);
+      struct Outputs {
+        std::vector<float> out, residual, normed;
+      };
+      auto run = [&](bool fused) {
+        Tensor gx = upload_tensor(*gpu_, x, tokens, hidden, dtype());
+        Tensor out = upload_tensor(*gpu_, std::vector<float>(tokens * hidden, 0.0f), tokens,
+                                   hidden, dtype());
+        Tensor res = upload_tensor(*gpu_, residual, tokens, hidden, dtype());
+        Tensor normed = upload_tensor(*gpu_, std::vector<float>(tokens * hidden, 0.0f), tokens,
+                                      hidden, dtype());
+        DeviceBuffer gids = upload_raw(*gpu_, ids), gw = upload_raw(*gpu_, weights);
+        const ResidualNorm then{res.mat, gnorm.buffer.data(), eps, normed.mat};
+        const bool done = gpu_->moe_experts_with_shared(
+            gx.mat, gids.as<int32_t>(), gw.as<float>(), top_k, views.data(), begin, local,
+            ExpertWeights{sgu.mat, sdn.mat}, out.mat, fused ? &then : nullptr);
+        EXPECT_EQ(done, dtype() == DType::kBF16);
+        if (!done) return Outputs{{}, download_tensor(*gpu_, res.mat), {}};
+        if (!fused) gpu_->add_rmsnorm(res.mat, out.mat, gnorm.buffer.data(), eps, normed.mat);
+        return Outputs{download_tensor(*gpu_, out.mat), download_tensor(*gpu_, res.mat),
+                       download_tensor(*gpu_, normed.mat)};
+      };
+      const int64_t before = cuda_path_counters(*gpu_).moe_combine_norm;
+      const Outputs fused = run(true);
+      if (dtype() != DType::kBF16) {
+        EXPECT_EQ(fused.residual, representable(residual, dtype())) << "a declined call";
+        continue;
+      }
+      EXPECT_EQ(cuda_path_counters(*gpu_).moe_combine_norm - before, 1);
+      const Outputs separate = run(false);
+      EXPECT_EQ(fused.out, separate.out);
+      EXPECT_EQ(fused.residual, separate.residual);
+      EXPECT_EQ(fused.normed, separate.normed);
+    }
   }
 }
 
