@@ -29,7 +29,12 @@ constexpr int kMaxSplits = 64;  // key splits per (sequence, head): decode_split
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kUnroll = 4;
+// Keys a warp loads per iteration (K and V rows of each in flight together). DSHPC_DECODE_UNROLL
+// overrides it at build time, for measuring another value without editing the kernel.
+#ifndef DSHPC_DECODE_UNROLL
+#define DSHPC_DECODE_UNROLL 4
+#endif
+constexpr int kUnroll = DSHPC_DECODE_UNROLL;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // N consecutive elements of T as float32, with the widest load that N · sizeof(T) allows.
