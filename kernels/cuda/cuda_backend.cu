@@ -880,7 +880,8 @@ class CudaBackend final : public Backend {
   // DSHPC_MOE_COMBINE_NORM=0: the residual add and norm after the experts in their own launch.
   bool moe_combine_norm_enabled_ = env_enabled("DSHPC_MOE_COMBINE_NORM");
   // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
-  // tests pass but its speed has not been measured yet).
+  // tests pass, but V2-Lite at batch 1 measured 356.8 tok/s with it against 368.4 without, one
+  // H200, same build, session 6).
   bool mla_values_enabled_ = [] {
     const char* env = std::getenv("DSHPC_MLA_VALUES");
     return env != nullptr && std::string(env) == "1";
