@@ -86,6 +86,18 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
+// Sixteen bytes of T as one vector load or store (raw) or as elements (e).
+template <typename T>
+union Vec16 {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+// 16-byte chunks a thread holds of a row in the vectorised norms (rmsnorm_vec_kernel and the
+// launches that repeat its arithmetic: the MoE gate's and the experts' combine's); with 256
+// threads, rows of up to 8,192 bf16 or 4,096 float32 values.
+inline constexpr int kNormChunks = 4;
+
 // Whether p is a multiple of `bytes` (a vector load's alignment), for the launchers' checks.
 inline bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;

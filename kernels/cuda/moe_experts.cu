@@ -61,13 +61,6 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
 // layer's input with rmsnorm_vec_kernel's arithmetic and order (same block size, the same chunk
 // of each thread, the same reduction), so every value equals what the two launches give. One CTA
 // a token; rows of up to kThreads · kNormChunks 16-byte chunks.
-constexpr int kNormChunks = 4;
-
-template <typename T>
-union Chunk {
-  uint4 raw;
-  T e[16 / sizeof(T)];
-};
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -84,13 +77,13 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t* rows = row_of_pair + t * top_k;
   const float* w = weights + t * top_k;
   const int chunks = cols / kVec;
-  Chunk<T> x[kNormChunks];
+  Vec16<T> x[kNormChunks];
   float sum_squares = 0.0f;
 #pragma unroll
   for (int i = 0; i < kNormChunks; ++i) {
     const int c = threadIdx.x + i * kThreads;
     if (c >= chunks) continue;
-    Chunk<T> acc_in, r;
+    Vec16<T> acc_in, r;
     acc_in.raw =
         shared_row0 != nullptr
             ? reinterpret_cast<const uint4*>(expert_out + (*shared_row0 + t) * expert_stride)[c]
@@ -102,12 +95,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < top_k; ++k) {
       const int32_t row = rows[k];
       if (row < 0) continue;
-      Chunk<T> y;
+      Vec16<T> y;
       y.raw = reinterpret_cast<const uint4*>(expert_out + row * expert_stride)[c];
 #pragma unroll
       for (int j = 0; j < kVec; ++j) sum[j] = fmaf(w[k], to_float(y.e[j]), sum[j]);
     }
-    Chunk<T> o;
+    Vec16<T> o;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       o.e[j] = from_float<T>(sum[j]);
@@ -124,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < kNormChunks; ++i) {
     const int c = threadIdx.x + i * kThreads;
     if (c >= chunks) continue;
-    Chunk<T> o;
+    Vec16<T> o;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       o.e[j] = from_float<T>(to_float(norm_weight[c * kVec + j]) * (to_float(x[i].e[j]) * inv));

@@ -332,15 +332,6 @@ struct GateNormArgs {
   float eps = 0.0f;
 };
 
-// Chunks of 16 bytes per thread of a normalised row (rmsnorm_vec_kernel's bound).
-constexpr int kNormChunks = 4;
-
-template <typename T>
-union Chunk {
-  uint4 raw;
-  T e[16 / sizeof(T)];
-};
-
 // xs[t] = rmsnorm(residual[t] + delta[t]) · weight for t < tokens, into shared memory, with
 // rmsnorm_vec_kernel's arithmetic and summation order (same thread ↔ chunk mapping and block
 // size, the same reduction tree), so the values equal those of the separate launch.
@@ -357,7 +348,7 @@ __device__ void gate_norm_rows(const GateNormArgs<T>& n, int tokens, int hidden,
     if (t >= tokens) continue;
     const uint4* r = reinterpret_cast<const uint4*>(n.residual + t * n.residual_stride);
     const uint4* d = reinterpret_cast<const uint4*>(n.delta + t * n.delta_stride);
-    Chunk<T> x[kNormChunks], y[kNormChunks];
+    Vec16<T> x[kNormChunks], y[kNormChunks];
 #pragma unroll
     for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
@@ -396,7 +387,7 @@ __device__ void gate_norm_rows(const GateNormArgs<T>& n, int tokens, int hidden,
     for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
       if (c >= chunks) continue;
-      Chunk<T> v;
+      Vec16<T> v;
       v.raw = reinterpret_cast<const uint4*>(xs + t * hidden)[c];  // this thread's own chunk
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
@@ -450,7 +441,7 @@ __global__ void __launch_bounds__(kThreads)
   if (w != nullptr) {
     float acc[kMoeGateMaxTokens] = {};
     auto dot = [&](const uint4& raw, int c) {  // acc[t] += w[c] · x[t][c], 16 bytes of each
-      Chunk<T> wc, xc;
+      Vec16<T> wc, xc;
       wc.raw = raw;
 #pragma unroll
       for (int t = 0; t < kMoeGateMaxTokens; ++t) {
@@ -499,7 +490,7 @@ __global__ void __launch_bounds__(kThreads)
       const uint4* xs = reinterpret_cast<const uint4*>(x + t * hidden);
       uint4* out = reinterpret_cast<uint4*>(norm.out + t * norm.out_stride);
       for (int c = threadIdx.x; c < chunks; c += kThreads) {
-        Chunk<T> rc, dc;
+        Vec16<T> rc, dc;
         rc.raw = r[c];
         dc.raw = d[c];
 #pragma unroll

@@ -62,18 +62,11 @@ __global__ void add_rmsnorm_kernel(T* residual, int64_t residual_stride, const T
   }
 }
 
-// The vectorised form for rows of up to kThreads · kMaxChunks 16-byte chunks (8192 bf16 or 4096
+// The vectorised form for rows of up to kThreads · kNormChunks 16-byte chunks (8192 bf16 or 4096
 // float32 values): every load of a row is issued before any store or arithmetic that depends on
 // it, so a row costs one memory latency instead of one per element (the scalar loops above
 // serialise on the possible aliasing of residual and delta: ~15 µs for a 4096-wide decode row).
 // delta == nullptr: plain rmsnorm of `residual` (not written).
-constexpr int kMaxChunks = 4;
-
-template <typename T>
-union Chunk {
-  uint4 raw;
-  T e[16 / sizeof(T)];
-};
 
 template <typename T, typename W>
 __global__ void __launch_bounds__(kThreads)
@@ -85,22 +78,22 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float scratch[32];
   T* row = residual + blockIdx.x * residual_stride;
   const int chunks = dim / kVec;
-  Chunk<T> x[kMaxChunks];
+  Vec16<T> x[kNormChunks];
 #pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
+  for (int i = 0; i < kNormChunks; ++i) {
     const int c = threadIdx.x + i * kThreads;
     if (c < chunks) x[i].raw = reinterpret_cast<const uint4*>(row)[c];
   }
   if (delta != nullptr) {
     const T* d = delta + blockIdx.x * delta_stride;
-    Chunk<T> y[kMaxChunks];
+    Vec16<T> y[kNormChunks];
 #pragma unroll
-    for (int i = 0; i < kMaxChunks; ++i) {
+    for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
       if (c < chunks) y[i].raw = reinterpret_cast<const uint4*>(d)[c];
     }
 #pragma unroll
-    for (int i = 0; i < kMaxChunks; ++i) {
+    for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
       if (c >= chunks) continue;
 #pragma unroll
@@ -112,7 +105,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   float sum_squares = 0.0f;
 #pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
+  for (int i = 0; i < kNormChunks; ++i) {
     if (threadIdx.x + i * kThreads >= chunks) continue;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
@@ -124,10 +117,10 @@ __global__ void __launch_bounds__(kThreads)
   const float inv = 1.0f / sqrtf(sum_squares / static_cast<float>(dim) + eps);
   T* dst = out + blockIdx.x * out_stride;
 #pragma unroll
-  for (int i = 0; i < kMaxChunks; ++i) {
+  for (int i = 0; i < kNormChunks; ++i) {
     const int c = threadIdx.x + i * kThreads;
     if (c >= chunks) continue;
-    Chunk<T> o;
+    Vec16<T> o;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       o.e[j] = from_float<T>(to_float(weight[c * kVec + j]) * (to_float(x[i].e[j]) * inv));
@@ -140,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
 bool vectorisable(DType dtype, int64_t cols,
                   std::initializer_list<std::pair<const void*, int64_t>> rows) {
   const int64_t vec = 16 / static_cast<int64_t>(dtype_size(dtype));
-  if (cols % vec != 0 || cols / vec > int64_t{kThreads} * kMaxChunks) return false;
+  if (cols % vec != 0 || cols / vec > int64_t{kThreads} * kNormChunks) return false;
   for (const auto& [data, stride] : rows) {
     if (reinterpret_cast<uintptr_t>(data) % 16 != 0 || stride % vec != 0) return false;
   }
