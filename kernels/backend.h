@@ -266,7 +266,8 @@ class Backend {
   // them. The default runs matmul and moe_route; a backend may do both in one launch (logits are
   // then still written).
   // `next`, where given, names the routed experts the caller runs next on these ids (a backend
-  // may build their index in the same launch; it changes no result).
+  // may build their index in the same launch; it changes no result). The caller must not change
+  // the ids between the two calls other than through another gate or moe_route.
   virtual void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
                         const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
                         const MoeExpertsAfterGate* next = nullptr) {

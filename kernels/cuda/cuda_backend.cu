@@ -858,7 +858,7 @@ class CudaBackend final : public Backend {
   // anything else that writes expert ids clears it too.
   struct GateIndex {
     const int32_t* ids = nullptr;
-    int64_t pairs = 0, expert_begin = 0, num_local = 0, shared_tokens = 0;
+    int64_t tokens = 0, top_k = 0, expert_begin = 0, num_local = 0, shared_tokens = 0;
     const void* buffer = nullptr;
   };
   GateIndex gate_index_;
@@ -984,9 +984,13 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
                         gate_done_.as<unsigned int>(), stream_, norm,
                         with_index ? &index : nullptr);
   if (with_index) {
-    gate_index_ = {expert_ids,          pairs,
-                   index.expert_begin,  index.num_local,
-                   index.shared_tokens, moe_small_index_.data()};
+    gate_index_ = {expert_ids,
+                   tokens,
+                   params.top_k,
+                   index.expert_begin,
+                   index.num_local,
+                   index.shared_tokens,
+                   moe_small_index_.data()};
   }
   ++counters_.moe_gate;
   if (norm != nullptr) ++counters_.moe_gate_norm;
@@ -1029,9 +1033,9 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   // declined call above leaves it for the call that follows, e.g. moe_experts after
   // moe_experts_with_shared declined).
   const GateIndex pending = std::exchange(gate_index_, GateIndex{});
-  const bool indexed = pending.ids == expert_ids && pending.pairs == pairs &&
-                       pending.expert_begin == expert_begin && pending.num_local == num_local &&
-                       pending.shared_tokens == extra * tokens &&
+  const bool indexed = pending.ids == expert_ids && pending.tokens == tokens &&
+                       pending.top_k == top_k && pending.expert_begin == expert_begin &&
+                       pending.num_local == num_local && pending.shared_tokens == extra * tokens &&
                        pending.buffer == moe_small_index_.data();
   if (indexed) {
     ++counters_.moe_gate_index;

@@ -155,7 +155,7 @@ inline constexpr int kMoeGateMaxTokens = 8;
 struct MoeGateNorm {
   Mat residual;
   Mat delta;
-  const void* weight;  // [cols] of the activation type
+  const void* weight;  // [cols] of the activation type (the CUDA backend stores norms so)
   float eps;
   Mat out;
 };
@@ -185,7 +185,7 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 // launch where the rows allow (else launch_add_rmsnorm after), values as the two launches give.
 struct MoeCombineNorm {
   Mat residual;
-  const void* weight;
+  const void* weight;  // [cols] of the activation type, as MoeGateNorm's
   float eps;
   Mat normed;
 };

@@ -192,13 +192,14 @@ __device__ void route_token_warp(Load load, const float* bias, const RouteArgs& 
       local_max = fmaxf(local_max, logit[j]);
     }
     const float max_logit = warp_max(local_max);
-    double local_sum = 0.0;
+    // block_sum_double's order exactly: expert lane + 32 j sits where the CTA form has it (warp
+    // j), so each j is one warp's xor tree and the trees add in j order from 0.
+    double sum = 0.0;
 #pragma unroll
     for (int j = 0; j < kWarpRouteJ; ++j) {
       score[j] = lane + 32 * j < n ? expf(logit[j] - max_logit) : 0.0f;
-      local_sum += score[j];
+      sum += warp_sum_double(score[j]);
     }
-    const double sum = warp_sum_double(local_sum);
 #pragma unroll
     for (int j = 0; j < kWarpRouteJ; ++j) score[j] = static_cast<float>(score[j] / sum);
   } else {
@@ -566,9 +567,10 @@ void launch_moe_route(const Mat& logits, const float* bias, const MoeRoutingPara
   DSHPC_CHECK_LE(logits.rows, int64_t{0x7fffffff}) << "moe_route: tokens exceed gridDim.x";
   dispatch_float(logits.dtype, "moe_route", [&](auto tag) {
     using T = decltype(tag);
+    // One warp a token where it can route alone.
     launch_pdl("moe_route_kernel", moe_route_kernel<T>, static_cast<unsigned int>(logits.rows),
-               kThreads, route_shared_bytes(args), stream, static_cast<const T*>(logits.data),
-               logits.stride, bias, args, expert_ids, weights);
+               warp_routable(args) ? 32 : kThreads, route_shared_bytes(args), stream,
+               static_cast<const T*>(logits.data), logits.stride, bias, args, expert_ids, weights);
     DSHPC_CUDA_LAUNCH_CHECK("moe_route_kernel");
   });
 }
