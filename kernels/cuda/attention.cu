@@ -88,8 +88,7 @@ __host__ __device__ inline SmemLayout smem_layout(int rows, int head_dim, int v_
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) paged_attention_kernel(AttentionArgs a) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = a.heads_per_cta * a.tokens_per_cta;
   const SmemLayout layout = smem_layout(rows, a.head_dim, a.v_dim, a.v_in_k);

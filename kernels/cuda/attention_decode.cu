@@ -173,8 +173,7 @@ struct DecodeArgs {
 // D = head_dim = v_dim = 32 · DPL; G query heads per CTA (of the group).
 template <typename T, int DPL, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   constexpr int D = 32 * DPL;
   __shared__ float red_m[kWarps][G];
   __shared__ float red_l[kWarps][G];
@@ -282,8 +281,7 @@ __device__ __forceinline__ void split_weights(const float* part, int splits, int
 template <typename T>
 __global__ void decode_attention_combine(const float* partial, const PagedSequence* sequences,
                                          T* out, int q_heads, int splits, int d_model) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ float weight[kMaxSplits];
   __shared__ float inv_l;
   const int s = blockIdx.x, head = blockIdx.y;
@@ -323,8 +321,7 @@ constexpr int kMlaHeads = 4;  // query heads per CTA
 
 template <typename T, int LPL, int RPL, int G>
 __global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   constexpr int L = 32 * LPL;
   constexpr int RP = RPL > 0 ? RPL : 1;
   __shared__ float red_m[kWarps][G];
@@ -437,8 +434,7 @@ template <typename T, int L>
 __global__ void __launch_bounds__(kThreads)
     mla_values_kernel(const float* partial, const PagedSequence* sequences, const T* out,
                       int q_heads, int splits, MlaValueProjection proj) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ __align__(16) float o[L];
   __shared__ float weight[kMaxSplits];

@@ -87,8 +87,7 @@ struct Smem {
 
 template <int D>
 __global__ void __launch_bounds__(kThreads) prefill_attention_kernel(PrefillArgs a) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   using S = Smem<D>;
   constexpr int kPitch = S::kPitch;
   constexpr int kChunks = D / 8;  // 16-byte pieces per row

@@ -75,15 +75,7 @@ class CudaBackend final : public Backend {
     DSHPC_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // float32 products stay float32: CUBLAS_COMPUTE_32F is requested per call and the default
     // math mode never substitutes TF32 for it.
-    // DSHPC_CUBLAS_DISALLOW_REDUCED=1 also keeps split-K partial sums of bf16 products in
-    // float32 (cuBLAS may otherwise reduce them in bf16).
-    const char* disallow = std::getenv("DSHPC_CUBLAS_DISALLOW_REDUCED");
-    const bool full_reduction = disallow != nullptr && std::string(disallow) == "1";
-    DSHPC_CUBLAS_CHECK(cublasSetMathMode(
-        cublas_, full_reduction
-                     ? static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
-                                                 CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
-                     : CUBLAS_DEFAULT_MATH));
+    DSHPC_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
     // An explicit workspace keeps cuBLAS from allocating on its own (and is what CUDA graph
     // capture requires).
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);

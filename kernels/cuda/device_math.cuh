@@ -93,6 +93,47 @@ union Vec16 {
   T e[16 / sizeof(T)];
 };
 
+// The vectorised norms' element arithmetic, defined once for rmsnorm_vec_kernel and for the
+// launches that must reproduce its values bit for bit (the MoE gate's and the experts' combine's).
+// a + b rounded to T (the residual add).
+template <typename T>
+__device__ __forceinline__ Vec16<T> add_rounded(const Vec16<T>& a, const Vec16<T>& b) {
+  Vec16<T> r;
+#pragma unroll
+  for (int j = 0; j < 16 / static_cast<int>(sizeof(T)); ++j) {
+    r.e[j] = from_float<T>(to_float(a.e[j]) + to_float(b.e[j]));
+  }
+  return r;
+}
+
+// sum += x_j² in element order.
+template <typename T>
+__device__ __forceinline__ void add_squares(const Vec16<T>& x, float& sum) {
+#pragma unroll
+  for (int j = 0; j < 16 / static_cast<int>(sizeof(T)); ++j) {
+    const float v = to_float(x.e[j]);
+    sum += v * v;
+  }
+}
+
+// 1 / rms of a row of `dim` values from their sum of squares.
+__device__ __forceinline__ float inverse_rms(float sum_squares, int dim, float eps) {
+  return 1.0f / sqrtf(sum_squares / static_cast<float>(dim) + eps);
+}
+
+// Chunk c of the normalised row: weight · (x · inv), rounded to T.
+template <typename T, typename W>
+__device__ __forceinline__ Vec16<T> scale_chunk(const Vec16<T>& x, const W* weight, int c,
+                                                float inv) {
+  constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+  Vec16<T> o;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    o.e[j] = from_float<T>(to_float(weight[c * kVec + j]) * (to_float(x.e[j]) * inv));
+  }
+  return o;
+}
+
 // 16-byte chunks a thread holds of a row in the vectorised norms (rmsnorm_vec_kernel and the
 // launches that repeat its arithmetic: the MoE gate's and the experts' combine's); with 256
 // threads, rows of up to 8,192 bf16 or 4,096 float32 values.

@@ -15,8 +15,7 @@ constexpr int kThreads = 256;
 template <typename TSrc, typename TDst>
 __global__ void copy_kernel(const TSrc* src, int64_t src_stride, TDst* dst, int64_t dst_stride,
                             int64_t rows, int64_t cols) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -28,8 +27,7 @@ __global__ void copy_kernel(const TSrc* src, int64_t src_stride, TDst* dst, int6
 template <typename T>
 __global__ void add_kernel(T* a, int64_t a_stride, const T* b, int64_t b_stride, int64_t rows,
                            int64_t cols) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -13,8 +13,7 @@ constexpr int kThreads = 256;
 template <typename TTable, typename TOut>
 __global__ void embedding_kernel(const TTable* table, int64_t vocab_begin, int64_t vocab_rows,
                                  int64_t dim, const int32_t* ids, TOut* out, int64_t out_stride) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t t = blockIdx.x;
   const int64_t local = static_cast<int64_t>(ids[t]) - vocab_begin;
   TOut* row = out + t * out_stride;

@@ -70,8 +70,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   // pdl_wait, while the kernel before still runs.
   uint4 wv[kUnroll];
   load(wv, lane);
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
 
   for (int c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
     if (c0 != lane) load(wv, c0);

@@ -21,8 +21,7 @@ __global__ void kv_cache_write_kernel(const T* __restrict__ k, int64_t k_row_str
                                       int64_t v_row_stride, int64_t v_width, const int64_t* slots,
                                       T* __restrict__ cache_k, int64_t k_token_stride,
                                       T* __restrict__ cache_v, int64_t v_token_stride) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t t = blockIdx.x;
   const int64_t slot = slots[t];
   if (slot < 0) return;

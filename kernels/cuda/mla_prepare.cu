@@ -153,8 +153,7 @@ __device__ void latent_entry(const MlaPrepareParams<T>& p, int t) {
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32) mla_prepare_kernel(MlaPrepareParams<T> p) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   extern __shared__ float smem[];
   const int absorb_ctas = p.heads * (p.lora / kCols);
   if (static_cast<int>(blockIdx.x) < absorb_ctas) {

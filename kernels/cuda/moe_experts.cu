@@ -23,8 +23,7 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* token_of_row,
                                    T* out, int64_t out_stride, int64_t cols) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const T* src = x + static_cast<int64_t>(token_of_row[blockIdx.x]) * x_stride;
   T* dst = out + blockIdx.x * out_stride;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
@@ -35,8 +34,7 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
                                    const int32_t* row_of_pair, const float* weights, int top_k,
                                    const int32_t* shared_row0, T* out, int64_t out_stride,
                                    int64_t cols) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t t = blockIdx.x;
   const int32_t* rows = row_of_pair + t * top_k;
   const float* w = weights + t * top_k;
@@ -69,8 +67,7 @@ __global__ void __launch_bounds__(kThreads)
                             int64_t out_stride, T* residual, int64_t residual_stride,
                             const T* norm_weight, float eps, T* normed, int64_t normed_stride,
                             int cols) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
@@ -102,27 +99,20 @@ __global__ void __launch_bounds__(kThreads)
     }
     Vec16<T> o;
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      o.e[j] = from_float<T>(sum[j]);
-      x[i].e[j] = from_float<T>(to_float(r.e[j]) + to_float(o.e[j]));
-      const float v = to_float(x[i].e[j]);
-      sum_squares += v * v;
-    }
+    for (int j = 0; j < kVec; ++j) o.e[j] = from_float<T>(sum[j]);
+    x[i] = add_rounded(r, o);
+    add_squares(x[i], sum_squares);
     reinterpret_cast<uint4*>(out + t * out_stride)[c] = o.raw;
     reinterpret_cast<uint4*>(residual + t * residual_stride)[c] = x[i].raw;
   }
-  sum_squares = block_sum(sum_squares, scratch);
-  const float inv = 1.0f / sqrtf(sum_squares / static_cast<float>(cols) + eps);
+  const float inv = inverse_rms(block_sum(sum_squares, scratch), cols, eps);
 #pragma unroll
   for (int i = 0; i < kNormChunks; ++i) {
     const int c = threadIdx.x + i * kThreads;
-    if (c >= chunks) continue;
-    Vec16<T> o;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      o.e[j] = from_float<T>(to_float(norm_weight[c * kVec + j]) * (to_float(x[i].e[j]) * inv));
+    if (c < chunks) {
+      reinterpret_cast<uint4*>(normed + t * normed_stride)[c] =
+          scale_chunk(x[i], norm_weight, c, inv).raw;
     }
-    reinterpret_cast<uint4*>(normed + t * normed_stride)[c] = o.raw;
   }
 }
 
@@ -207,8 +197,7 @@ constexpr int kWarpRows = 8;  // output rows (warps) per CTA
 __global__ void moe_index_kernel(const int32_t* ids, int pairs, int expert_begin, int num_local,
                                  int shared_tokens, int32_t* offsets, int32_t* pair_of_row,
                                  int32_t* row_of_pair, int32_t* active) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   extern __shared__ int32_t shared[];  // moe_index_shared_ints(num_local)
   build_moe_index(ids, pairs, expert_begin, num_local, shared_tokens, offsets, pair_of_row,
                   row_of_pair, active, shared);
@@ -269,8 +258,7 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     moe_gate_up_small_kernel(const T* x, int64_t x_stride, const T* const* gate_up, int64_t hidden,
                              int64_t inter, const int32_t* offsets, const int32_t* active,
                              const int32_t* pair_of_row, int top_k, T* act, int64_t act_stride) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int e = active[blockIdx.y];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
   if (e < 0 || j >= inter) return;
@@ -302,8 +290,7 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     moe_down_small_kernel(const T* act, int64_t act_stride, const T* const* down, int64_t hidden,
                           int64_t inter, const int32_t* offsets, const int32_t* active, T* y,
                           int64_t y_stride) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int e = active[blockIdx.y];
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpRows + threadIdx.x / 32;
   if (e < 0 || r >= hidden) return;
@@ -449,8 +436,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
                            int64_t hidden, int64_t inter, const int32_t* offsets,
                            const int32_t* active, const int32_t* pair_of_row, int top_k, bf16* act,
                            int64_t act_stride, MoeSharedExpert shared) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ float red[kMmaWarps][2 * 8][32];
   const int e = active[blockIdx.y];
   if (e < 0) return;  // uniform over the CTA
@@ -536,8 +522,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     moe_down_mma_kernel(const bf16* act, int64_t act_stride, const bf16* const* down,
                         int64_t hidden, int64_t inter, const int32_t* offsets,
                         const int32_t* active, bf16* y, int64_t y_stride, MoeSharedExpert shared) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ float red[kMmaWarps * 2 * 8 * 32];
   const int e = active[blockIdx.y];
   if (e < 0) return;

@@ -8,14 +8,16 @@
 namespace dshpc::cuda {
 
 // Shared memory build_moe_index needs, in int32s.
-__host__ __device__ inline int moe_index_shared_ints(int num_local) { return 2 * num_local + 1; }
+__host__ __device__ inline int moe_index_shared_ints(int num_local) {
+  return 2 * num_local + 1;
+}
 
 // Every thread of the CTA must call it (any block size); `shared`: moe_index_shared_ints ints.
 // ids are read with plain loads, so the CTA may have written them itself before a barrier.
 __device__ inline void build_moe_index(const int32_t* ids, int pairs, int expert_begin,
                                        int num_local, int shared_tokens, int32_t* offsets,
-                                       int32_t* pair_of_row, int32_t* row_of_pair,
-                                       int32_t* active, int32_t* shared) {
+                                       int32_t* pair_of_row, int32_t* row_of_pair, int32_t* active,
+                                       int32_t* shared) {
   // shared: counts[num_local], then base[num_local + 1]
   int32_t* counts = shared;
   int32_t* base = shared + num_local;

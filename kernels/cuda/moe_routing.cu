@@ -304,8 +304,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     moe_route_kernel(const T* logits, int64_t stride, const float* bias, RouteArgs a,
                      int32_t* expert_ids, float* weights) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t t = blockIdx.x;
   const T* row = logits + t * stride;
@@ -362,12 +361,8 @@ __device__ void gate_norm_rows(const GateNormArgs<T>& n, int tokens, int hidden,
     for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
       if (c >= chunks) continue;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        x[i].e[j] = from_float<T>(to_float(x[i].e[j]) + to_float(y[i].e[j]));
-        const float v = to_float(x[i].e[j]);
-        ss[t] += v * v;
-      }
+      x[i] = add_rounded(x[i], y[i]);
+      add_squares(x[i], ss[t]);
       reinterpret_cast<uint4*>(xs + t * hidden)[c] = x[i].raw;
     }
   }
@@ -383,18 +378,14 @@ __device__ void gate_norm_rows(const GateNormArgs<T>& n, int tokens, int hidden,
   for (int t = 0; t < kMoeGateMaxTokens; ++t) {
     if (t >= tokens) break;
     const float total = warp_sum(lane < kThreads / 32 ? partial[t][lane] : 0.0f);
-    const float inv = 1.0f / sqrtf(total / static_cast<float>(hidden) + n.eps);
+    const float inv = inverse_rms(total, hidden, n.eps);
 #pragma unroll
     for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
       if (c >= chunks) continue;
       Vec16<T> v;
       v.raw = reinterpret_cast<const uint4*>(xs + t * hidden)[c];  // this thread's own chunk
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        v.e[j] = from_float<T>(to_float(n.weight[c * kVec + j]) * (to_float(v.e[j]) * inv));
-      }
-      reinterpret_cast<uint4*>(xs + t * hidden)[c] = v.raw;
+      reinterpret_cast<uint4*>(xs + t * hidden)[c] = scale_chunk(v, n.weight, c, inv).raw;
     }
   }
   __syncthreads();  // every warp reads every chunk
@@ -432,8 +423,7 @@ __global__ void __launch_bounds__(kThreads)
     const int c = lane + 32 * i;
     if (w != nullptr && c < hidden / kVec) preload[i] = __ldg(w + c);
   }
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   if constexpr (kNorm) {
     gate_norm_rows(norm, tokens, hidden, reinterpret_cast<T*>(smem));
     x = reinterpret_cast<const T*>(smem);

@@ -35,6 +35,12 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// The start of a kernel that touches step data from its first instruction.
+__device__ __forceinline__ void pdl_begin() {
+  pdl_wait();
+  pdl_launch_dependents();
+}
+
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent launch.
 template <typename... Params, typename... Args>
 void launch_pdl(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,

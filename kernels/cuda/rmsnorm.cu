@@ -21,8 +21,7 @@ constexpr int kThreads = 256;
 template <typename T, typename W>
 __global__ void rmsnorm_kernel(const T* x, int64_t x_stride, const W* weight, T* out,
                                int64_t out_stride, int64_t dim, float eps) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ float scratch[32];
   const T* row = x + blockIdx.x * x_stride;
   float sum_squares = 0.0f;
@@ -42,8 +41,7 @@ template <typename T, typename W>
 __global__ void add_rmsnorm_kernel(T* residual, int64_t residual_stride, const T* delta,
                                    int64_t delta_stride, const W* weight, T* out,
                                    int64_t out_stride, int64_t dim, float eps) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ float scratch[32];
   T* row = residual + blockIdx.x * residual_stride;
   const T* d = delta + blockIdx.x * delta_stride;
@@ -72,8 +70,7 @@ template <typename T, typename W>
 __global__ void __launch_bounds__(kThreads)
     rmsnorm_vec_kernel(T* residual, int64_t residual_stride, const T* delta, int64_t delta_stride,
                        const W* weight, T* out, int64_t out_stride, int dim, float eps) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
   T* row = residual + blockIdx.x * residual_stride;
@@ -96,36 +93,21 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kNormChunks; ++i) {
       const int c = threadIdx.x + i * kThreads;
       if (c >= chunks) continue;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        x[i].e[j] = from_float<T>(to_float(x[i].e[j]) + to_float(y[i].e[j]));
-      }
+      x[i] = add_rounded(x[i], y[i]);
       reinterpret_cast<uint4*>(row)[c] = x[i].raw;
     }
   }
   float sum_squares = 0.0f;
 #pragma unroll
   for (int i = 0; i < kNormChunks; ++i) {
-    if (threadIdx.x + i * kThreads >= chunks) continue;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float v = to_float(x[i].e[j]);
-      sum_squares += v * v;
-    }
+    if (threadIdx.x + i * kThreads < chunks) add_squares(x[i], sum_squares);
   }
-  sum_squares = block_sum(sum_squares, scratch);
-  const float inv = 1.0f / sqrtf(sum_squares / static_cast<float>(dim) + eps);
+  const float inv = inverse_rms(block_sum(sum_squares, scratch), dim, eps);
   T* dst = out + blockIdx.x * out_stride;
 #pragma unroll
   for (int i = 0; i < kNormChunks; ++i) {
     const int c = threadIdx.x + i * kThreads;
-    if (c >= chunks) continue;
-    Vec16<T> o;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      o.e[j] = from_float<T>(to_float(weight[c * kVec + j]) * (to_float(x[i].e[j]) * inv));
-    }
-    reinterpret_cast<uint4*>(dst)[c] = o.raw;
+    if (c < chunks) reinterpret_cast<uint4*>(dst)[c] = scale_chunk(x[i], weight, c, inv).raw;
   }
 }
 

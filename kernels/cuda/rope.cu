@@ -15,8 +15,7 @@ template <typename T>
 __global__ void rope_kernel(T* x, int64_t tokens, int64_t heads, int64_t token_stride,
                             int64_t head_stride, int64_t half, const int32_t* positions,
                             const float* cos_table, const float* sin_table, bool interleaved) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t total = tokens * heads * half;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

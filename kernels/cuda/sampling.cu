@@ -121,8 +121,7 @@ __device__ int block_argmax(const T* row, int vocab, Best* scratch) {
 template <typename T>
 __global__ void __launch_bounds__(kArgmaxThreads)
     argmax_kernel(const T* logits, int64_t stride, int vocab, int32_t* ids) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ Best scratch[32];
   const int index = block_argmax(logits + blockIdx.x * stride, vocab, scratch);
   if (threadIdx.x == 0) ids[blockIdx.x] = index;
@@ -140,8 +139,7 @@ template <typename T>
 __global__ void __launch_bounds__(kArgmaxSliceThreads)
     argmax_sliced_kernel(const T* logits, int64_t stride, int vocab, int32_t* ids, Best* partial,
                          unsigned int* done) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ Best scratch[32];
   __shared__ bool last;
   const int slice = blockIdx.x, row = blockIdx.y, slices = gridDim.x;
@@ -593,8 +591,7 @@ __device__ Found find_crossing(const RowContext& c, RankBound bound, uint32_t kl
 __global__ void __launch_bounds__(kSampleThreads)
     sample_kernel(const float* logits, int64_t stride, int vocab, const SamplingRow* rows,
                   int32_t* ids) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   __shared__ SampleShared sh;
   const float* row = logits + blockIdx.x * stride;
   const SamplingRow params = rows[blockIdx.x];

@@ -14,8 +14,7 @@ constexpr int kThreads = 256;
 template <typename T>
 __global__ void swiglu_kernel(const T* gate_up, int64_t in_stride, T* out, int64_t out_stride,
                               int64_t rows, int64_t inter) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_begin();
   const int64_t total = rows * inter;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
