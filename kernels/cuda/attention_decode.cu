@@ -70,69 +70,108 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
   }
 }
 
-// One online-softmax step of one query head over a group of kU keys: `score` holds this lane's
-// partial dot products (reduced across the warp here; the kU independent shuffles overlap), the
-// group enters with one max and one rescale, keys at or past `end` get probability 0, and
-// acc += p · v over this lane's N value dims.
-template <int kU, int N>
-__device__ __forceinline__ void softmax_update(float (&score)[kU], int key0, int end, float& m,
-                                               float& l, float (&acc)[N], const float (&v)[kU][N]) {
+// N consecutive elements of T kept as loaded (bf16 stays packed, two to a register) until used:
+// the loads of an unrolled group of keys are all in flight at once, so their registers are what
+// limits how many keys a warp can have in flight.
+template <typename T, int N>
+struct alignas(N * sizeof(T) >= 16 ? 16 : N * sizeof(T)) Packed {
+  T e[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_packed(const T* p, Packed<T, N>& out) {
+  constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  static_assert(kBytes % 2 == 0 && kBytes <= 64, "vector width");
+  if constexpr (kBytes >= 16) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
+    for (int i = 0; i < kBytes / 16; ++i) {
+      reinterpret_cast<uint4*>(&out)[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
+    }
+  } else if constexpr (kBytes == 8) {
+    *reinterpret_cast<uint2*>(&out) = __ldg(reinterpret_cast<const uint2*>(p));
+  } else if constexpr (kBytes == 4) {
+    *reinterpret_cast<unsigned int*>(&out) = __ldg(reinterpret_cast<const unsigned int*>(p));
+  } else {
+    *reinterpret_cast<unsigned short*>(&out) = __ldg(reinterpret_cast<const unsigned short*>(p));
+  }
+}
+
+template <int N>
+__device__ __forceinline__ float elem(const float (&row)[N], int d) {
+  return row[d];
+}
+template <typename T, int N>
+__device__ __forceinline__ float elem(const Packed<T, N>& row, int d) {
+  return to_float(row.e[d]);
+}
+
+// One online-softmax step of one query head over a group of kU keys, key0 + u · kStride: `score`
+// holds this lane's partial dot products (reduced here across the kLanes lanes that share a key,
+// an aligned group of the warp; the kU independent shuffles overlap), the group enters with one
+// max and one rescale, keys at or past `end` get probability 0, and acc += p · v over this lane's
+// N value dims.
+template <int kU, int N, int kLanes, int kStride, typename Row>
+__device__ __forceinline__ void softmax_update(float (&score)[kU], int key0, int end, float& m,
+                                               float& l, float (&acc)[N], const Row (&v)[kU]) {
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset >>= 1) {
 #pragma unroll
     for (int u = 0; u < kU; ++u) score[u] += __shfl_xor_sync(0xffffffffu, score[u], offset);
   }
   float m_new = m;
 #pragma unroll
   for (int u = 0; u < kU; ++u) {
-    if (key0 + u * kWarps >= end) score[u] = -INFINITY;  // uniform across the warp
+    if (key0 + u * kStride >= end) score[u] = -INFINITY;  // uniform across the key's lanes
     m_new = fmaxf(m_new, score[u]);
   }
-  const float corr = exp2f(m - m_new);  // 0 on the first keys (m = −inf)
+  // A group of lanes can see only keys past the end while it has seen none before (m_new = −inf,
+  // where the warp's other keys are valid): then every p and corr are 0, not exp2(−inf + inf).
+  const float m_ref = m_new == -INFINITY ? 0.0f : m_new;
+  const float corr = exp2f(m - m_ref);  // 0 on the first keys (m = −inf)
   float sum = 0.0f;
 #pragma unroll
   for (int d = 0; d < N; ++d) acc[d] *= corr;
 #pragma unroll
   for (int u = 0; u < kU; ++u) {
-    const float p = exp2f(score[u] - m_new);  // 0 for keys past the end
+    const float p = exp2f(score[u] - m_ref);  // 0 for keys past the end
     sum += p;
 #pragma unroll
-    for (int d = 0; d < N; ++d) acc[d] = fmaf(p, v[u][d], acc[d]);
+    for (int d = 0; d < N; ++d) acc[d] = fmaf(p, elem(v[u], d), acc[d]);
   }
   l = l * corr + sum;
   m = m_new;
 }
 
-// Merges the CTA's warps' partial softmaxes (lane l holds dims [l·PL, l·PL + PL) of acc) for its
-// `heads` heads head0, head0 + 1, …, and writes the normalised output of sequence s's query row
-// `token` (one split) or this split's (accumulator, m, l) to `partial`, which
-// decode_attention_combine merges.
-template <typename T, int G, int PL>
+// Merges the partial softmaxes of the CTA's kParts groups of kLanes lanes (lane i of a group
+// holds dims [i·PL, i·PL + PL) of acc) for its `heads` heads head0, head0 + 1, …, and writes the
+// normalised output of sequence s's query row `token` (one split) or this split's (accumulator,
+// m, l) to `partial`, which decode_attention_combine merges.
+template <typename T, int G, int PL, int kLanes = 32, int kParts = kWarps>
 __device__ __forceinline__ void merge_warps_and_store(
-    const float (&m)[G], const float (&l)[G], const float (&acc)[G][PL], float (&red_m)[kWarps][G],
-    float (&red_l)[kWarps][G], float (&red_acc)[kWarps][G][32 * PL], int heads, int head0, int s,
-    int token, int q_heads, int splits, int split, T* out, float* partial) {
-  constexpr int D = 32 * PL;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float (&m)[G], const float (&l)[G], const float (&acc)[G][PL], float (&red_m)[kParts][G],
+    float (&red_l)[kParts][G], float (&red_acc)[kParts][G][kLanes * PL], int heads, int head0,
+    int s, int token, int q_heads, int splits, int split, T* out, float* partial) {
+  constexpr int D = kLanes * PL;
+  const int sub = threadIdx.x % kLanes, part = threadIdx.x / kLanes;
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      red_m[warp][g] = m[g];
-      red_l[warp][g] = l[g];
+    if (sub == 0) {
+      red_m[part][g] = m[g];
+      red_l[part][g] = l[g];
     }
 #pragma unroll
-    for (int d = 0; d < PL; ++d) red_acc[warp][g][lane * PL + d] = acc[g][d];
+    for (int d = 0; d < PL; ++d) red_acc[part][g][sub * PL + d] = acc[g][d];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < heads * D; i += kThreads) {
     const int g = i / D, d = i % D;
     float m_all = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, red_m[w][g]);
+    for (int w = 0; w < kParts; ++w) m_all = fmaxf(m_all, red_m[w][g]);
     float l_all = 0.0f, o = 0.0f;
     if (m_all != -INFINITY) {
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
+      for (int w = 0; w < kParts; ++w) {
         const float f = exp2f(red_m[w][g] - m_all);
         l_all = fmaf(red_l[w][g], f, l_all);
         o = fmaf(red_acc[w][g][d], f, o);
@@ -142,12 +181,12 @@ __device__ __forceinline__ void merge_warps_and_store(
     if (splits == 1) {
       out[(static_cast<int64_t>(token) * q_heads + head) * D + d] = from_float<T>(o / l_all);
     } else {
-      float* part =
+      float* part_out =
           partial + ((static_cast<int64_t>(s) * q_heads + head) * splits + split) * (D + 2);
-      part[d] = o;
+      part_out[d] = o;
       if (d == 0) {
-        part[D] = m_all;
-        part[D + 1] = l_all;
+        part_out[D] = m_all;
+        part_out[D + 1] = l_all;
       }
     }
   }
@@ -170,16 +209,22 @@ struct DecodeArgs {
   float scale_log2;  // scale · log2 e
 };
 
-// D = head_dim = v_dim = 32 · DPL; G query heads per CTA (of the group).
-template <typename T, int DPL, int G>
+// D = head_dim = v_dim = LPK · EPL: a key row is read by LPK lanes (32: one key per warp row,
+// fewer: 32 / LPK keys per warp row, each lane's EPL elements one 16-byte load), so the CTA's
+// kThreads / LPK groups of lanes ("parts") each take keys begin + part, begin + part + kParts, …
+// G query heads per CTA (of the group).
+template <typename T, int LPK, int EPL, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a) {
   pdl_begin();
-  constexpr int D = 32 * DPL;
-  __shared__ float red_m[kWarps][G];
-  __shared__ float red_l[kWarps][G];
-  __shared__ float red_acc[kWarps][G][D];
+  constexpr int D = LPK * EPL;
+  constexpr int kParts = kThreads / LPK;
+  constexpr int kKeysPerWarp = 32 / LPK;
+  __shared__ float red_m[kParts][G];
+  __shared__ float red_l[kParts][G];
+  __shared__ float red_acc[kParts][G][D];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = threadIdx.x % LPK;
   const int s = blockIdx.x;
   const int kv_head = blockIdx.y / a.head_chunks;
   const int first = (blockIdx.y % a.head_chunks) * G;  // first head of the chunk, in the group
@@ -195,38 +240,43 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
   const T* q = static_cast<const T*>(a.q);
   const T* cache_k = static_cast<const T*>(a.k);
   const T* cache_v = static_cast<const T*>(a.v);
-  float qr[G][DPL];
+  float qr[G][EPL];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     const int head = kv_head * a.group + first + min(g, heads - 1);
-    load_vec<T, DPL>(q + (static_cast<int64_t>(token) * a.q_heads + head) * D + lane * DPL, qr[g]);
+    load_vec<T, EPL>(q + (static_cast<int64_t>(token) * a.q_heads + head) * D + sub * EPL, qr[g]);
 #pragma unroll
-    for (int d = 0; d < DPL; ++d) qr[g][d] *= a.scale_log2;
+    for (int d = 0; d < EPL; ++d) qr[g][d] *= a.scale_log2;
   }
-  float m[G], l[G], acc[G][DPL];
+  float m[G], l[G], acc[G][EPL];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     m[g] = -INFINITY;
     l[g] = 0.0f;
 #pragma unroll
-    for (int d = 0; d < DPL; ++d) acc[g][d] = 0.0f;
+    for (int d = 0; d < EPL; ++d) acc[g][d] = 0.0f;
   }
 
-  const int64_t k_head_offset = static_cast<int64_t>(kv_head) * D + lane * DPL;
-  for (int key0 = begin + warp; key0 < end; key0 += kWarps * kUnroll) {
-    float kr[kUnroll][DPL], vr[kUnroll][DPL];
+  const int64_t k_head_offset = static_cast<int64_t>(kv_head) * D + sub * EPL;
+  // The loop runs on the warp's first key so that every lane of a warp takes the same
+  // iterations (the shuffles need the whole warp); a part's keys past `end` read nothing.
+  for (int base = begin + warp * kKeysPerWarp; base < end; base += kParts * kUnroll) {
+    const int key0 = base + lane / LPK;
+    Packed<T, EPL> kr[kUnroll], vr[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int position = key0 + u * kWarps;
+      const int position = key0 + u * kParts;
       if (position < end) {
         const int64_t slot =
             static_cast<int64_t>(seq.block_table[position / a.block_size]) * a.block_size +
             position % a.block_size;
-        load_vec<T, DPL>(cache_k + slot * a.k_token_stride + k_head_offset, kr[u]);
-        load_vec<T, DPL>(cache_v + slot * a.v_token_stride + k_head_offset, vr[u]);
+        load_packed<T, EPL>(cache_k + slot * a.k_token_stride + k_head_offset, kr[u]);
+        load_packed<T, EPL>(cache_v + slot * a.v_token_stride + k_head_offset, vr[u]);
       } else {
 #pragma unroll
-        for (int d = 0; d < DPL; ++d) kr[u][d] = vr[u][d] = 0.0f;  // finite: p = 0 multiplies it
+        for (int d = 0; d < EPL; ++d) {
+          kr[u].e[d] = vr[u].e[d] = from_float<T>(0.0f);  // finite: p = 0 multiplies it
+        }
       }
     }
 #pragma unroll
@@ -236,16 +286,16 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
       for (int u = 0; u < kUnroll; ++u) {
         float dot = 0.0f;
 #pragma unroll
-        for (int d = 0; d < DPL; ++d) dot = fmaf(qr[g][d], kr[u][d], dot);
+        for (int d = 0; d < EPL; ++d) dot = fmaf(qr[g][d], elem(kr[u], d), dot);
         score[u] = dot;
       }
-      softmax_update(score, key0, end, m[g], l[g], acc[g], vr);
+      softmax_update<kUnroll, EPL, LPK, kParts>(score, key0, end, m[g], l[g], acc[g], vr);
     }
   }
 
-  merge_warps_and_store<T, G, DPL>(m, l, acc, red_m, red_l, red_acc, heads,
-                                   kv_head * a.group + first, s, token, a.q_heads, a.splits, split,
-                                   static_cast<T*>(a.out), a.partial);
+  merge_warps_and_store<T, G, EPL, LPK, kParts>(
+      m, l, acc, red_m, red_l, red_acc, heads, kv_head * a.group + first, s, token, a.q_heads,
+      a.splits, split, static_cast<T*>(a.out), a.partial);
 }
 
 // out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
@@ -404,7 +454,8 @@ __global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
         for (int d = 0; d < RP; ++d) dot = fmaf(qr[g][d], kr[u][d], dot);
         score[u] = dot;
       }
-      softmax_update(score, key0, end, m[g], l[g], acc[g], kl);  // the latent part is the value
+      // the latent part is the value
+      softmax_update<kMlaUnroll, LPL, 32, kWarps>(score, key0, end, m[g], l[g], acc[g], kl);
     }
   }
 
@@ -501,13 +552,32 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
   DSHPC_CUDA_LAUNCH_CHECK("mla_values_kernel");
 }
 
+// Head dim 32 · DPL of T, G heads per CTA. The wide form (plan.wide_keys) applies where a lane's
+// 16-byte load is more than its share of a 32-lane row (bf16 heads up to 128 dims, float32 up to
+// 64) and the heads' query and accumulator registers stay at most 32 floats a lane (G · EPL ≤ 16:
+// ptxas gives the bf16 128-dim kernel 70 registers with one head and 168 with four, against 48
+// and 109 in the one-key form).
 template <typename T, int DPL, int G>
-void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, cudaStream_t stream) {
+void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, bool wide,
+                   cudaStream_t stream) {
+  constexpr int kWideEpl = 16 / static_cast<int>(sizeof(T));
+  constexpr bool kWideApplies = kWideEpl > DPL && G * kWideEpl <= 16;
   const dim3 grid(static_cast<unsigned int>(num_seqs),
                   static_cast<unsigned int>(kv_heads * args.head_chunks),
                   static_cast<unsigned int>(args.splits));
-  launch_pdl("decode_attention_kernel", decode_attention_kernel<T, DPL, G>, grid, kThreads, 0,
-             stream, args);
+  bool launched = false;
+  if constexpr (kWideApplies) {
+    if (wide) {
+      launch_pdl("decode_attention_kernel",
+                 decode_attention_kernel<T, 32 * DPL / kWideEpl, kWideEpl, G>, grid, kThreads, 0,
+                 stream, args);
+      launched = true;
+    }
+  }
+  if (!launched) {
+    launch_pdl("decode_attention_kernel", decode_attention_kernel<T, 32, DPL, G>, grid, kThreads,
+               0, stream, args);
+  }
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_kernel");
   launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
                           args.splits, 32 * DPL, stream);
@@ -515,16 +585,16 @@ void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, cudaStrea
 
 template <typename T, int DPL>
 void dispatch_group(const DecodeArgs& args, int heads_per_cta, int num_seqs, int kv_heads,
-                    cudaStream_t stream) {
+                    bool wide, cudaStream_t stream) {
   switch (heads_per_cta) {
     case 1:
-      return launch_decode<T, DPL, 1>(args, num_seqs, kv_heads, stream);
+      return launch_decode<T, DPL, 1>(args, num_seqs, kv_heads, wide, stream);
     case 2:
-      return launch_decode<T, DPL, 2>(args, num_seqs, kv_heads, stream);
+      return launch_decode<T, DPL, 2>(args, num_seqs, kv_heads, wide, stream);
     case 4:
-      return launch_decode<T, DPL, 4>(args, num_seqs, kv_heads, stream);
+      return launch_decode<T, DPL, 4>(args, num_seqs, kv_heads, wide, stream);
     default:
-      return launch_decode<T, DPL, 8>(args, num_seqs, kv_heads, stream);
+      return launch_decode<T, DPL, 8>(args, num_seqs, kv_heads, wide, stream);
   }
 }
 
@@ -602,17 +672,23 @@ void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
   args.scale_log2 = scale * kLog2e;
   const int n = static_cast<int>(num_seqs), kv = static_cast<int>(cache.kv_heads);
   const int dpl = static_cast<int>(cache.head_dim / 32);
+  // The wide form's 16-byte loads of q, K and V rows.
+  const size_t element = dtype_size(dtype);
+  const bool wide = plan.wide_keys && aligned_to(q.data, 16) && aligned_to(cache.k, 16) &&
+                    aligned_to(cache.v, 16) && (cache.k_token_stride * element) % 16 == 0 &&
+                    (cache.v_token_stride * element) % 16 == 0 &&
+                    (cache.head_dim * element) % 16 == 0;
   dispatch_float(dtype, "decode_attention", [&](auto tag) {
     using T = decltype(tag);
     switch (dpl) {
       case 1:
-        return dispatch_group<T, 1>(args, plan.heads_per_cta, n, kv, stream);
+        return dispatch_group<T, 1>(args, plan.heads_per_cta, n, kv, wide, stream);
       case 2:
-        return dispatch_group<T, 2>(args, plan.heads_per_cta, n, kv, stream);
+        return dispatch_group<T, 2>(args, plan.heads_per_cta, n, kv, wide, stream);
       case 4:
-        return dispatch_group<T, 4>(args, plan.heads_per_cta, n, kv, stream);
+        return dispatch_group<T, 4>(args, plan.heads_per_cta, n, kv, wide, stream);
       default:
-        return dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, stream);
+        return dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, wide, stream);
     }
   });
 }

@@ -239,6 +239,27 @@ TEST_P(GpuAttention, DecodeOddGroupsHeadDimsAndBlockSizes) {
   run_case({"decode_d256", 8, 4, 256, 256, false, 32, 1.0f}, kDecodeBatch, kDecode);
 }
 
+// The decode kernel's two forms (DecodeAttentionPlan::wide_keys). Wide: in bf16 a 32-, 64- or
+// 128-dim head row takes 4, 8 or 16 lanes (16 bytes each), so a warp reads 8, 4 or 2 keys at
+// once, with one or two heads per CTA (in float32 the 32- and 64-dim heads). Contexts of 1 to 5
+// keys leave some of a warp's key groups with nothing to read while the others have keys. Then
+// the one-key-per-warp form (DSHPC_DECODE_WIDE=0) on the shapes that would take the wide one.
+TEST_P(GpuAttention, DecodeWideAndOneKeyForms) {
+  const std::vector<SequenceShape> short_and_long = {{1, 1}, {2, 1}, {3, 1},   {5, 1},
+                                                     {9, 1}, {70, 1}, {2100, 1}};
+  run_case({"decode_d32_mha", 8, 8, 32, 32, false, 16, 1.0f}, short_and_long, kDecode);
+  run_case({"decode_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, short_and_long, kDecode);
+  run_case({"decode_d128_group2_sharp", 16, 8, 128, 128, false, 16, 8.0f}, short_and_long,
+           kDecode);
+  run_case({"decode_mha128_short", 32, 32, 128, 128, false, 16, 1.0f}, short_and_long, kDecode);
+  setenv("DSHPC_DECODE_WIDE", "0", 1);
+  gpu_ = cuda_backend(dtype());
+  unsetenv("DSHPC_DECODE_WIDE");
+  ASSERT_NE(gpu_, nullptr);
+  run_case({"one_key_mha128", 32, 32, 128, 128, false, 16, 1.0f}, short_and_long, kDecode);
+  run_case({"one_key_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, short_and_long, kDecode);
+}
+
 // MLA decode steps (the latent kernel of attention_decode.cu): V2/V3's 512 + 64 with 16 heads
 // (V2-Lite, V3 under tp 8) and 128 (V3 under tp 1), and the tiny fixtures' 64 + 16 with 4 heads
 // and with 2 (a head chunk only half used); long contexts split the keys, sharp softmax too.
