@@ -124,12 +124,6 @@ struct ExpertWeights {
   Mat down;
 };
 
-// Bytes of weights in backend memory (Backend::prefetch_weights).
-struct WeightRange {
-  const void* data = nullptr;
-  size_t bytes = 0;
-};
-
 // What follows an op that produces a layer's output delta: residual += delta; normed =
 // rmsnorm(residual) · weight (Backend::add_rmsnorm with the next layer's input norm).
 struct ResidualNorm {
@@ -311,11 +305,6 @@ class Backend {
                                        const ResidualNorm* then = nullptr) {
     return false;
   }
-  // A hint that the weights in `ranges` are read soon (a later op of this step): a backend with
-  // a cache in front of its memory may start moving them there now, so that the loads overlap ops
-  // that are bound by latency rather than bandwidth. No effect on any result; the default does
-  // nothing (the CPU backend).
-  virtual void prefetch_weights(const WeightRange* ranges, int count) {}
   // ids[r] = argmax of logits row r (ties to the lowest index).
   virtual void argmax(const Mat& logits, int32_t* ids) = 0;
   // ids[r] = the token sample_token_cpu draws from float32 logits row r with rows[r] (from

@@ -66,8 +66,6 @@ struct CudaPathCounters {
   int64_t moe_gate_index = 0;     // MoE layers whose experts' index the gate's launch built
   int64_t argmax_sliced = 0;      // argmaxes of a few rows over many CTAs each
   int64_t moe_combine_norm = 0;   // MoE layers ending in one launch with the next layer's norm
-  int64_t l2_prefetches = 0;      // prefetch_weights calls that launched (L2 prefetch)
-  int64_t l2_prefetch_bytes = 0;  // … and the bytes they asked for
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

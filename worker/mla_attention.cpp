@@ -35,9 +35,6 @@ void Model::attention_mla(const LayerWeights& w, const StepTensors& step, const 
   } else {
     backend_.matmul_pair(normed, w.mla.q_b.mat, q, w.mla.kv_a.mat, latent);
   }
-  // From here to the experts the launches are short and bound by latency: the shared experts'
-  // weights can move into the device's cache meanwhile.
-  prefetch_shared_experts(w);
 
   const Mat& kv_b = w.mla.kv_b.mat;  // [heads · (nope + v), lora]
   Mat q_absorbed = scratch(kWork3, tokens, heads * entry);

@@ -232,18 +232,6 @@ void Model::mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate) {
   backend_.matmul(act, w.down.mat, out, true, accumulate);  // [T, hidden], partial sum over tp
 }
 
-void Model::prefetch_shared_experts(const LayerWeights& w) {
-  if (!w.moe || !w.moe_weights.has_shared) return;
-  const auto range = [](const Mat& m) {
-    return WeightRange{m.data, static_cast<size_t>(((m.rows - 1) * m.stride + m.cols) *
-                                                   static_cast<int64_t>(dtype_size(m.dtype)))};
-  };
-  const MlpWeights& shared = w.moe_weights.shared;
-  // In the order the experts read them.
-  const WeightRange ranges[] = {range(shared.gate_up.mat), range(shared.down.mat)};
-  backend_.prefetch_weights(ranges, 2);
-}
-
 bool Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat normed, Mat delta,
                 const ResidualNorm* then) {
   const int64_t tokens = normed.rows;

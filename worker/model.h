@@ -196,9 +196,6 @@ class Model {
   void attention_mla(const LayerWeights& w, const StepTensors& step, const PagedKvView& cache,
                      Mat normed, Mat out);
   void mlp(const MlpWeights& w, Mat normed, Mat out, bool accumulate);
-  // Backend::prefetch_weights of an MoE layer's shared experts (every token reads them after the
-  // attention); nothing for other layers.
-  void prefetch_shared_experts(const LayerWeights& w);
   // hidden += delta; normed = rmsnorm(hidden) · norm_weight; then delta = the MoE layer of
   // normed (shared and routed experts, this rank's part). With `then` (one rank only), returns
   // whether the backend also did then's residual add and norm (the next layer's input).

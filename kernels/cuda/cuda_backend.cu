@@ -81,9 +81,6 @@ class CudaBackend final : public Backend {
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
     DSHPC_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
-    int l2_bytes = 0;
-    DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
-    l2_prefetch_cap_ = l2_prefetch_cap(l2_bytes);
     gate_done_ = allocate(sizeof(unsigned int));
     DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
     argmax_partial_ = allocate(cuda::kArgmaxPartialBytes);
@@ -609,21 +606,6 @@ class CudaBackend final : public Backend {
                                int64_t expert_begin, int64_t num_local, const ExpertWeights& shared,
                                Mat out, const ResidualNorm* then) override;
 
-  // Up to l2_prefetch_cap_ bytes in all, in the ranges' order.
-  void prefetch_weights(const WeightRange* ranges, int count) override {
-    if (l2_prefetch_mode_ == 0) return;
-    int64_t bytes = 0;
-    for (int i = 0; i < count; i += cuda::kMaxPrefetchRanges) {
-      bytes += cuda::launch_l2_prefetch(ranges + i, std::min(count - i, cuda::kMaxPrefetchRanges),
-                                        l2_prefetch_cap_ - bytes, l2_prefetch_mode_ == 2, num_sms_,
-                                        stream_);
-    }
-    if (bytes > 0) {
-      ++counters_.l2_prefetches;
-      counters_.l2_prefetch_bytes += bytes;
-    }
-  }
-
   void argmax(const Mat& logits, int32_t* ids) override {
     DSHPC_CHECK(logits.contiguous());
     cuda::launch_argmax(logits, ids, stream_, argmax_partial_.data(),
@@ -893,20 +875,6 @@ class CudaBackend final : public Backend {
   // DSHPC_DECODE_WIDE=0: the decode attention reads one key per warp row even where a row is
   // narrower than 512 bytes (DecodeAttentionPlan::wide_keys).
   bool decode_wide_enabled_ = env_enabled("DSHPC_DECODE_WIDE");
-  // Backend::prefetch_weights: DSHPC_L2_PREFETCH=0 off, =1 plain prefetches, otherwise (the
-  // default) with the evict_last priority. At most 3/4 of L2 a call, so that the lines asked for
-  // first are not evicted by the last (DSHPC_L2_PREFETCH_MB overrides, for measuring).
-  int l2_prefetch_mode_ = [] {
-    const char* env = std::getenv("DSHPC_L2_PREFETCH");
-    return env == nullptr ? 2 : std::string(env) == "0" ? 0 : std::string(env) == "1" ? 1 : 2;
-  }();
-  int64_t l2_prefetch_cap_ = 0;
-  static int64_t l2_prefetch_cap(int l2_bytes) {
-    if (const char* env = std::getenv("DSHPC_L2_PREFETCH_MB")) {
-      return std::max<int64_t>(0, std::atoll(env)) << 20;
-    }
-    return static_cast<int64_t>(l2_bytes) / 4 * 3;
-  }
   // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
   // tests pass, but V2-Lite at batch 1 measured 356.8 tok/s with it against 368.4 without, one
   // H200, same build, session 6).

@@ -38,13 +38,6 @@ void launch_rope(const Mat& x, int64_t heads, int64_t head_stride, int64_t rot_d
 // swiglu.cu: out = silu(gate_up[:, :inter]) · gate_up[:, inter:].
 void launch_swiglu(const Mat& gate_up, const Mat& out, cudaStream_t stream);
 
-// l2_prefetch.cu: asks L2 for the 128-byte lines of up to kMaxPrefetchRanges ranges, in order,
-// until max_bytes (a range cut there keeps its front); with evict_last the lines get the cache's
-// keep-longest priority. Returns the bytes asked for (0: nothing launched).
-constexpr int kMaxPrefetchRanges = 4;
-int64_t launch_l2_prefetch(const WeightRange* ranges, int count, int64_t max_bytes,
-                           bool evict_last, int num_sms, cudaStream_t stream);
-
 // kv_cache_write.cu: row t of k (and v) to cache slot slots[t]; negative slots are skipped.
 void launch_kv_cache_write(const Mat& k, const Mat* v, const int64_t* slots,
                            const PagedKvView& cache, DType cache_dtype, cudaStream_t stream);

@@ -32,7 +32,6 @@ struct Trace {
   int64_t allocations_at_end = -1;
   int64_t graph_launches = 0;
   int64_t moe_small = 0;  // MoE layers run through the small-step path
-  int64_t l2_prefetches = 0;  // shared experts' weights prefetched (Backend::prefetch_weights)
 };
 
 Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
@@ -83,7 +82,6 @@ Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
     trace.allocations_at_end = cuda_memory_stats(rt.backend()).device_allocations;
     trace.graph_launches = cuda_path_counters(rt.backend()).graph_launches;
     trace.moe_small = cuda_path_counters(rt.backend()).moe_small;
-    trace.l2_prefetches = cuda_path_counters(rt.backend()).l2_prefetches;
   }
   return trace;
 }
@@ -152,9 +150,6 @@ TEST_P(GpuModel, LogitsMatchCpuAndStepsAllocateNothing) {
         << "positions within the smooth bf16 bound " << atol;
   }
   EXPECT_GE(min_cosine, kMinCosine);
-  // Both DeepSeek fixtures have shared experts: every MoE layer of every step prefetches them
-  // (the logits above are with it).
-  if (moe) EXPECT_GT(gpu.l2_prefetches, 0) << "no shared-expert prefetch";
   // Steps 2 … 6 are no larger than step 1: the pool serves them all from its cache.
   EXPECT_GT(gpu.allocations_after_warmup, 0);
   EXPECT_EQ(gpu.allocations_at_end, gpu.allocations_after_warmup)

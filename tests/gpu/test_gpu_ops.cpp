@@ -423,64 +423,6 @@ TEST_P(GpuOps, StepUploadRoundTrip) {
   EXPECT_EQ(download_raw<int32_t>(*gpu_, device_seqs[1].block_table, 1), table1);
 }
 
-// Backend::prefetch_weights is a hint: it must leave memory as it was, take ranges of any
-// alignment and length (empty and null ones skipped, more than one launch's worth in one call),
-// and ask for whole 128-byte lines, at most the cap in all.
-TEST_P(GpuOps, WeightPrefetchLeavesMemoryAndHonoursTheCap) {
-  constexpr size_t kBytes = (size_t{3} << 20) + 77;
-  DeviceBuffer buffer = gpu_->allocate(kBytes);
-  std::vector<uint8_t> pattern(kBytes);
-  for (size_t i = 0; i < kBytes; ++i) pattern[i] = static_cast<uint8_t>(i * 131 + 7);
-  gpu_->upload(buffer.data(), pattern.data(), kBytes);
-  const char* base = static_cast<const char*>(buffer.data());
-  const std::vector<WeightRange> ranges = {
-      {base + 3, 1000}, {base + 5000, 1},  {nullptr, 4096},          {base + 9000, 0},
-      {base, kBytes},   {base + 129, 200}, {base + kBytes - 1, 1}};
-  const CudaPathCounters before = cuda_path_counters(*gpu_);
-  gpu_->prefetch_weights(ranges.data(), static_cast<int>(ranges.size()));
-  gpu_->synchronize();
-  const CudaPathCounters after = cuda_path_counters(*gpu_);
-  EXPECT_EQ(after.l2_prefetches - before.l2_prefetches, 1);
-  // Each non-empty range from its first byte's line to its last byte: at least its bytes, less
-  // than a line more.
-  size_t asked = 0;
-  int nonempty = 0;
-  for (const WeightRange& r : ranges) {
-    if (r.data != nullptr && r.bytes > 0) {
-      asked += r.bytes;
-      ++nonempty;
-    }
-  }
-  const int64_t got = after.l2_prefetch_bytes - before.l2_prefetch_bytes;
-  EXPECT_GE(got, static_cast<int64_t>(asked));
-  EXPECT_LT(got, static_cast<int64_t>(asked + 128 * nonempty));
-  std::vector<uint8_t> back(kBytes);
-  gpu_->download(back.data(), buffer.data(), kBytes);
-  EXPECT_EQ(back, pattern);
-
-  // A backend capped at 1 MiB asks for exactly that, the first range's front.
-  setenv("DSHPC_L2_PREFETCH_MB", "1", 1);
-  std::unique_ptr<Backend> capped = cuda_backend(GetParam());
-  unsetenv("DSHPC_L2_PREFETCH_MB");
-  ASSERT_NE(capped, nullptr);
-  DeviceBuffer big = capped->allocate(kBytes);
-  const WeightRange whole[] = {{big.data(), kBytes}, {big.data(), kBytes}};
-  capped->prefetch_weights(whole, 2);
-  capped->synchronize();
-  EXPECT_EQ(cuda_path_counters(*capped).l2_prefetch_bytes, int64_t{1} << 20);
-
-  // DSHPC_L2_PREFETCH=0 turns it off.
-  setenv("DSHPC_L2_PREFETCH", "0", 1);
-  std::unique_ptr<Backend> off = cuda_backend(GetParam());
-  unsetenv("DSHPC_L2_PREFETCH");
-  ASSERT_NE(off, nullptr);
-  DeviceBuffer small = off->allocate(4096);
-  const WeightRange one[] = {{small.data(), 4096}};
-  off->prefetch_weights(one, 1);
-  off->synchronize();
-  EXPECT_EQ(cuda_path_counters(*off).l2_prefetches, 0);
-}
-
 INSTANTIATE_TEST_SUITE_P(Modes, GpuOps, ::testing::Values(DType::kF32, DType::kBF16),
                          dtype_param_name);
 
