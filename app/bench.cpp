@@ -286,14 +286,14 @@ int run_bench(int argc, char** argv, int first) {
         "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores); fused "
         "launches: %lld product pairs, %lld MLA prepares, %lld MLA value projections, %lld MoE "
         "gates (%lld with the norm, %lld building the experts' index), %lld ending with the next "
-        "norm\n",
+        "norm, %lld per-head products\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
         static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma),
         static_cast<long long>(paths.gemv_pairs), static_cast<long long>(paths.mla_prepare),
         static_cast<long long>(paths.mla_values), static_cast<long long>(paths.moe_gate),
         static_cast<long long>(paths.moe_gate_norm), static_cast<long long>(paths.moe_gate_index),
-        static_cast<long long>(paths.moe_combine_norm));
+        static_cast<long long>(paths.moe_combine_norm), static_cast<long long>(paths.gemv_heads));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
@@ -309,7 +309,8 @@ int run_bench(int argc, char** argv, int first) {
                             {"moe_gate_norm", paths.moe_gate_norm},
                             {"moe_gate_index", paths.moe_gate_index},
                             {"moe_combine_norm", paths.moe_combine_norm},
-                            {"argmax_sliced", paths.argmax_sliced}};
+                            {"argmax_sliced", paths.argmax_sliced},
+                            {"gemv_heads", paths.gemv_heads}};
   }
 
   // ---- prefill / time to first token

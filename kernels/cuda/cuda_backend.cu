@@ -437,6 +437,12 @@ class CudaBackend final : public Backend {
       Backend::matmul_heads(x, w, y, heads, x_offset, w_offset, y_offset, w_transposed);
       return;
     }
+    if (gemv_heads_enabled_ && cuda::gemv_heads_supported(x, w, y, heads, x_offset, w_offset,
+                                                          y_offset, w_transposed)) {
+      cuda::launch_gemv_heads(x, w, y, heads, x_offset, w_offset, y_offset, stream_);
+      ++counters_.gemv_heads;
+      return;
+    }
     cuda::gemm_heads(cublas_, x, w, y, heads, x_offset, w_offset, y_offset, w_transposed);
   }
 
@@ -864,6 +870,8 @@ class CudaBackend final : public Backend {
   // The fused decode launches, each with its op-by-op form for comparison:
   // DSHPC_GEMV_PAIR=0, DSHPC_MLA_PREPARE=0, DSHPC_MOE_GATE=0.
   bool gemv_pair_enabled_ = env_enabled("DSHPC_GEMV_PAIR");
+  // DSHPC_GEMV_HEADS=0: matmul_heads through cuBLAS even for a few rows (MLA's W_UV at decode).
+  bool gemv_heads_enabled_ = env_enabled("DSHPC_GEMV_HEADS");
   bool mla_prepare_enabled_ = env_enabled("DSHPC_MLA_PREPARE");
   bool moe_gate_enabled_ = env_enabled("DSHPC_MOE_GATE");
   // DSHPC_MOE_GATE_NORM=0: the add_rmsnorm before the gate in its own launch;

@@ -40,12 +40,21 @@ struct GemvOperand {
   int n;
 };
 
+// Per-head offsets in elements (matmul_heads): grid row h takes x, the first operand's w and its
+// y moved by h times these; all 0 with one grid row.
+struct GemvHeads {
+  int64_t x = 0, w = 0, y = 0;
+};
+
 // Launched with launch_pdl (pdl.h): loads weights before pdl_wait, touches x and y only after.
 template <int M, typename TY>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const bf16* __restrict__ x, int64_t x_stride, GemvOperand<TY> first,
-                GemvOperand<TY> second, int k, bool accumulate) {
+                GemvOperand<TY> second, int k, bool accumulate, GemvHeads heads) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  x += blockIdx.y * heads.x;
+  first.w += blockIdx.y * heads.w;
+  first.y += blockIdx.y * heads.y;
   int row = blockIdx.x * kWarps + warp;
   const bool in_first = row < first.n;
   if (!in_first) row -= first.n;
@@ -107,17 +116,19 @@ GemvOperand<TY> operand(const Mat& w, const Mat& y) {
           static_cast<int>(w.rows)};
 }
 
-// second.n == 0: one product.
+// second.n == 0: one product; head_count > 1 (second.n == 0): that many, moved by `heads`.
 template <typename TY>
 void launch_rows(const Mat& x, GemvOperand<TY> first, GemvOperand<TY> second, int k,
-                 bool accumulate, cudaStream_t stream) {
+                 bool accumulate, cudaStream_t stream, int head_count = 1,
+                 GemvHeads heads = {}) {
   const int64_t rows = static_cast<int64_t>(first.n) + second.n;
-  const unsigned int blocks = static_cast<unsigned int>((rows + kWarps - 1) / kWarps);
+  const dim3 blocks(static_cast<unsigned int>((rows + kWarps - 1) / kWarps),
+                    static_cast<unsigned int>(head_count));
   const auto* xp = static_cast<const bf16*>(x.data);
 #define DSHPC_GEMV_CASE(M)                                                                      \
   case M:                                                                                       \
     launch_pdl("gemv_kernel", gemv_kernel<M, TY>, blocks, kWarps * 32, 0, stream, xp, x.stride, \
-               first, second, k, accumulate);                                                   \
+               first, second, k, accumulate, heads);                                            \
     break;
   switch (x.rows) {
     DSHPC_GEMV_CASE(1)
@@ -158,6 +169,33 @@ void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cuda
     launch_rows<float>(x, operand<float>(w, y), GemvOperand<float>{}, k, accumulate, stream);
   } else {
     launch_rows<bf16>(x, operand<bf16>(w, y), GemvOperand<bf16>{}, k, accumulate, stream);
+  }
+}
+
+bool gemv_heads_supported(const Mat& x, const Mat& w, const Mat& y, int64_t heads,
+                          int64_t x_offset, int64_t w_offset, int64_t y_offset,
+                          bool w_transposed) {
+  // Every head's x and w rows 16-byte aligned (y is stored by element).
+  return gemv_supported(x, w, y, w_transposed) && heads >= 1 && heads <= 65535 &&
+         x_offset % 8 == 0 && w_offset % 8 == 0 && x_offset >= 0 && w_offset >= 0 &&
+         y_offset >= 0;
+}
+
+void launch_gemv_heads(const Mat& x, const Mat& w, const Mat& y, int64_t heads, int64_t x_offset,
+                       int64_t w_offset, int64_t y_offset, cudaStream_t stream) {
+  check_gemv(x, w, y);
+  DSHPC_CHECK(gemv_heads_supported(x, w, y, heads, x_offset, w_offset, y_offset, true))
+      << "gemv heads: " << heads << " heads, offsets " << x_offset << ", " << w_offset << ", "
+      << y_offset;
+  const int k = static_cast<int>(w.cols);
+  const GemvHeads offsets{x_offset, w_offset, y_offset};
+  const int count = static_cast<int>(heads);
+  if (y.dtype == DType::kF32) {
+    launch_rows<float>(x, operand<float>(w, y), GemvOperand<float>{}, k, false, stream, count,
+                       offsets);
+  } else {
+    launch_rows<bf16>(x, operand<bf16>(w, y), GemvOperand<bf16>{}, k, false, stream, count,
+                      offsets);
   }
 }
 

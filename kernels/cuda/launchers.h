@@ -141,6 +141,12 @@ constexpr int64_t kGemvMaxRows = 8;
 bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed);
 void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream);
 // y1 = x · w1ᵀ and y2 = x · w2ᵀ in one launch (the rows of both products as one grid).
+// matmul_heads's product with the same kernel, one grid row per head (x, w and y of head h moved
+// by h times the offsets, in elements).
+bool gemv_heads_supported(const Mat& x, const Mat& w, const Mat& y, int64_t heads,
+                          int64_t x_offset, int64_t w_offset, int64_t y_offset, bool w_transposed);
+void launch_gemv_heads(const Mat& x, const Mat& w, const Mat& y, int64_t heads, int64_t x_offset,
+                       int64_t w_offset, int64_t y_offset, cudaStream_t stream);
 bool gemv_pair_supported(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2);
 void launch_gemv_pair(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2,
                       cudaStream_t stream);

@@ -300,8 +300,9 @@ TEST_P(GpuOps, MatmulPairIsTwoProducts) {
   EXPECT_EQ(cuda_path_counters(*gpu_).gemv_pairs - pairs_before, paired);
 }
 
-// MLA's per-head products through kv_b (Backend::matmul_heads, one strided-batched cuBLAS call
-// on the GPU) against the CPU's one matmul per head: both directions of W, V2-Lite's shapes.
+// MLA's per-head products through kv_b (Backend::matmul_heads: one strided-batched cuBLAS call
+// on the GPU, or for W_UV with a few bf16 rows the few-row kernel with a grid row per head)
+// against the CPU's one matmul per head: both directions of W, V2-Lite's shapes.
 TEST_P(GpuOps, MatmulHeadsEqualsOneMatmulPerHead) {
   const int64_t tokens = 3, heads = 16, nope = 128, vdim = 128, lora = 512, rope = 64;
   const int64_t qk = nope + rope, entry = lora + rope;
@@ -331,11 +332,14 @@ TEST_P(GpuOps, MatmulHeadsEqualsOneMatmulPerHead) {
   const std::vector<float> zero_values(tokens * heads * vdim, 0.0f);
   Tensor cpu_v = upload_tensor(*cpu_, zero_values, tokens, heads * vdim, DType::kF32);
   Tensor gpu_v = upload_tensor(*gpu_, zero_values, tokens, heads * vdim, dtype());
+  const int64_t heads_before = cuda_path_counters(*gpu_).gemv_heads;
   cpu_->matmul_heads(cpu_l.mat.col_slice(0, lora), cpu_w.mat.row_slice(nope, vdim),
                      cpu_v.mat.col_slice(0, vdim), heads, lora, head_rows, vdim);
   gpu_->matmul_heads(gpu_l.mat.col_slice(0, lora), gpu_w.mat.row_slice(nope, vdim),
                      gpu_v.mat.col_slice(0, vdim), heads, lora, head_rows, vdim);
   EXPECT_CLOSE(download_tensor(*gpu_, gpu_v.mat), download_tensor(*cpu_, cpu_v.mat), tol(1));
+  // In bf16 three rows take the few-row kernel, one grid row per head (cuBLAS otherwise).
+  EXPECT_EQ(cuda_path_counters(*gpu_).gemv_heads - heads_before, dtype() == DType::kBF16 ? 1 : 0);
 }
 
 TEST_P(GpuOps, MatmulFloat32OutputOfBf16Inputs) {
