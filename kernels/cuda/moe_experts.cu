@@ -473,10 +473,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
 }
 
-// The down product's K (an expert's inter, 1408 on V2-Lite) is short: four blocks of a two-tile
-// CTA in flight per warp keep enough loads outstanding (ncu at batch 1: 2.2 TB/s with two). A
-// one-tile CTA (the shared experts' K, twice as long) has half the bytes per block, so twice the
-// blocks: the same bytes in flight and the same rounds as the routed CTAs.
+// The down product's K (an expert's inter, 1408 on V2-Lite) is short: four blocks in flight per
+// warp keep enough loads outstanding (ncu at batch 1: 2.2 TB/s with two).
 constexpr int kDownInFlight = 4;
 
 // One tile of the down product: kMats · 16 rows of y from r0 on, for the expert's rows
@@ -496,7 +494,7 @@ __device__ __forceinline__ void moe_down_tile(const bf16* act, int64_t act_strid
     mma_token_rows(
         xr, n, [&](int c) { return act + static_cast<int64_t>(begin + first + c) * act_stride; });
     float d[kMats][2][4] = {};
-    mma_rows<kMats, kDownInFlight * 2 / kMats>(w, inter, {xr[0], xr[1]}, d, red);
+    mma_rows<kMats, kDownInFlight>(w, inter, {xr[0], xr[1]}, d, red);
     if (threadIdx.x < 32) {
 #pragma unroll
       for (int m = 0; m < kMats; ++m) {
@@ -526,9 +524,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
                         const int32_t* active, bf16* y, int64_t y_stride, MoeSharedExpert shared) {
   pdl_begin();
   __shared__ float red[kMmaWarps * 2 * 8 * 32];
-  // Slots in reverse: the shared experts' (the last slot, all hidden / 16 CTAs busy) are
-  // dispatched first, rather than after the routed slots, whose second half of CTAs exits at once.
-  const int e = active[gridDim.y - 1 - blockIdx.y];
+  const int e = active[blockIdx.y];
   if (e < 0) return;
   const int begin = offsets[e], count = offsets[e + 1] - begin;
   if (e == shared.slot && shared.inter > inter) {
