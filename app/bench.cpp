@@ -7,9 +7,9 @@
 // Runs under any layout (mpirun -np tp×pp×dp); rank 0 drives it through the Cluster, so it
 // measures exactly what serving runs (plans, micro-batches, sampling on the last stage).
 #include <algorithm>
-#include <cmath>
 #include <boost/json.hpp>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -62,8 +62,8 @@ double active_parameters(const ModelConfig& c, int64_t batch) {
   if (c.num_routed_experts == 0) return total;
   const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
   const double n = static_cast<double>(c.num_routed_experts);
-  const double used =
-      n * (1.0 - std::pow(1.0 - static_cast<double>(c.routing.top_k) / n, static_cast<double>(batch)));
+  const double used = n * (1.0 - std::pow(1.0 - static_cast<double>(c.routing.top_k) / n,
+                                          static_cast<double>(batch)));
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
   return total - moe_layers * (n - used) * expert;
@@ -285,15 +285,18 @@ int run_bench(int argc, char** argv, int first) {
         "\nrank 0 paths: %lld gemv products, %lld split-key decode attentions, %lld graph "
         "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores); fused "
         "launches: %lld product pairs, %lld MLA prepares, %lld MLA value projections, %lld MoE "
-        "gates (%lld with the norm, %lld building the experts' index), %lld ending with the next "
-        "norm, %lld per-head products\n",
+        "gates (%lld with the norm, %lld building the experts' index), %lld MoE layers ending "
+        "with the next norm, %lld per-head products, %lld sliced argmaxes, %lld decode "
+        "attentions in the several-keys-a-warp form\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
         static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma),
         static_cast<long long>(paths.gemv_pairs), static_cast<long long>(paths.mla_prepare),
         static_cast<long long>(paths.mla_values), static_cast<long long>(paths.moe_gate),
         static_cast<long long>(paths.moe_gate_norm), static_cast<long long>(paths.moe_gate_index),
-        static_cast<long long>(paths.moe_combine_norm), static_cast<long long>(paths.gemv_heads));
+        static_cast<long long>(paths.moe_combine_norm), static_cast<long long>(paths.gemv_heads),
+        static_cast<long long>(paths.argmax_sliced),
+        static_cast<long long>(paths.decode_attention_wide));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
@@ -310,7 +313,8 @@ int run_bench(int argc, char** argv, int first) {
                             {"moe_gate_index", paths.moe_gate_index},
                             {"moe_combine_norm", paths.moe_combine_norm},
                             {"argmax_sliced", paths.argmax_sliced},
-                            {"gemv_heads", paths.gemv_heads}};
+                            {"gemv_heads", paths.gemv_heads},
+                            {"decode_attention_wide", paths.decode_attention_wide}};
   }
 
   // ---- prefill / time to first token

@@ -293,9 +293,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
     }
   }
 
-  merge_warps_and_store<T, G, EPL, LPK, kParts>(
-      m, l, acc, red_m, red_l, red_acc, heads, kv_head * a.group + first, s, token, a.q_heads,
-      a.splits, split, static_cast<T*>(a.out), a.partial);
+  merge_warps_and_store<T, G, EPL, LPK, kParts>(m, l, acc, red_m, red_l, red_acc, heads,
+                                                kv_head * a.group + first, s, token, a.q_heads,
+                                                a.splits, split, static_cast<T*>(a.out), a.partial);
 }
 
 // out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
@@ -557,34 +557,36 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
 // 64) and the heads' query and accumulator registers stay at most 32 floats a lane (G · EPL ≤ 16:
 // ptxas gives the bf16 128-dim kernel 70 registers with one head and 168 with four, against 48
 // and 109 in the one-key form).
+// Returns whether the wide form ran.
 template <typename T, int DPL, int G>
-void launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, bool wide,
+bool launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, [[maybe_unused]] bool wide,
                    cudaStream_t stream) {
   constexpr int kWideEpl = 16 / static_cast<int>(sizeof(T));
   constexpr bool kWideApplies = kWideEpl > DPL && G * kWideEpl <= 16;
   const dim3 grid(static_cast<unsigned int>(num_seqs),
                   static_cast<unsigned int>(kv_heads * args.head_chunks),
                   static_cast<unsigned int>(args.splits));
-  bool launched = false;
+  bool wide_launched = false;
   if constexpr (kWideApplies) {
     if (wide) {
       launch_pdl("decode_attention_kernel",
                  decode_attention_kernel<T, 32 * DPL / kWideEpl, kWideEpl, G>, grid, kThreads, 0,
                  stream, args);
-      launched = true;
+      wide_launched = true;
     }
   }
-  if (!launched) {
-    launch_pdl("decode_attention_kernel", decode_attention_kernel<T, 32, DPL, G>, grid, kThreads,
-               0, stream, args);
+  if (!wide_launched) {
+    launch_pdl("decode_attention_kernel", decode_attention_kernel<T, 32, DPL, G>, grid, kThreads, 0,
+               stream, args);
   }
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_kernel");
   launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
                           args.splits, 32 * DPL, stream);
+  return wide_launched;
 }
 
 template <typename T, int DPL>
-void dispatch_group(const DecodeArgs& args, int heads_per_cta, int num_seqs, int kv_heads,
+bool dispatch_group(const DecodeArgs& args, int heads_per_cta, int num_seqs, int kv_heads,
                     bool wide, cudaStream_t stream) {
   switch (heads_per_cta) {
     case 1:
@@ -645,11 +647,11 @@ DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int
   return plan;
 }
 
-void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                              int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                              DType dtype, float scale, const DecodeAttentionPlan& plan,
                              float* partial, cudaStream_t stream) {
-  if (num_seqs == 0) return;
+  if (num_seqs == 0) return false;
   DSHPC_CHECK(decode_attention_supported(cache, dtype)) << "decode attention: unsupported shape";
   DSHPC_CHECK(num_seqs <= 0x7fffffff && cache.kv_heads * plan.head_chunks <= 65535 &&
               plan.splits <= kMaxSplits && (plan.splits == 1 || partial != nullptr))
@@ -678,19 +680,25 @@ void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
                     aligned_to(cache.v, 16) && (cache.k_token_stride * element) % 16 == 0 &&
                     (cache.v_token_stride * element) % 16 == 0 &&
                     (cache.head_dim * element) % 16 == 0;
+  bool used_wide = false;
   dispatch_float(dtype, "decode_attention", [&](auto tag) {
     using T = decltype(tag);
     switch (dpl) {
       case 1:
-        return dispatch_group<T, 1>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 1>(args, plan.heads_per_cta, n, kv, wide, stream);
+        return;
       case 2:
-        return dispatch_group<T, 2>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 2>(args, plan.heads_per_cta, n, kv, wide, stream);
+        return;
       case 4:
-        return dispatch_group<T, 4>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 4>(args, plan.heads_per_cta, n, kv, wide, stream);
+        return;
       default:
-        return dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, wide, stream);
+        return;
     }
   });
+  return used_wide;
 }
 
 // MLA shapes the kernel takes: the DeepSeek models' latent 512 + rope 64 and the tiny fixtures'

@@ -437,8 +437,8 @@ class CudaBackend final : public Backend {
       Backend::matmul_heads(x, w, y, heads, x_offset, w_offset, y_offset, w_transposed);
       return;
     }
-    if (gemv_heads_enabled_ && cuda::gemv_heads_supported(x, w, y, heads, x_offset, w_offset,
-                                                          y_offset, w_transposed)) {
+    if (gemv_heads_enabled_ &&
+        cuda::gemv_heads_supported(x, w, y, heads, x_offset, w_offset, y_offset, w_transposed)) {
       cuda::launch_gemv_heads(x, w, y, heads, x_offset, w_offset, y_offset, stream_);
       ++counters_.gemv_heads;
       return;
@@ -557,10 +557,11 @@ class CudaBackend final : public Backend {
       cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
           step.num_sequences, q_heads, cache.kv_heads, max_context_, num_sms_);
       plan.wide_keys = decode_wide_enabled_;
-      cuda::launch_decode_attention(
+      const bool wide = cuda::launch_decode_attention(
           q, out, step.sequences, step.num_sequences, q_heads, cache, dtype_, scale, plan,
           decode_partial(plan, step.num_sequences, q_heads, cache.v_dim), stream_);
       ++counters_.decode_attention;
+      if (wide) ++counters_.decode_attention_wide;
       return;
     }
     const bool prefill_kernel = cuda::prefill_attention_supported(q, cache, dtype_);

@@ -119,8 +119,7 @@ GemvOperand<TY> operand(const Mat& w, const Mat& y) {
 // second.n == 0: one product; head_count > 1 (second.n == 0): that many, moved by `heads`.
 template <typename TY>
 void launch_rows(const Mat& x, GemvOperand<TY> first, GemvOperand<TY> second, int k,
-                 bool accumulate, cudaStream_t stream, int head_count = 1,
-                 GemvHeads heads = {}) {
+                 bool accumulate, cudaStream_t stream, int head_count = 1, GemvHeads heads = {}) {
   const int64_t rows = static_cast<int64_t>(first.n) + second.n;
   const dim3 blocks(static_cast<unsigned int>((rows + kWarps - 1) / kWarps),
                     static_cast<unsigned int>(head_count));
@@ -172,13 +171,11 @@ void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cuda
   }
 }
 
-bool gemv_heads_supported(const Mat& x, const Mat& w, const Mat& y, int64_t heads,
-                          int64_t x_offset, int64_t w_offset, int64_t y_offset,
-                          bool w_transposed) {
+bool gemv_heads_supported(const Mat& x, const Mat& w, const Mat& y, int64_t heads, int64_t x_offset,
+                          int64_t w_offset, int64_t y_offset, bool w_transposed) {
   // Every head's x and w rows 16-byte aligned (y is stored by element).
-  return gemv_supported(x, w, y, w_transposed) && heads >= 1 && heads <= 65535 &&
-         x_offset % 8 == 0 && w_offset % 8 == 0 && x_offset >= 0 && w_offset >= 0 &&
-         y_offset >= 0;
+  return gemv_supported(x, w, y, w_transposed) && w.rows >= 1 && heads >= 1 && heads <= 65535 &&
+         x_offset % 8 == 0 && w_offset % 8 == 0 && x_offset >= 0 && w_offset >= 0 && y_offset >= 0;
 }
 
 void launch_gemv_heads(const Mat& x, const Mat& w, const Mat& y, int64_t heads, int64_t x_offset,

@@ -86,7 +86,8 @@ int decode_split_cap(int64_t max_context, int64_t min_keys);
 DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
                                           int64_t max_context, int num_sms);
 // Workspace floats for a plan with splits > 1: num_seqs · q_heads · splits · (v_dim + 2).
-void launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+// Returns whether the wide form (DecodeAttentionPlan::wide_keys) ran.
+bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                              int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                              DType dtype, float scale, const DecodeAttentionPlan& plan,
                              float* partial, cudaStream_t stream);
@@ -142,9 +143,10 @@ bool gemv_supported(const Mat& x, const Mat& w, const Mat& y, bool w_transposed)
 void launch_gemv(const Mat& x, const Mat& w, const Mat& y, bool accumulate, cudaStream_t stream);
 // y1 = x · w1ᵀ and y2 = x · w2ᵀ in one launch (the rows of both products as one grid).
 // matmul_heads's product with the same kernel, one grid row per head (x, w and y of head h moved
-// by h times the offsets, in elements).
-bool gemv_heads_supported(const Mat& x, const Mat& w, const Mat& y, int64_t heads,
-                          int64_t x_offset, int64_t w_offset, int64_t y_offset, bool w_transposed);
+// by h times the offsets, in elements). Like every GEMV launch it loads w before pdl_wait, so w
+// must be weights, never data a kernel of the step writes.
+bool gemv_heads_supported(const Mat& x, const Mat& w, const Mat& y, int64_t heads, int64_t x_offset,
+                          int64_t w_offset, int64_t y_offset, bool w_transposed);
 void launch_gemv_heads(const Mat& x, const Mat& w, const Mat& y, int64_t heads, int64_t x_offset,
                        int64_t w_offset, int64_t y_offset, cudaStream_t stream);
 bool gemv_pair_supported(const Mat& x, const Mat& w1, const Mat& y1, const Mat& w2, const Mat& y2);

@@ -18,8 +18,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -154,6 +156,30 @@ inline double relative_error(const std::vector<float>& gpu, const std::vector<fl
 // Streams like any EXPECT_*: EXPECT_CLOSE(gpu, cpu, tol) << "context".
 #define EXPECT_CLOSE(gpu, cpu, tol) \
   EXPECT_LE(::dshpc::gpu_test::relative_error((gpu), (cpu)), (tol)) << "relative error, "
+
+// Sets an environment variable (a backend's switch, read when the backend is made) for a scope,
+// then restores what was there, so that a test's forced setting neither depends on nor leaks
+// into the environment it runs in.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_) {
+      setenv(name_.c_str(), old_->c_str(), 1);
+    } else {
+      unsetenv(name_.c_str());
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 // A CUDA backend for the test's dtype on device 0 (the tests need a GPU: none is a failure).
 inline std::unique_ptr<Backend> cuda_backend(DType dtype) {

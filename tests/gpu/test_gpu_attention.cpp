@@ -242,22 +242,41 @@ TEST_P(GpuAttention, DecodeOddGroupsHeadDimsAndBlockSizes) {
 // The decode kernel's two forms (DecodeAttentionPlan::wide_keys). Wide: in bf16 a 32-, 64- or
 // 128-dim head row takes 4, 8 or 16 lanes (16 bytes each), so a warp reads 8, 4 or 2 keys at
 // once, with one or two heads per CTA (in float32 the 32- and 64-dim heads). Contexts of 1 to 5
-// keys leave some of a warp's key groups with nothing to read while the others have keys. Then
-// the one-key-per-warp form (DSHPC_DECODE_WIDE=0) on the shapes that would take the wide one.
+// keys leave some of a warp's key groups with nothing to read while the others have keys; with a
+// 2,100-key context the keys are split (a partial result per split, then the combine), with
+// contexts under 64 keys they are not (the kernel writes the output). Then the
+// one-key-per-warp form (DSHPC_DECODE_WIDE=0) on the shapes that would take the wide one. The
+// path counter tells which form ran.
 TEST_P(GpuAttention, DecodeWideAndOneKeyForms) {
-  const std::vector<SequenceShape> short_and_long = {{1, 1}, {2, 1}, {3, 1},   {5, 1},
-                                                     {9, 1}, {70, 1}, {2100, 1}};
-  run_case({"decode_d32_mha", 8, 8, 32, 32, false, 16, 1.0f}, short_and_long, kDecode);
-  run_case({"decode_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, short_and_long, kDecode);
-  run_case({"decode_d128_group2_sharp", 16, 8, 128, 128, false, 16, 8.0f}, short_and_long,
-           kDecode);
-  run_case({"decode_mha128_short", 32, 32, 128, 128, false, 16, 1.0f}, short_and_long, kDecode);
-  setenv("DSHPC_DECODE_WIDE", "0", 1);
-  gpu_ = cuda_backend(dtype());
-  unsetenv("DSHPC_DECODE_WIDE");
+  const std::vector<SequenceShape> split = {{1, 1}, {2, 1},  {3, 1},   {5, 1},
+                                            {9, 1}, {70, 1}, {2100, 1}};
+  const std::vector<SequenceShape> unsplit = {{1, 1}, {2, 1}, {3, 1}, {5, 1}, {17, 1}, {40, 1}};
+  const bool bf16 = dtype() == DType::kBF16;
+  auto expect_form = [&](const AttentionCase& c, const std::vector<SequenceShape>& shapes,
+                         bool wide) {
+    const int64_t before = cuda_path_counters(*gpu_).decode_attention_wide;
+    run_case(c, shapes, kDecode);
+    EXPECT_EQ(cuda_path_counters(*gpu_).decode_attention_wide - before, wide ? 1 : 0)
+        << c.name << ": " << (wide ? "the wide form did not run" : "the wide form ran");
+  };
+  {
+    ScopedEnv on("DSHPC_DECODE_WIDE", "1");
+    gpu_ = cuda_backend(dtype());
+  }
   ASSERT_NE(gpu_, nullptr);
-  run_case({"one_key_mha128", 32, 32, 128, 128, false, 16, 1.0f}, short_and_long, kDecode);
-  run_case({"one_key_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, short_and_long, kDecode);
+  for (const auto* shapes : {&split, &unsplit}) {
+    expect_form({"decode_d32_mha", 8, 8, 32, 32, false, 16, 1.0f}, *shapes, true);
+    expect_form({"decode_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, *shapes, true);
+    expect_form({"decode_d128_group2_sharp", 16, 8, 128, 128, false, 16, 8.0f}, *shapes, bf16);
+    expect_form({"decode_mha128", 32, 32, 128, 128, false, 16, 1.0f}, *shapes, bf16);
+  }
+  {
+    ScopedEnv off("DSHPC_DECODE_WIDE", "0");
+    gpu_ = cuda_backend(dtype());
+  }
+  ASSERT_NE(gpu_, nullptr);
+  expect_form({"one_key_mha128", 32, 32, 128, 128, false, 16, 1.0f}, split, false);
+  expect_form({"one_key_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, unsplit, false);
 }
 
 // MLA decode steps (the latent kernel of attention_decode.cu): V2/V3's 512 + 64 with 16 heads

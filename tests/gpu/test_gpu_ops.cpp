@@ -273,8 +273,8 @@ TEST_P(GpuOps, MatmulPairIsTwoProducts) {
   // {3, 256, 37, 21}: one CTA of 8 rows holds rows of both products.
   for (const Case& c : {Case{1, 2048, 3072, 576}, Case{5, 2048, 1536, 576}, Case{8, 128, 64, 80},
                         Case{3, 256, 37, 21}, Case{9, 512, 40, 24}}) {
-    SCOPED_TRACE(testing::Message() << "m " << c.m << " k " << c.k << " n " << c.n1 << " + "
-                                    << c.n2);
+    SCOPED_TRACE(testing::Message()
+                 << "m " << c.m << " k " << c.k << " n " << c.n1 << " + " << c.n2);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.k));
     const std::vector<float> x = values(c.m * c.k, seed++);
     const std::vector<float> w1 = values(c.n1 * c.k, seed++, scale);
@@ -304,6 +304,11 @@ TEST_P(GpuOps, MatmulPairIsTwoProducts) {
 // on the GPU, or for W_UV with a few bf16 rows the few-row kernel with a grid row per head)
 // against the CPU's one matmul per head: both directions of W, V2-Lite's shapes.
 TEST_P(GpuOps, MatmulHeadsEqualsOneMatmulPerHead) {
+  {
+    ScopedEnv on("DSHPC_GEMV_HEADS", "1");  // whatever the environment says
+    gpu_ = cuda_backend(dtype());
+  }
+  ASSERT_NE(gpu_, nullptr);
   const int64_t tokens = 3, heads = 16, nope = 128, vdim = 128, lora = 512, rope = 64;
   const int64_t qk = nope + rope, entry = lora + rope;
   const std::vector<float> q = values(tokens * heads * qk, 80);
@@ -377,7 +382,7 @@ TEST_P(GpuOps, ArgmaxTiesNanAndInfinities) {
     }
     logits[3 * vocab + 0] = std::numeric_limits<float>::quiet_NaN();  // row 3: NaN never wins
     logits[3 * vocab + vocab - 1] = 100.0f;                           // (in the partial slice)
-    logits[4 * vocab + 17] = INFINITY;  // row 4: +inf wins
+    logits[4 * vocab + 17] = INFINITY;                                // row 4: +inf wins
     logits[5 * vocab + 30000] = 60.0f;  // row 5: a tie across slices 1 and 7
     logits[5 * vocab + 4100] = 60.0f;
     for (DType logits_dtype : {DType::kF32, dtype()}) {
