@@ -146,9 +146,11 @@ TEST_P(GpuMla, PrepareEqualsTheOpByOpForm) {
 // CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION set the figure was the same 0.01464
 // (session 6). The cause is open.
 TEST_P(GpuMla, AttentionWithValueProjection) {
-  setenv("DSHPC_MLA_VALUES", "1", 1);
-  std::unique_ptr<Backend> fused = cuda_backend(dtype());
-  unsetenv("DSHPC_MLA_VALUES");
+  std::unique_ptr<Backend> fused;
+  {
+    ScopedEnv on("DSHPC_MLA_VALUES", "1");
+    fused = cuda_backend(dtype());
+  }
   ASSERT_NE(fused, nullptr);
   struct Case {
     const char* name;
