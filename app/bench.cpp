@@ -287,7 +287,8 @@ int run_bench(int argc, char** argv, int first) {
         "launches: %lld product pairs, %lld MLA prepares, %lld MLA value projections, %lld MoE "
         "gates (%lld with the norm, %lld building the experts' index), %lld MoE layers ending "
         "with the next norm, %lld per-head products, %lld sliced argmaxes, %lld decode "
-        "attentions in the several-keys-a-warp form\n",
+        "attentions in the several-keys-a-warp form, %lld MoE layers with the shared experts "
+        "beside the router\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
         static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma),
@@ -296,7 +297,8 @@ int run_bench(int argc, char** argv, int first) {
         static_cast<long long>(paths.moe_gate_norm), static_cast<long long>(paths.moe_gate_index),
         static_cast<long long>(paths.moe_combine_norm), static_cast<long long>(paths.gemv_heads),
         static_cast<long long>(paths.argmax_sliced),
-        static_cast<long long>(paths.decode_attention_wide));
+        static_cast<long long>(paths.decode_attention_wide),
+        static_cast<long long>(paths.moe_shared_side));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
@@ -314,7 +316,8 @@ int run_bench(int argc, char** argv, int first) {
                             {"moe_combine_norm", paths.moe_combine_norm},
                             {"argmax_sliced", paths.argmax_sliced},
                             {"gemv_heads", paths.gemv_heads},
-                            {"decode_attention_wide", paths.decode_attention_wide}};
+                            {"decode_attention_wide", paths.decode_attention_wide},
+                            {"moe_shared_side", paths.moe_shared_side}};
   }
 
   // ---- prefill / time to first token

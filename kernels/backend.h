@@ -134,12 +134,12 @@ struct ResidualNorm {
 };
 
 // The routed experts that follow a moe_gate on this rank (Model::moe): local experts
-// [expert_begin, expert_begin + num_local), and whether the layer's shared experts go with them
-// (moe_experts_with_shared).
+// [expert_begin, expert_begin + num_local), and the layer's shared experts where they go with
+// them (moe_experts_with_shared; nullptr: none).
 struct MoeExpertsAfterGate {
   int64_t expert_begin = 0;
   int64_t num_local = 0;
-  bool with_shared = false;
+  const ExpertWeights* shared = nullptr;
 };
 
 // MLA's per-token steps between the down-projections and the latent attention
@@ -268,6 +268,9 @@ class Backend {
   // `next`, where given, names the routed experts the caller runs next on these ids (a backend
   // may build their index in the same launch; it changes no result). The caller must not change
   // the ids between the two calls other than through another gate or moe_route.
+  // With next->shared, the caller's next op is moe_experts_with_shared on the same x with those
+  // shared experts, and x is not written before it: a backend may start the shared experts
+  // beside the gate, and that call then takes their result.
   virtual void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
                         const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
                         const MoeExpertsAfterGate* next = nullptr) {

@@ -68,6 +68,7 @@ struct CudaPathCounters {
   int64_t argmax_sliced = 0;          // argmaxes of a few rows over many CTAs each
   int64_t moe_combine_norm = 0;       // MoE layers ending in one launch with the next layer's norm
   int64_t gemv_heads = 0;             // per-head products (matmul_heads) through the few-row kernel
+  int64_t moe_shared_side = 0;        // MoE layers whose shared experts ran beside the gate
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

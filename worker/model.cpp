@@ -245,8 +245,9 @@ bool Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat no
   auto* expert_ids = static_cast<int32_t*>(ids.data);
   auto* expert_weights = static_cast<float*>(weights.data);
   // hidden += delta; normed = rmsnorm(hidden); logits [T, n_routed_experts]; ids and weights.
+  const ExpertWeights shared{w.shared.gate_up.mat, w.shared.down.mat};
   const MoeExpertsAfterGate next{w.expert_begin, static_cast<int64_t>(w.experts.size()),
-                                 w.has_shared};
+                                 w.has_shared ? &shared : nullptr};
   backend_.add_rmsnorm_moe_gate(
       hidden, delta, norm_weight, config_.rms_norm_eps, normed, w.router.mat, router_logits,
       static_cast<const float*>(w.bias.buffer.data()), routing, expert_ids, expert_weights, &next);
@@ -255,8 +256,7 @@ bool Model::moe(const MoeWeights& w, Mat hidden, const void* norm_weight, Mat no
     // Shared experts: a tp-split dense MLP, in the routed experts' launches where the backend can.
     if (backend_.moe_experts_with_shared(
             normed, expert_ids, expert_weights, routing.top_k, w.expert_views.data(),
-            w.expert_begin, static_cast<int64_t>(w.experts.size()),
-            ExpertWeights{w.shared.gate_up.mat, w.shared.down.mat}, out, then)) {
+            w.expert_begin, static_cast<int64_t>(w.experts.size()), shared, out, then)) {
       return then != nullptr;
     }
     mlp(w.shared, normed, out, /*accumulate=*/false);

@@ -4,6 +4,9 @@
 //   NCCL collective is queued on it, so stream order is the only synchronisation the step loop
 //   needs. The host waits only in download / download_f32 / synchronize and for the MoE routing
 //   counts, always by polling with a timeout (stream_wait.h), never blindly.
+// - One exception, inside a MoE layer: the shared experts may run on a second, lower-priority
+//   stream beside the router (start_shared_side), forked from and joined back into the first by
+//   events, so that a captured step holds them as a parallel branch.
 // - Memory from a caching pool (memory_pool.h): no cudaMalloc once the largest step has run.
 //   Fresh buffers are zero-filled, as the CPU backend's are.
 // - Element types: weights and activations are both bf16 (serving) or both float32 (parity).
@@ -18,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -29,6 +33,7 @@
 #include "kernels/cuda/host_staging.h"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/memory_pool.h"
+#include "kernels/cuda/pdl.h"
 #include "kernels/cuda/stream_wait.h"
 #include "kernels/cuda_backend.h"
 
@@ -39,6 +44,19 @@ using cuda::AsyncWatch;
 
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
 constexpr size_t kWeightChunk = size_t{1} << 24;            // elements converted per upload
+// Steps of up to this many tokens run a MoE layer's shared experts beside its router (decode),
+// unless DSHPC_MOE_SHARED_SIDE says otherwise: "0" never, a number N up to N tokens.
+constexpr int64_t kMoeSharedSideMaxTokens = 256;
+
+int64_t moe_shared_side_max_tokens() {
+  const char* env = std::getenv("DSHPC_MOE_SHARED_SIDE");
+  if (env == nullptr || *env == '\0') return kMoeSharedSideMaxTokens;
+  char* end = nullptr;
+  const long long tokens = std::strtoll(env, &end, 10);
+  DSHPC_CHECK(*end == '\0' && tokens >= 0)
+      << "DSHPC_MOE_SHARED_SIDE must be 0 (off) or a number of tokens, not \"" << env << "\"";
+  return tokens;
+}
 
 size_t align_up(size_t bytes, size_t alignment) {
   return (bytes + alignment - 1) / alignment * alignment;
@@ -70,16 +88,20 @@ class CudaBackend final : public Backend {
         watch_(std::make_shared<AsyncWatch>()),
         timeout_s_(cuda::gpu_wait_timeout_s()) {
     DSHPC_CUDA_CHECK(cudaSetDevice(device));
-    DSHPC_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    DSHPC_CUBLAS_CHECK(cublasCreate(&cublas_));
-    DSHPC_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-    // float32 products stay float32: CUBLAS_COMPUTE_32F is requested per call and the default
-    // math mode never substitutes TF32 for it.
-    DSHPC_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
-    // An explicit workspace keeps cuBLAS from allocating on its own (and is what CUDA graph
-    // capture requires).
+    // The main stream at the highest priority, the shared experts' side stream at the lowest: the
+    // router's few CTAs take SMs ahead of the side branch's many (graphs keep the priorities:
+    // end_capture instantiates with per-node priority).
+    int lowest = 0, highest = 0;
+    DSHPC_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+    DSHPC_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, highest));
+    DSHPC_CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, lowest));
+    DSHPC_CUDA_CHECK(cudaEventCreateWithFlags(&side_fork_, cudaEventDisableTiming));
+    DSHPC_CUDA_CHECK(cudaEventCreateWithFlags(&side_join_, cudaEventDisableTiming));
+    // One cuBLAS handle per stream, each with its own workspace: the two may run at once.
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
-    DSHPC_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+    side_cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
+    cublas_ = make_cublas(stream_, cublas_workspace_);
+    side_cublas_ = make_cublas(side_stream_, side_cublas_workspace_);
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
     gate_done_ = allocate(sizeof(unsigned int));
     DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
@@ -93,9 +115,15 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     drop_graphs();
+    join_side();
     cuda::wait_stream(stream_, watch_.get(), timeout_s_, "the backend's shutdown");
     cublasDestroy(cublas_);
+    cublasDestroy(side_cublas_);
     pool_.release(cublas_workspace_);
+    pool_.release(side_cublas_workspace_);
+    cudaEventDestroy(side_fork_);
+    cudaEventDestroy(side_join_);
+    cudaStreamDestroy(side_stream_);
     cudaStreamDestroy(stream_);
     // Then the members: buffers release into the pool, staging frees its pinned memory, and the
     // pool returns every block to the driver. None of that uses the stream.
@@ -409,14 +437,23 @@ class CudaBackend final : public Backend {
   void moe_gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
                 const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
                 const MoeExpertsAfterGate* next) override {
-    if (fused_gate(nullptr, x, router, logits, bias, params, expert_ids, weights, next)) return;
-    Backend::moe_gate(x, router, logits, bias, params, expert_ids, weights, next);
+    join_side();
+    gate(x, router, logits, bias, params, expert_ids, weights, next);
   }
 
   void add_rmsnorm_moe_gate(Mat residual, const Mat& delta, const void* norm_weight, float eps,
                             Mat normed, const Mat& router, Mat logits, const float* bias,
                             const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
                             const MoeExpertsAfterGate* next) override {
+    join_side();
+    // The shared experts beside the router: the norm in its own launch, then the fork.
+    if (next != nullptr && next->shared != nullptr &&
+        start_shared_side(residual, delta, norm_weight, eps, normed, *next->shared)) {
+      MoeExpertsAfterGate routed = *next;
+      routed.shared = nullptr;  // the routed experts' index without the shared experts' rows
+      gate(normed, router, logits, bias, params, expert_ids, weights, &routed);
+      return;
+    }
     const cuda::MoeGateNorm norm{residual, delta, norm_weight, eps, normed};
     if (moe_gate_norm_enabled_ &&
         fused_gate(&norm, normed, router, logits, bias, params, expert_ids, weights, next)) {
@@ -612,6 +649,11 @@ class CudaBackend final : public Backend {
                                int64_t top_k, const ExpertWeights* local_experts,
                                int64_t expert_begin, int64_t num_local, const ExpertWeights& shared,
                                Mat out, const ResidualNorm* then) override;
+  // moe_experts_with_shared after start_shared_side: the routed experts, their sum started from
+  // the side branch's result.
+  bool routed_after_side(const Mat& x, const int32_t* expert_ids, const float* weights,
+                         int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
+                         int64_t num_local, Mat out, const ResidualNorm* then);
 
   void argmax(const Mat& logits, int32_t* ids) override {
     DSHPC_CHECK(logits.contiguous());
@@ -634,6 +676,7 @@ class CudaBackend final : public Backend {
 
   bool begin_capture() override {
     if (capturing_) return false;
+    join_side();
     DSHPC_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
     capturing_ = true;
     capture_unusable_ = false;
@@ -643,6 +686,7 @@ class CudaBackend final : public Backend {
 
   bool end_capture(uint64_t key) override {
     DSHPC_CHECK(capturing_) << "end_capture without begin_capture";
+    join_side();  // a capture ends with every forked stream joined
     cudaGraph_t graph = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
     capturing_ = false;
@@ -651,7 +695,9 @@ class CudaBackend final : public Backend {
     if (ended != cudaSuccess) cudaGetLastError();  // an invalidated capture: clear and run eagerly
     cudaGraphExec_t exec = nullptr;
     if (usable) {
-      usable = cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess;
+      // Per-node priorities: the side branch's kernels keep their stream's lower priority.
+      usable = cudaGraphInstantiateWithFlags(
+                   &exec, graph, cudaGraphInstantiateFlagUseNodePriority) == cudaSuccess;
       if (!usable) cudaGetLastError();
     }
     if (graph != nullptr) cudaGraphDestroy(graph);
@@ -696,9 +742,10 @@ class CudaBackend final : public Backend {
   }
 
   // The per-step buffers reserve_step grows and release_step_buffers frees.
-  std::array<DeviceBuffer*, 8> step_buffers() {
-    return {&step_device_, &sampling_device_, &decode_partial_, &moe_index_,
-            &moe_rows_,    &moe_gate_up_,     &moe_act_,        &moe_out_};
+  std::array<DeviceBuffer*, 11> step_buffers() {
+    return {&step_device_,  &sampling_device_, &decode_partial_, &moe_index_,
+            &moe_rows_,     &moe_gate_up_,     &moe_act_,        &moe_out_,
+            &side_gate_up_, &side_act_,        &side_out_};
   }
 
   // Graphs hold raw pointers: any allocation or release may invalidate them.
@@ -714,8 +761,52 @@ class CudaBackend final : public Backend {
 
   void wait(const char* what) {
     DSHPC_CHECK(!capturing_) << "a host wait (" << what << ") during a graph capture";
+    join_side();
     cuda::wait_stream(stream_, watch_.get(), timeout_s_, what);
   }
+
+  static cublasHandle_t make_cublas(cudaStream_t stream, void* workspace) {
+    cublasHandle_t handle = nullptr;
+    DSHPC_CUBLAS_CHECK(cublasCreate(&handle));
+    DSHPC_CUBLAS_CHECK(cublasSetStream(handle, stream));
+    // float32 products stay float32: CUBLAS_COMPUTE_32F is requested per call and the default
+    // math mode never substitutes TF32 for it.
+    DSHPC_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+    // An explicit workspace keeps cuBLAS from allocating on its own (and is what CUDA graph
+    // capture requires).
+    DSHPC_CUBLAS_CHECK(cublasSetWorkspace(handle, workspace, kCublasWorkspaceBytes));
+    return handle;
+  }
+
+  // ---- the shared experts beside the router
+  //
+  // start_shared_side: residual += delta and normed = rmsnorm(residual) on the main stream, then
+  // the fork: the shared MLP of normed into side_out_ on the side stream while the main stream
+  // goes on with the router. moe_experts_with_shared starts its sum from side_out_ and joins
+  // before its combine, the first launch that reads the side's result (or writes normed); every
+  // other entry that could touch them joins first (join_side).
+  bool start_shared_side(Mat residual, const Mat& delta, const void* norm_weight, float eps,
+                         Mat normed, const ExpertWeights& shared);
+  void join_side() {
+    if (!side_.pending) return;
+    DSHPC_CUDA_CHECK(cudaStreamWaitEvent(stream_, side_join_, 0));
+    side_.pending = false;
+  }
+  // Ops issued in its scope go to the side stream and its cuBLAS handle.
+  class OnSideStream {
+   public:
+    explicit OnSideStream(CudaBackend& backend) : backend_(backend) { swap(); }
+    ~OnSideStream() { swap(); }
+    OnSideStream(const OnSideStream&) = delete;
+    OnSideStream& operator=(const OnSideStream&) = delete;
+
+   private:
+    void swap() {
+      std::swap(backend_.stream_, backend_.side_stream_);
+      std::swap(backend_.cublas_, backend_.side_cublas_);
+    }
+    CudaBackend& backend_;
+  };
 
   // Grows `buffer` to at least `bytes` (by half again, so a slowly growing step reallocates
   // rarely); contents are not kept.
@@ -793,9 +884,13 @@ class CudaBackend final : public Backend {
   double timeout_s_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cudaStream_t side_stream_ = nullptr;
+  cublasHandle_t side_cublas_ = nullptr;
+  cudaEvent_t side_fork_ = nullptr, side_join_ = nullptr;
   // Declared before every DeviceBuffer member: they release into it when destroyed.
   cuda::DevicePool pool_;
   void* cublas_workspace_ = nullptr;
+  void* side_cublas_workspace_ = nullptr;
 
   cuda::HostStaging step_staging_, tile_staging_, moe_ids_staging_, moe_index_staging_;
   DeviceBuffer step_device_;
@@ -826,6 +921,17 @@ class CudaBackend final : public Backend {
 
   // MoE scratch, grown to the largest step seen.
   DeviceBuffer moe_index_, moe_rows_, moe_gate_up_, moe_act_, moe_out_;
+  // The shared experts' branch (start_shared_side): its products, and which inputs its result
+  // side_out_ is of while it has not been joined.
+  DeviceBuffer side_gate_up_, side_act_, side_out_;
+  struct SideShared {
+    bool pending = false;
+    const void* x = nullptr;
+    const void* gate_up = nullptr;
+    const void* down = nullptr;
+    int64_t tokens = 0;
+  };
+  SideShared side_;
   std::vector<int32_t> moe_counts_, moe_cursor_;
 
   // The small-step MoE path: per layer (keyed by its local expert array and by whether the shared
@@ -833,9 +939,12 @@ class CudaBackend final : public Backend {
   // graphs captured with them), a device array of the experts' gate_up pointers followed by their
   // down pointers; nullptr when the layer's experts do not qualify (different sizes, strided or
   // unaligned weights; checked on every call, which costs a few comparisons per layer).
+  // `base`, where given, is what the sum starts from (the side branch's shared experts; joined
+  // before the combine) instead of out.
   bool moe_small(const Mat& x, const int32_t* expert_ids, const float* weights, int64_t top_k,
                  const ExpertWeights* local_experts, int64_t expert_begin, int64_t num_local,
-                 const ExpertWeights* shared, const Mat& out, const ResidualNorm* then = nullptr);
+                 const ExpertWeights* shared, const Mat& out, const ResidualNorm* then = nullptr,
+                 const Mat* base = nullptr);
   const void* const* moe_pointer_table(const ExpertWeights* local_experts, int64_t num_local,
                                        int64_t hidden, const ExpertWeights* shared);
   struct MoeTable {
@@ -853,6 +962,13 @@ class CudaBackend final : public Backend {
   bool fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const Mat& router, Mat logits,
                   const float* bias, const MoeRoutingParams& params, int32_t* expert_ids,
                   float* weights, const MoeExpertsAfterGate* next);
+  // moe_gate without the join: fused where it can be, else the router product and the routing.
+  void gate(const Mat& x, const Mat& router, Mat logits, const float* bias,
+            const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
+            const MoeExpertsAfterGate* next) {
+    if (fused_gate(nullptr, x, router, logits, bias, params, expert_ids, weights, next)) return;
+    Backend::moe_gate(x, router, logits, bias, params, expert_ids, weights, next);
+  }
   // The index the last fused gate built (ids == nullptr: none). moe_small uses it instead of
   // launching its own when the ids, the experts and the buffer match, and clears it either way;
   // anything else that writes expert ids clears it too.
@@ -881,6 +997,9 @@ class CudaBackend final : public Backend {
   bool moe_gate_index_enabled_ = env_enabled("DSHPC_MOE_GATE_INDEX");
   // DSHPC_MOE_COMBINE_NORM=0: the residual add and norm after the experts in their own launch.
   bool moe_combine_norm_enabled_ = env_enabled("DSHPC_MOE_COMBINE_NORM");
+  // DSHPC_MOE_SHARED_SIDE=0: the shared experts after the router, in the routed experts'
+  // launches or as an MLP of their own, instead of beside the router (N: up to N tokens).
+  int64_t moe_shared_side_max_tokens_ = moe_shared_side_max_tokens();
   // DSHPC_DECODE_WIDE=0: the decode attention reads one key per warp row even where a row is
   // narrower than 512 bytes (DecodeAttentionPlan::wide_keys).
   bool decode_wide_enabled_ = env_enabled("DSHPC_DECODE_WIDE");
@@ -979,7 +1098,7 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
   cuda::MoeGateIndex index;
   if (plan) {
     // moe_experts_with_shared's conditions that do not depend on the experts' shapes.
-    const bool shared = next->with_shared && moe_fuse_shared_enabled_ && moe_mma_enabled_ &&
+    const bool shared = next->shared != nullptr && moe_fuse_shared_enabled_ && moe_mma_enabled_ &&
                         dtype_ == DType::kBF16 && tokens <= cuda::kMoeSharedFuseMaxTokens;
     index =
         moe_index_layout(tokens, params.top_k, next->expert_begin, next->num_local, shared ? 1 : 0);
@@ -1005,7 +1124,7 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
 bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float* weights,
                             int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
                             int64_t num_local, const ExpertWeights* shared, const Mat& out,
-                            const ResidualNorm* then) {
+                            const ResidualNorm* then, const Mat* base) {
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   const int64_t inter = local_experts[0].down.cols;
   const int64_t shared_inter = shared != nullptr ? shared->down.cols : 0;
@@ -1042,15 +1161,20 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
                        pending.top_k == top_k && pending.expert_begin == expert_begin &&
                        pending.num_local == num_local && pending.shared_tokens == extra * tokens &&
                        pending.buffer == moe_small_index_.data();
-  if (indexed) {
-    ++counters_.moe_gate_index;
-  } else {
-    cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, extra * tokens, offsets,
-                           pair_of_row, row_of_pair, active, stream_);
-  }
   const cuda::MoeSharedExpert shared_expert{static_cast<int32_t>(num_local), shared_inter};
-  cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, active, pair_of_row, top_k,
-                                 act, mma, shared != nullptr ? &shared_expert : nullptr, stream_);
+  {
+    // With the shared experts running beside the gate, the launches after it start when it ends.
+    std::optional<cuda::NoEarlyStart> after_gate;
+    if (side_.pending) after_gate.emplace();
+    if (indexed) {
+      ++counters_.moe_gate_index;
+    } else {
+      cuda::launch_moe_index(expert_ids, pairs, expert_begin, num_local, extra * tokens, offsets,
+                             pair_of_row, row_of_pair, active, stream_);
+    }
+    cuda::launch_moe_gate_up_small(x, table, inter, num_local, offsets, active, pair_of_row, top_k,
+                                   act, mma, shared != nullptr ? &shared_expert : nullptr, stream_);
+  }
   cuda::launch_moe_down_small(act, table + num_local + extra, num_local, offsets, active, inter,
                               pairs, expert_out, mma, shared != nullptr ? &shared_expert : nullptr,
                               stream_);
@@ -1059,13 +1183,46 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   const cuda::MoeCombineNorm combine_norm =
       then != nullptr ? cuda::MoeCombineNorm{then->residual, then->weight, then->eps, then->normed}
                       : cuda::MoeCombineNorm{};
+  join_side();  // the combine reads the side branch's result and may write what it reads
   cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k,
                            shared != nullptr ? offsets + num_local : nullptr, out, stream_,
-                           then != nullptr ? &combine_norm : nullptr);
+                           then != nullptr ? &combine_norm : nullptr, base);
   if (then != nullptr) ++counters_.moe_combine_norm;
   ++counters_.moe_small;
   if (mma) ++counters_.moe_mma;
   if (shared != nullptr) ++counters_.moe_shared_fused;
+  return true;
+}
+
+bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* norm_weight,
+                                    float eps, Mat normed, const ExpertWeights& shared) {
+  const int64_t tokens = normed.rows, hidden = normed.cols, inter = shared.down.cols;
+  if (tokens == 0 || tokens > moe_shared_side_max_tokens_ || normed.dtype != dtype_ ||
+      shared.gate_up.rows != 2 * inter || shared.gate_up.cols != hidden ||
+      shared.down.rows != hidden || inter == 0) {
+    return false;
+  }
+  // The branch's buffers before the fork: a growth allocates (and zero-fills) on the main stream.
+  const size_t element = dtype_size(dtype_);
+  ensure(side_gate_up_, tokens * 2 * inter * element);
+  ensure(side_act_, tokens * inter * element);
+  ensure(side_out_, tokens * hidden * element);
+  const Mat gate_up = Mat::of(side_gate_up_.data(), dtype_, tokens, 2 * inter);
+  const Mat act = Mat::of(side_act_.data(), dtype_, tokens, inter);
+  const Mat out = Mat::of(side_out_.data(), dtype_, tokens, hidden);
+
+  add_rmsnorm(residual, delta, norm_weight, eps, normed);
+  DSHPC_CUDA_CHECK(cudaEventRecord(side_fork_, stream_));
+  DSHPC_CUDA_CHECK(cudaStreamWaitEvent(side_stream_, side_fork_, 0));
+  {
+    OnSideStream side(*this);
+    matmul(normed, shared.gate_up, gate_up, true, false);
+    swiglu(gate_up, act);
+    matmul(act, shared.down, out, true, false);
+  }
+  DSHPC_CUDA_CHECK(cudaEventRecord(side_join_, side_stream_));
+  side_ = {true, normed.data, shared.gate_up.data, shared.down.data, tokens};
+  ++counters_.moe_shared_side;
   return true;
 }
 
@@ -1074,6 +1231,15 @@ bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_id
                                           const ExpertWeights* local_experts, int64_t expert_begin,
                                           int64_t num_local, const ExpertWeights& shared, Mat out,
                                           const ResidualNorm* then) {
+  if (side_.pending) {
+    const bool started = side_.x == x.data && side_.tokens == x.rows &&
+                         side_.gate_up == shared.gate_up.data && side_.down == shared.down.data;
+    if (started) {
+      return routed_after_side(x, expert_ids, weights, top_k, local_experts, expert_begin,
+                               num_local, out, then);
+    }
+    join_side();  // the branch computed other inputs: its result goes unused
+  }
   // Up to one pass of the tensor-core kernels (16 tokens): beyond, the shared experts' rows take
   // several passes over their weights, which then outlast the routed experts' CTAs. Measured on
   // V2-Lite (one H200, same call): batch 1 316.5 tok/s fused against 297.7 unfused; batch 64
@@ -1095,6 +1261,30 @@ bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_id
   return true;
 }
 
+bool CudaBackend::routed_after_side(const Mat& x, const int32_t* expert_ids, const float* weights,
+                                    int64_t top_k, const ExpertWeights* local_experts,
+                                    int64_t expert_begin, int64_t num_local, Mat out,
+                                    const ResidualNorm* then) {
+  DSHPC_CHECK(x.rows == out.rows && x.cols == out.cols && out.dtype == dtype_)
+      << "moe_experts_with_shared: x [" << x.rows << ", " << x.cols << "], out [" << out.rows
+      << ", " << out.cols << "]";
+  const Mat shared_out = Mat::of(side_out_.data(), dtype_, x.rows, x.cols);
+  const ResidualNorm* fused_then = moe_combine_norm_enabled_ ? then : nullptr;
+  const bool small = num_local > 0 && top_k > 0 &&
+                     moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin,
+                               num_local, nullptr, out, fused_then, &shared_out);
+  if (!small) {
+    // out = the shared experts' rows, then the routed experts add theirs.
+    join_side();
+    copy(shared_out, out);
+    moe_experts(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, out);
+  }
+  if (then != nullptr && (!small || fused_then == nullptr)) {
+    add_rmsnorm(then->residual, out, then->weight, then->eps, then->normed);
+  }
+  return true;
+}
+
 // Routed experts. The number of rows each expert gets decides the shapes of its matrix products,
 // so the expert ids come to the host once per MoE layer (a few KB; the one host wait of the
 // layer) and are sorted there by expert; the permutation goes back with the rows' order:
@@ -1106,6 +1296,7 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
               x.dtype == dtype_ && out.dtype == dtype_)
       << "moe_experts: input [" << x.rows << ", " << x.cols << "], output [" << out.rows << ", "
       << out.cols << "]";
+  join_side();
   const int64_t tokens = x.rows, hidden = x.cols, pairs = tokens * top_k;
   if (tokens == 0 || num_local == 0 || top_k == 0) return;
   if (moe_small(x, expert_ids, weights, top_k, local_experts, expert_begin, num_local, nullptr,

@@ -34,6 +34,14 @@ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// SwiGLU of one gate and up value, each first rounded to T as the unfused path stores them:
+// silu(g) · u with silu(g) = g / (1 + exp(−g)) (swiglu.cu), rounded to T.
+template <typename T>
+__device__ __forceinline__ T swiglu_rounded(float gate, float up) {
+  const float g = to_float(from_float<T>(gate)), u = to_float(from_float<T>(up));
+  return from_float<T>(g / (1.0f + expf(-g)) * u);
+}
+
 // c += a · b for one m16n8k16 tile (bf16 inputs, float32 accumulators; sm_80 and later). Lane
 // l = 4g + q holds a = {A[g][2q..], A[g+8][2q..], A[g][2q+8..], A[g+8][2q+8..]} (pairs of
 // consecutive k, the lower k in the low half), b = {B[2q..][g], B[2q+8..][g]} and

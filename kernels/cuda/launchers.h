@@ -193,6 +193,7 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 // out[t] += Σ_j weights[t, j] · expert_out[row_of_pair[t, j]] over pairs with a row (≥ 0).
 // shared_row0: nullptr, or where the shared experts' first row index lies (their row of token t
 // is *shared_row0 + t): out[t] = that row + the weighted routed rows, out not read.
+// base (without shared_row0): out[t] = base[t] + the weighted routed rows, out not read.
 // With `then`: then also residual += out and normed = rmsnorm(residual) · weight, in the same
 // launch where the rows allow (else launch_add_rmsnorm after), values as the two launches give.
 struct MoeCombineNorm {
@@ -203,7 +204,8 @@ struct MoeCombineNorm {
 };
 void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
                         int64_t top_k, const int32_t* shared_row0, const Mat& out,
-                        cudaStream_t stream, const MoeCombineNorm* then = nullptr);
+                        cudaStream_t stream, const MoeCombineNorm* then = nullptr,
+                        const Mat* base = nullptr);
 
 // The small-step path (decode): everything on the device, no host round trip, so graphs can
 // capture it. moe_small_supported says whether a step qualifies; then

@@ -32,8 +32,8 @@ __global__ void gather_rows_kernel(const T* x, int64_t x_stride, const int32_t* 
 template <typename T>
 __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
                                    const int32_t* row_of_pair, const float* weights, int top_k,
-                                   const int32_t* shared_row0, T* out, int64_t out_stride,
-                                   int64_t cols) {
+                                   const int32_t* shared_row0, const T* base, int64_t base_stride,
+                                   T* out, int64_t out_stride, int64_t cols) {
   pdl_begin();
   const int64_t t = blockIdx.x;
   const int32_t* rows = row_of_pair + t * top_k;
@@ -43,10 +43,11 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
   // would leave the GPU idle while each thread walks a long row.
   for (int64_t c = blockIdx.y * blockDim.x + threadIdx.x; c < cols;
        c += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    // With shared experts their row of this token starts the sum, else what out holds.
+    // With shared experts their row of this token starts the sum, else base's row (out's own
+    // where the caller gave no other).
     float sum = shared_row0 != nullptr
                     ? to_float(expert_out[(*shared_row0 + t) * expert_stride + c])
-                    : to_float(dst[c]);
+                    : to_float(base[t * base_stride + c]);
     for (int j = 0; j < top_k; ++j) {
       const int32_t row = rows[j];
       if (row >= 0) sum = fmaf(w[j], to_float(expert_out[row * expert_stride + c]), sum);
@@ -63,10 +64,10 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     moe_combine_norm_kernel(const T* expert_out, int64_t expert_stride, const int32_t* row_of_pair,
-                            const float* weights, int top_k, const int32_t* shared_row0, T* out,
-                            int64_t out_stride, T* residual, int64_t residual_stride,
-                            const T* norm_weight, float eps, T* normed, int64_t normed_stride,
-                            int cols) {
+                            const float* weights, int top_k, const int32_t* shared_row0,
+                            const T* base, int64_t base_stride, T* out, int64_t out_stride,
+                            T* residual, int64_t residual_stride, const T* norm_weight, float eps,
+                            T* normed, int64_t normed_stride, int cols) {
   pdl_begin();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
@@ -84,7 +85,7 @@ __global__ void __launch_bounds__(kThreads)
     acc_in.raw =
         shared_row0 != nullptr
             ? reinterpret_cast<const uint4*>(expert_out + (*shared_row0 + t) * expert_stride)[c]
-            : reinterpret_cast<const uint4*>(out + t * out_stride)[c];
+            : reinterpret_cast<const uint4*>(base + t * base_stride)[c];
     r.raw = reinterpret_cast<const uint4*>(residual + t * residual_stride)[c];
     float sum[kVec];
 #pragma unroll
@@ -134,11 +135,15 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 
 void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
                         int64_t top_k, const int32_t* shared_row0, const Mat& out,
-                        cudaStream_t stream, const MoeCombineNorm* then) {
+                        cudaStream_t stream, const MoeCombineNorm* then, const Mat* base) {
   if (out.rows == 0) return;
   DSHPC_CHECK(expert_out.dtype == out.dtype && expert_out.cols == out.cols &&
               out.rows <= 0x7fffffff && top_k > 0 && top_k <= 1024)
       << "moe_combine: " << out.rows << " tokens, top_k " << top_k;
+  DSHPC_CHECK(base == nullptr || (shared_row0 == nullptr && base->dtype == out.dtype &&
+                                  base->rows == out.rows && base->cols == out.cols))
+      << "moe_combine: a base must match out, and excludes the shared experts' rows";
+  const Mat& start = base != nullptr ? *base : out;
   if (then != nullptr) {
     DSHPC_CHECK(then->residual.rows == out.rows && then->residual.cols == out.cols &&
                 then->normed.rows == out.rows && then->normed.cols == out.cols &&
@@ -147,12 +152,13 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
     const int64_t vec = 16 / static_cast<int64_t>(dtype_size(out.dtype));
     const bool vectorised =
         out.cols % vec == 0 && out.cols / vec <= int64_t{kThreads} * kNormChunks &&
-        expert_out.stride % vec == 0 && out.stride % vec == 0 && then->residual.stride % vec == 0 &&
-        then->normed.stride % vec == 0 && aligned_to(expert_out.data, 16) &&
-        aligned_to(out.data, 16) && aligned_to(then->residual.data, 16) &&
-        aligned_to(then->normed.data, 16);
+        expert_out.stride % vec == 0 && out.stride % vec == 0 && start.stride % vec == 0 &&
+        then->residual.stride % vec == 0 && then->normed.stride % vec == 0 &&
+        aligned_to(expert_out.data, 16) && aligned_to(out.data, 16) && aligned_to(start.data, 16) &&
+        aligned_to(then->residual.data, 16) && aligned_to(then->normed.data, 16);
     if (!vectorised) {
-      launch_moe_combine(expert_out, row_of_pair, weights, top_k, shared_row0, out, stream);
+      launch_moe_combine(expert_out, row_of_pair, weights, top_k, shared_row0, out, stream, nullptr,
+                         base);
       launch_add_rmsnorm(then->residual, out, then->weight, out.dtype, then->eps, then->normed,
                          stream);
       return;
@@ -162,7 +168,8 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
       launch_pdl("moe_combine_norm_kernel", moe_combine_norm_kernel<T>,
                  static_cast<unsigned int>(out.rows), kThreads, 0, stream,
                  static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
-                 static_cast<int>(top_k), shared_row0, static_cast<T*>(out.data), out.stride,
+                 static_cast<int>(top_k), shared_row0, static_cast<const T*>(start.data),
+                 start.stride, static_cast<T*>(out.data), out.stride,
                  static_cast<T*>(then->residual.data), then->residual.stride,
                  static_cast<const T*>(then->weight), then->eps, static_cast<T*>(then->normed.data),
                  then->normed.stride, static_cast<int>(out.cols));
@@ -177,8 +184,8 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
         static_cast<unsigned int>(std::min<int64_t>(8, (out.cols + kThreads - 1) / kThreads)));
     launch_pdl("moe_combine_kernel", moe_combine_kernel<T>, grid, kThreads, 0, stream,
                static_cast<const T*>(expert_out.data), expert_out.stride, row_of_pair, weights,
-               static_cast<int>(top_k), shared_row0, static_cast<T*>(out.data), out.stride,
-               out.cols);
+               static_cast<int>(top_k), shared_row0, static_cast<const T*>(start.data),
+               start.stride, static_cast<T*>(out.data), out.stride, out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("moe_combine_kernel");
   });
 }
@@ -276,9 +283,8 @@ __global__ void __launch_bounds__(kWarpRows * 32)
     warp_dots<T, 2, kSmallRowsPerPass>(w, xs, n, hidden, gu);
     if ((threadIdx.x & 31) == 0) {
       for (int c = 0; c < n; ++c) {
-        const float gr = to_float(from_float<T>(gu[0][c])), ur = to_float(from_float<T>(gu[1][c]));
         act[static_cast<int64_t>(begin + first + c) * act_stride + j] =
-            from_float<T>(gr / (1.0f + expf(-gr)) * ur);
+            swiglu_rounded<T>(gu[0][c], gu[1][c]);
       }
     }
   }
@@ -461,11 +467,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
         for (int i = 0; i < 4; ++i) {
           const int token = 8 * h + 2 * q + (i & 1);
           if (token >= n) continue;
-          // gate and up rounded to bf16 first, as the unfused path stores them
-          const float gr = to_float(from_float<bf16>(d[0][h][i]));
-          const float ur = to_float(from_float<bf16>(d[1][h][i]));
           act[static_cast<int64_t>(begin + first + token) * act_stride + j0 + g + (i >> 1) * 8] =
-              from_float<bf16>(gr / (1.0f + expf(-gr)) * ur);
+              swiglu_rounded<bf16>(d[0][h][i], d[1][h][i]);
         }
       }
     }

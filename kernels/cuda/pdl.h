@@ -41,13 +41,33 @@ __device__ __forceinline__ void pdl_begin() {
   pdl_launch_dependents();
 }
 
+// Launches from this thread within its scope are normal launches: their CTAs start only once the
+// kernel before has finished. For the kernel after a long, narrow one (the MoE gate's few CTAs)
+// while another branch of the step runs beside it: started early, its CTAs would take the SMs
+// that branch needs, only to wait.
+class NoEarlyStart {
+ public:
+  NoEarlyStart() { ++depth(); }
+  ~NoEarlyStart() { --depth(); }
+  NoEarlyStart(const NoEarlyStart&) = delete;
+  NoEarlyStart& operator=(const NoEarlyStart&) = delete;
+  static bool active() { return depth() > 0; }
+
+ private:
+  static int& depth() {
+    thread_local int scopes = 0;
+    return scopes;
+  }
+};
+
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent launch.
 template <typename... Params, typename... Args>
 void launch_pdl(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
                 size_t shared_bytes, cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  attribute.val.programmaticStreamSerializationAllowed =
+      pdl_enabled() && !NoEarlyStart::active() ? 1 : 0;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;

@@ -20,9 +20,7 @@ __global__ void swiglu_kernel(const T* gate_up, int64_t in_stride, T* out, int64
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / inter, c = i % inter;
     const T* row = gate_up + r * in_stride;  // [gate | up]
-    const float g = to_float(row[c]);
-    const float u = to_float(row[inter + c]);
-    out[r * out_stride + c] = from_float<T>(g / (1.0f + expf(-g)) * u);
+    out[r * out_stride + c] = swiglu_rounded<T>(to_float(row[c]), to_float(row[inter + c]));
   }
 }
 

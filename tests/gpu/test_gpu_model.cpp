@@ -31,7 +31,8 @@ struct Trace {
   int64_t allocations_after_warmup = -1;
   int64_t allocations_at_end = -1;
   int64_t graph_launches = 0;
-  int64_t moe_small = 0;  // MoE layers run through the small-step path
+  int64_t moe_small = 0;        // MoE layers run through the small-step path
+  int64_t moe_shared_side = 0;  // … whose shared experts ran beside the router
 };
 
 Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
@@ -82,6 +83,7 @@ Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
     trace.allocations_at_end = cuda_memory_stats(rt.backend()).device_allocations;
     trace.graph_launches = cuda_path_counters(rt.backend()).graph_launches;
     trace.moe_small = cuda_path_counters(rt.backend()).moe_small;
+    trace.moe_shared_side = cuda_path_counters(rt.backend()).moe_shared_side;
   }
   return trace;
 }
@@ -160,7 +162,7 @@ TEST_P(GpuModel, LogitsMatchCpuAndStepsAllocateNothing) {
 // (the same kernels on the same data), and replays do happen. Random-weight configs: a Llama with
 // head_dim 64 (split-key decode attention), and a DeepSeek-V2 with MLA (latent 64 + rope 16: the
 // split-key MLA decode kernel over the latent cache) and MoE (the device-only small-step path,
-// 3 of 8 experts per token).
+// 3 of 8 experts per token, the shared experts on a branch of their own beside the router).
 void expect_graph_replay_equals_eager(const std::string& name, const char* config_json,
                                       int64_t vocab, bool expect_moe_small) {
   const std::string config = testing::TempDir() + "/graph_" + name + "_config.json";
@@ -196,6 +198,9 @@ void expect_graph_replay_equals_eager(const std::string& name, const char* confi
   EXPECT_EQ(eager.graph_launches, 0);
   if (expect_moe_small) {
     EXPECT_GT(eager.moe_small, 0) << name << ": the MoE layers did not take the small-step path";
+    // The shared experts' side branch, eager and captured (a fork and join inside the graph).
+    EXPECT_GT(eager.moe_shared_side, 0) << name;
+    EXPECT_GT(graphed.moe_shared_side, 0) << name;
   }
 }
 
