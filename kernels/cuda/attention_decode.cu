@@ -37,39 +37,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kUnroll = DSHPC_DECODE_UNROLL;
 constexpr float kLog2e = 1.4426950408889634f;
 
-// N consecutive elements of T as float32, with the widest load that N · sizeof(T) allows.
-template <typename T, int N>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
-  constexpr int kBytes = N * static_cast<int>(sizeof(T));
-  static_assert(kBytes % 2 == 0 && kBytes <= 64, "vector width");
-  if constexpr (kBytes >= 16) {
-    const uint4* v = reinterpret_cast<const uint4*>(p);
-#pragma unroll
-    for (int i = 0; i < kBytes / 16; ++i) {
-      const uint4 raw = __ldg(v + i);
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int j = 0; j < 16 / static_cast<int>(sizeof(T)); ++j) {
-        out[i * (16 / sizeof(T)) + j] = to_float(e[j]);
-      }
-    }
-  } else if constexpr (kBytes == 8) {
-    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int j = 0; j < N; ++j) out[j] = to_float(e[j]);
-  } else if constexpr (kBytes == 4) {
-    const unsigned int raw = __ldg(reinterpret_cast<const unsigned int*>(p));
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int j = 0; j < N; ++j) out[j] = to_float(e[j]);
-  } else {
-    const unsigned short raw = __ldg(reinterpret_cast<const unsigned short*>(p));
-    const T* e = reinterpret_cast<const T*>(&raw);
-    out[0] = to_float(e[0]);
-  }
-}
-
 // N consecutive elements of T kept as loaded (bf16 stays packed, two to a register) until used:
 // the loads of an unrolled group of keys are all in flight at once, so their registers are what
 // limits how many keys a warp can have in flight.
@@ -94,6 +61,15 @@ __device__ __forceinline__ void load_packed(const T* p, Packed<T, N>& out) {
   } else {
     *reinterpret_cast<unsigned short*>(&out) = __ldg(reinterpret_cast<const unsigned short*>(p));
   }
+}
+
+// N consecutive elements of T as float32, with the widest load that N · sizeof(T) allows.
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
+  Packed<T, N> raw;
+  load_packed<T, N>(p, raw);
+#pragma unroll
+  for (int j = 0; j < N; ++j) out[j] = to_float(raw.e[j]);
 }
 
 template <int N>
