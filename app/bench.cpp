@@ -317,7 +317,8 @@ int run_bench(int argc, char** argv, int first) {
                             {"argmax_sliced", paths.argmax_sliced},
                             {"gemv_heads", paths.gemv_heads},
                             {"decode_attention_wide", paths.decode_attention_wide},
-                            {"moe_shared_side", paths.moe_shared_side}};
+                            {"moe_shared_side", paths.moe_shared_side},
+                            {"moe_shared_side_captured", paths.moe_shared_side_captured}};
   }
 
   // ---- prefill / time to first token

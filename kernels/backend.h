@@ -106,7 +106,8 @@ struct StepCapacity {
   int64_t logits_rows = 0;  // rows of logits (0 on a stage without the output head)
   int64_t moe_rows = 0;     // (token, expert) pairs a rank's experts can receive: T · top_k
   int64_t moe_hidden = 0;
-  int64_t moe_inter = 0;  // the widest local expert's intermediate size
+  int64_t moe_inter = 0;         // the widest local expert's intermediate size
+  int64_t moe_shared_inter = 0;  // the widest shared experts' intermediate size (this rank's)
 };
 
 // What a backend knows of its memory; -1 where it knows nothing (the CPU has no device).
@@ -278,7 +279,8 @@ class Backend {
     moe_route(logits, bias, params, expert_ids, weights);
   }
   // residual += delta; normed = rmsnorm(residual) · norm_weight (add_rmsnorm), then moe_gate of
-  // normed. The default runs the two; a backend may do both in one launch.
+  // normed. The default runs the two; a backend may do both in one launch. With next->shared it
+  // may also start the shared experts on normed (see moe_gate's `next`).
   virtual void add_rmsnorm_moe_gate(Mat residual, const Mat& delta, const void* norm_weight,
                                     float eps, Mat normed, const Mat& router, Mat logits,
                                     const float* bias, const MoeRoutingParams& params,
@@ -295,10 +297,11 @@ class Backend {
                            int64_t top_k, const ExpertWeights* local_experts, int64_t expert_begin,
                            int64_t num_local, Mat out) = 0;
   // out = shared(x) + the routed experts' moe_experts sum, where `shared` is the layer's shared
-  // experts (a SwiGLU MLP laid out as an expert, every token through it with weight 1), in the
-  // same launches as the routed experts; out is overwritten. Returns false, having done nothing,
-  // where the backend has no such path for these shapes: the caller then runs the shared MLP and
-  // moe_experts.
+  // experts (a SwiGLU MLP laid out as an expert, every token through it with weight 1): in the
+  // same launches as the routed experts, or from the shared experts' result that the gate's call
+  // started (next->shared); out is overwritten. Returns false, having written nothing the caller
+  // sees, where the backend has no such path for these shapes: the caller then runs the shared
+  // MLP and moe_experts.
   // With `then` given, a true return also means then->residual += out and then->normed =
   // rmsnorm(then->residual) · then->weight (add_rmsnorm: the next layer's input norm) are done.
   virtual bool moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,

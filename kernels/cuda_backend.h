@@ -69,6 +69,7 @@ struct CudaPathCounters {
   int64_t moe_combine_norm = 0;       // MoE layers ending in one launch with the next layer's norm
   int64_t gemv_heads = 0;             // per-head products (matmul_heads) through the few-row kernel
   int64_t moe_shared_side = 0;        // MoE layers whose shared experts ran beside the gate
+  int64_t moe_shared_side_captured = 0;  // … of which recorded in a captured step
 };
 CudaPathCounters cuda_path_counters(Backend& backend);
 

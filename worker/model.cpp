@@ -149,6 +149,10 @@ Status Model::reserve_workspace(StepCapacity capacity) {
     for (const MlpWeights& expert : layer.moe_weights.experts) {
       capacity.moe_inter = std::max(capacity.moe_inter, expert.inter_local);
     }
+    if (layer.moe_weights.has_shared) {
+      capacity.moe_shared_inter =
+          std::max(capacity.moe_shared_inter, layer.moe_weights.shared.inter_local);
+    }
   }
   RETURN_IF_ERROR(backend_.reserve_step(capacity));
   reserved_tokens_ = std::max(reserved_tokens_, capacity.tokens);

@@ -7,8 +7,9 @@
 // - One exception, inside a MoE layer: the shared experts may run on a second, lower-priority
 //   stream beside the router (start_shared_side), forked from and joined back into the first by
 //   events, so that a captured step holds them as a parallel branch.
-// - Memory from a caching pool (memory_pool.h): no cudaMalloc once the largest step has run.
-//   Fresh buffers are zero-filled, as the CPU backend's are.
+// - Memory from a caching pool (memory_pool.h): no cudaMalloc once reserve_step has sized the
+//   step buffers (or the largest step has run). Fresh buffers are zero-filled, as the CPU
+//   backend's are.
 // - Element types: weights and activations are both bf16 (serving) or both float32 (parity).
 //   Matrix products accumulate in float32; kernels compute in float32 and round once on store.
 //   Logits and router logits may be float32 outputs of bf16 products (Mat::dtype says which).
@@ -97,11 +98,10 @@ class CudaBackend final : public Backend {
     DSHPC_CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, lowest));
     DSHPC_CUDA_CHECK(cudaEventCreateWithFlags(&side_fork_, cudaEventDisableTiming));
     DSHPC_CUDA_CHECK(cudaEventCreateWithFlags(&side_join_, cudaEventDisableTiming));
-    // One cuBLAS handle per stream, each with its own workspace: the two may run at once.
+    // One cuBLAS handle per stream, each with its own workspace (the two may run at once); the
+    // side stream's only once a model with shared experts needs it (ensure_side_cublas).
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
-    side_cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
     cublas_ = make_cublas(stream_, cublas_workspace_);
-    side_cublas_ = make_cublas(side_stream_, side_cublas_workspace_);
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
     gate_done_ = allocate(sizeof(unsigned int));
     DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
@@ -118,9 +118,9 @@ class CudaBackend final : public Backend {
     join_side();
     cuda::wait_stream(stream_, watch_.get(), timeout_s_, "the backend's shutdown");
     cublasDestroy(cublas_);
-    cublasDestroy(side_cublas_);
+    if (side_cublas_ != nullptr) cublasDestroy(side_cublas_);
     pool_.release(cublas_workspace_);
-    pool_.release(side_cublas_workspace_);
+    if (side_cublas_workspace_ != nullptr) pool_.release(side_cublas_workspace_);
     cudaEventDestroy(side_fork_);
     cudaEventDestroy(side_join_);
     cudaStreamDestroy(side_stream_);
@@ -154,6 +154,7 @@ class CudaBackend final : public Backend {
   }
 
   void release(void* data, size_t) override {
+    join_side();  // the pool reuses blocks in the main stream's order
     memory_changed();
     pool_.release(data);
   }
@@ -251,10 +252,32 @@ class CudaBackend final : public Backend {
     for (const auto& w : wanted) {
       RETURN_IF_ERROR(try_grow(*w.buffer, w.bytes, std::string(w.what) + " buffer on " + name_));
     }
+    // The shared experts' branch (start_shared_side), for the steps that take it.
+    const int64_t side_tokens = std::min(c.tokens, moe_shared_side_max_tokens_);
+    if (c.moe_shared_inter > 0 && side_tokens > 0) {
+      if (!ensure_side_cublas()) {
+        return resource_exhausted("no device memory for the shared experts' cuBLAS workspace (" +
+                                  std::to_string(kCublasWorkspaceBytes >> 20) + " MiB) on " +
+                                  name_);
+      }
+      const struct {
+        DeviceBuffer* buffer;
+        size_t bytes;
+        const char* what;
+      } side[] = {
+          {&side_gate_up_, side_tokens * 2 * c.moe_shared_inter * element, "shared-expert gate/up"},
+          {&side_act_, side_tokens * c.moe_shared_inter * element, "shared-expert activations"},
+          {&side_out_, side_tokens * c.moe_hidden * element, "shared-expert outputs"},
+      };
+      for (const auto& w : side) {
+        RETURN_IF_ERROR(try_grow(*w.buffer, w.bytes, std::string(w.what) + " buffer on " + name_));
+      }
+    }
     return ok_status();
   }
 
   void release_step_buffers() override {
+    join_side();
     for (DeviceBuffer* buffer : step_buffers()) *buffer = DeviceBuffer();
     tile_lists_.clear();
   }
@@ -667,6 +690,7 @@ class CudaBackend final : public Backend {
   uint64_t step_graph_key() const override { return graph_key_; }
 
   bool launch_graph(uint64_t key) override {
+    join_side();
     const auto it = graphs_.find(key);
     if (it == graphs_.end()) return false;
     DSHPC_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
@@ -686,7 +710,15 @@ class CudaBackend final : public Backend {
 
   bool end_capture(uint64_t key) override {
     DSHPC_CHECK(capturing_) << "end_capture without begin_capture";
-    join_side();  // a capture ends with every forked stream joined
+    // A capture ends with every forked stream joined; in an invalidated capture the join fails
+    // too, and the capture is run eagerly as any other unusable one.
+    if (side_.pending) {
+      side_.pending = false;
+      if (cudaStreamWaitEvent(stream_, side_join_, 0) != cudaSuccess) {
+        cudaGetLastError();
+        capture_unusable_ = true;
+      }
+    }
     cudaGraph_t graph = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
     capturing_ = false;
@@ -783,10 +815,22 @@ class CudaBackend final : public Backend {
   // start_shared_side: residual += delta and normed = rmsnorm(residual) on the main stream, then
   // the fork: the shared MLP of normed into side_out_ on the side stream while the main stream
   // goes on with the router. moe_experts_with_shared starts its sum from side_out_ and joins
-  // before its combine, the first launch that reads the side's result (or writes normed); every
-  // other entry that could touch them joins first (join_side).
+  // before its combine, the first launch that reads the side's result (or writes normed). That
+  // no op in between writes normed or the shared weights is the caller's promise (Backend's
+  // moe_gate `next`); the entries that wait on the host, capture, replay, release memory or
+  // start another MoE layer join first (join_side).
   bool start_shared_side(Mat residual, const Mat& delta, const void* norm_weight, float eps,
                          Mat normed, const ExpertWeights& shared);
+  // The side stream's cuBLAS handle and workspace, made on first need; false when the device
+  // has no room for the workspace.
+  bool ensure_side_cublas() {
+    if (side_cublas_ != nullptr) return true;
+    side_cublas_workspace_ = pool_.try_allocate(kCublasWorkspaceBytes);
+    if (side_cublas_workspace_ == nullptr) return false;
+    memory_changed();
+    side_cublas_ = make_cublas(side_stream_, side_cublas_workspace_);
+    return true;
+  }
   void join_side() {
     if (!side_.pending) return;
     DSHPC_CUDA_CHECK(cudaStreamWaitEvent(stream_, side_join_, 0));
@@ -929,7 +973,7 @@ class CudaBackend final : public Backend {
     const void* x = nullptr;
     const void* gate_up = nullptr;
     const void* down = nullptr;
-    int64_t tokens = 0;
+    int64_t tokens = 0, cols = 0, stride = 0;
   };
   SideShared side_;
   std::vector<int32_t> moe_counts_, moe_cursor_;
@@ -1202,7 +1246,9 @@ bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* 
       shared.down.rows != hidden || inter == 0) {
     return false;
   }
-  // The branch's buffers before the fork: a growth allocates (and zero-fills) on the main stream.
+  // The branch's buffers before the fork (reserve_step sizes them; a larger step, or a caller
+  // that reserved nothing, grows them here, zero-filled on the main stream).
+  if (!ensure_side_cublas()) return false;
   const size_t element = dtype_size(dtype_);
   ensure(side_gate_up_, tokens * 2 * inter * element);
   ensure(side_act_, tokens * inter * element);
@@ -1221,8 +1267,9 @@ bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* 
     matmul(act, shared.down, out, true, false);
   }
   DSHPC_CUDA_CHECK(cudaEventRecord(side_join_, side_stream_));
-  side_ = {true, normed.data, shared.gate_up.data, shared.down.data, tokens};
+  side_ = {true, normed.data, shared.gate_up.data, shared.down.data, tokens, hidden, normed.stride};
   ++counters_.moe_shared_side;
+  if (capturing_) ++counters_.moe_shared_side_captured;
   return true;
 }
 
@@ -1232,8 +1279,9 @@ bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_id
                                           int64_t num_local, const ExpertWeights& shared, Mat out,
                                           const ResidualNorm* then) {
   if (side_.pending) {
-    const bool started = side_.x == x.data && side_.tokens == x.rows &&
-                         side_.gate_up == shared.gate_up.data && side_.down == shared.down.data;
+    const bool started = side_.x == x.data && side_.tokens == x.rows && side_.cols == x.cols &&
+                         side_.stride == x.stride && side_.gate_up == shared.gate_up.data &&
+                         side_.down == shared.down.data;
     if (started) {
       return routed_after_side(x, expert_ids, weights, top_k, local_experts, expert_begin,
                                num_local, out, then);

@@ -1,8 +1,9 @@
 // A caching pool of device memory for one backend. Blocks freed by DeviceBuffer go to a free list
 // and are handed out again; cudaMalloc runs only when no cached block fits (the first steps, or a
 // step larger than any before), so a serving loop in its steady state allocates nothing. All use
-// is ordered on the backend's one stream, so a block released while kernels that read it are still
-// queued can be reused at once: the next user's work is queued behind them.
+// is ordered on the backend's main stream (its side branch is joined back into it before any
+// release), so a block released while kernels that read it are still queued can be reused at
+// once: the next user's work is queued behind them.
 #pragma once
 
 #include <cuda_runtime.h>

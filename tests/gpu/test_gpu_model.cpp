@@ -31,8 +31,9 @@ struct Trace {
   int64_t allocations_after_warmup = -1;
   int64_t allocations_at_end = -1;
   int64_t graph_launches = 0;
-  int64_t moe_small = 0;        // MoE layers run through the small-step path
-  int64_t moe_shared_side = 0;  // … whose shared experts ran beside the router
+  int64_t moe_small = 0;                 // MoE layers run through the small-step path
+  int64_t moe_shared_side = 0;           // … whose shared experts ran beside the router
+  int64_t moe_shared_side_captured = 0;  // … of which recorded in a graph
 };
 
 Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
@@ -84,6 +85,7 @@ Trace run_model(const std::string& model_dir, std::unique_ptr<Backend> backend,
     trace.graph_launches = cuda_path_counters(rt.backend()).graph_launches;
     trace.moe_small = cuda_path_counters(rt.backend()).moe_small;
     trace.moe_shared_side = cuda_path_counters(rt.backend()).moe_shared_side;
+    trace.moe_shared_side_captured = cuda_path_counters(rt.backend()).moe_shared_side_captured;
   }
   return trace;
 }
@@ -200,7 +202,8 @@ void expect_graph_replay_equals_eager(const std::string& name, const char* confi
     EXPECT_GT(eager.moe_small, 0) << name << ": the MoE layers did not take the small-step path";
     // The shared experts' side branch, eager and captured (a fork and join inside the graph).
     EXPECT_GT(eager.moe_shared_side, 0) << name;
-    EXPECT_GT(graphed.moe_shared_side, 0) << name;
+    EXPECT_EQ(eager.moe_shared_side_captured, 0) << name;
+    EXPECT_GT(graphed.moe_shared_side_captured, 0) << name;
   }
 }
 
