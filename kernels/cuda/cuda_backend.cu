@@ -236,6 +236,14 @@ class CudaBackend final : public Backend {
     const size_t metadata = align_up(c.tokens * sizeof(int32_t), 16) * 2 +
                             align_up(c.tokens * sizeof(int64_t), 16) +
                             align_up(c.sequences * sizeof(PagedSequence), 16);
+    // The shared experts' branch (start_shared_side), for the steps that take it; with its own
+    // cuBLAS workspace.
+    const int64_t side_tokens =
+        c.moe_shared_inter > 0 ? std::min(c.tokens, moe_shared_side_max_tokens_) : 0;
+    if (side_tokens > 0 && !ensure_side_cublas()) {
+      return resource_exhausted("no device memory for the shared experts' cuBLAS workspace (" +
+                                std::to_string(kCublasWorkspaceBytes >> 20) + " MiB) on " + name_);
+    }
     const struct {
       DeviceBuffer* buffer;
       size_t bytes;
@@ -248,30 +256,12 @@ class CudaBackend final : public Backend {
         {&moe_gate_up_, c.moe_rows * 2 * c.moe_inter * element, "MoE gate/up"},
         {&moe_act_, c.moe_rows * c.moe_inter * element, "MoE activations"},
         {&moe_out_, c.moe_rows * c.moe_hidden * element, "MoE expert outputs"},
+        {&side_gate_up_, side_tokens * 2 * c.moe_shared_inter * element, "shared-expert gate/up"},
+        {&side_act_, side_tokens * c.moe_shared_inter * element, "shared-expert activations"},
+        {&side_out_, side_tokens * c.moe_hidden * element, "shared-expert outputs"},
     };
     for (const auto& w : wanted) {
       RETURN_IF_ERROR(try_grow(*w.buffer, w.bytes, std::string(w.what) + " buffer on " + name_));
-    }
-    // The shared experts' branch (start_shared_side), for the steps that take it.
-    const int64_t side_tokens = std::min(c.tokens, moe_shared_side_max_tokens_);
-    if (c.moe_shared_inter > 0 && side_tokens > 0) {
-      if (!ensure_side_cublas()) {
-        return resource_exhausted("no device memory for the shared experts' cuBLAS workspace (" +
-                                  std::to_string(kCublasWorkspaceBytes >> 20) + " MiB) on " +
-                                  name_);
-      }
-      const struct {
-        DeviceBuffer* buffer;
-        size_t bytes;
-        const char* what;
-      } side[] = {
-          {&side_gate_up_, side_tokens * 2 * c.moe_shared_inter * element, "shared-expert gate/up"},
-          {&side_act_, side_tokens * c.moe_shared_inter * element, "shared-expert activations"},
-          {&side_out_, side_tokens * c.moe_hidden * element, "shared-expert outputs"},
-      };
-      for (const auto& w : side) {
-        RETURN_IF_ERROR(try_grow(*w.buffer, w.bytes, std::string(w.what) + " buffer on " + name_));
-      }
     }
     return ok_status();
   }
