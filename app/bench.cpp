@@ -19,6 +19,7 @@
 #include "app/job.h"
 #include "common/options.h"
 #include "kernels/cuda_backend.h"
+#include "kernels/kernel_trace.h"
 
 namespace dshpc {
 namespace {
@@ -36,6 +37,13 @@ std::vector<OptionSpec> options_table() {
        "256 MiB on the CPU)",
        "0"},
       {"json", "FILE", "also write the results as JSON to FILE", ""},
+      {"trace", "PREFIX",
+       "after each timed run, trace rank 0's kernels over --trace-steps more decode steps (one "
+       "more prompt for prefill): a summary per kernel, and PREFIX-decode-bN.json / "
+       "PREFIX-prefill-N.json for chrome://tracing or ui.perfetto.dev (needs CUPTI; tracing "
+       "slows the timed runs a little)",
+       ""},
+      {"trace-steps", "N", "decode steps in each trace", "8"},
   };
   for (OptionSpec& spec : model_job_options()) table.push_back(spec);
   return table;
@@ -113,14 +121,23 @@ int run_bench(int argc, char** argv, int first) {
   auto gen_len = opts.get_int("gen-len");
   auto budget = opts.get_int("max-batched-tokens");
   auto bandwidth_bytes = opts.get_int("bandwidth-bytes");
-  for (const Status& s : {batch_sizes.status(), prefill_lens.status(), prompt_len.status(),
-                          gen_len.status(), budget.status(), bandwidth_bytes.status()}) {
+  auto trace_steps = opts.get_int("trace-steps");
+  for (const Status& s :
+       {batch_sizes.status(), prefill_lens.status(), prompt_len.status(), gen_len.status(),
+        budget.status(), bandwidth_bytes.status(), trace_steps.status()}) {
     if (!s.ok()) return fail(s, 2);
   }
-  if (*prompt_len < 1 || *gen_len < 1 || *budget < 1) {
-    return fail(invalid_argument("--prompt-len, --gen-len and --max-batched-tokens must be >= 1"),
+  if (*prompt_len < 1 || *gen_len < 1 || *budget < 1 || *trace_steps < 1) {
+    return fail(invalid_argument("--prompt-len, --gen-len, --max-batched-tokens and "
+                                 "--trace-steps must be >= 1"),
                 2);
   }
+  const std::string trace_prefix = opts.get("trace");
+  const bool tracing = !trace_prefix.empty();
+  if (tracing && opts.get("device") != "cuda") {
+    return fail(invalid_argument("--trace traces GPU kernels: it needs --device cuda"), 2);
+  }
+  if (tracing && !kernel_trace_built()) return fail(kernel_trace_start(), 2);
 
   std::string command = "dshpc";
   for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
@@ -138,6 +155,20 @@ int run_bench(int argc, char** argv, int first) {
   const RankLayout& layout = job.groups->layout;
   const int gpus_per_replica = layout.tp() * layout.pp();
   const bool on_gpu = backend.name() != "cpu";
+  if (tracing) {
+    if (Status s = kernel_trace_start(); !s.ok()) return fail(s);
+  }
+  // Collects the kernels since `begin` (`steps` steps), prints their summary and writes the
+  // timeline to PREFIX-`name`.json.
+  auto finish_trace = [&](uint64_t begin, int64_t steps, const std::string& name) -> Status {
+    auto trace = kernel_trace_collect(begin);
+    if (!trace.ok()) return trace.status();
+    const std::string path = trace_prefix + "-" + name + ".json";
+    std::printf("\n%s: rank 0's GPU, timeline in %s\n%s", name.c_str(), path.c_str(),
+                format_kernel_trace_summary(summarize_kernel_trace(*trace), steps, 24).c_str());
+    std::fflush(stdout);
+    return write_chrome_trace(*trace, "dshpc bench " + name, path);
+  };
 
   // ---- the device's limits, measured now
   const size_t copy_bytes = *bandwidth_bytes > 0 ? static_cast<size_t>(*bandwidth_bytes)
@@ -180,7 +211,7 @@ int run_bench(int argc, char** argv, int first) {
               "bound tok/s", "of bound");
   for (int64_t batch : *batch_sizes) {
     if (batch < 1) return fail(invalid_argument("--batch-sizes must be positive"), 2);
-    const int64_t context = *prompt_len + *gen_len;
+    const int64_t context = *prompt_len + *gen_len + (tracing ? *trace_steps : 0);
     if (context > config.max_position_embeddings) {
       return fail(invalid_argument("--prompt-len + --gen-len exceeds the model's context"), 2);
     }
@@ -276,6 +307,16 @@ int run_bench(int argc, char** argv, int first) {
                               {"bytes_read_per_step_per_gpu", weights + kv},
                               {"bound_tokens_per_s", bound},
                               {"fraction_of_bound", tokens_per_s / bound}});
+    if (tracing) {
+      const uint64_t begin = kernel_trace_now();
+      for (int64_t t = 0; t < *trace_steps; ++t) {
+        if (!step_all(false, 0)) return fail(resource_exhausted("KV cache exhausted"));
+      }
+      if (Status s = finish_trace(begin, *trace_steps, "decode-b" + std::to_string(batch));
+          !s.ok()) {
+        return fail(s);
+      }
+    }
   }
   result["decode"] = std::move(decode_results);
   if (on_gpu && cuda_backend_built()) {
@@ -302,6 +343,7 @@ int run_bench(int argc, char** argv, int first) {
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
                             {"prefill_attention", paths.prefill_attention},
+                            {"mla_prefill_attention", paths.mla_prefill_attention},
                             {"graph_captures", paths.graph_captures},
                             {"graph_launches", paths.graph_launches},
                             {"moe_small", paths.moe_small},
@@ -350,6 +392,13 @@ int run_bench(int argc, char** argv, int first) {
     run_once();  // warm-up (allocations, cuBLAS heuristics)
     double best = 1e30;
     for (int i = 0; i < 3; ++i) best = std::min(best, run_once());
+    if (tracing) {
+      const uint64_t begin = kernel_trace_now();
+      run_once();
+      if (Status s = finish_trace(begin, 1, "prefill-" + std::to_string(len)); !s.ok()) {
+        return fail(s);
+      }
+    }
     // The output head runs on the last row only.
     const double head = static_cast<double>(config.vocab_size) * config.hidden_size;
     // Every token passes through its own experts only: an MoE prompt's FLOPs are those of its
@@ -382,6 +431,7 @@ int run_bench(int argc, char** argv, int first) {
     std::fprintf(f, "%s\n", json.c_str());
     std::fclose(f);
   }
+  if (tracing) kernel_trace_stop();
   std::fflush(stdout);
   return 0;
 }

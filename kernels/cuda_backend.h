@@ -54,6 +54,7 @@ struct CudaPathCounters {
   int64_t decode_attention = 0;       // attention through the split-key decode kernel
   int64_t decode_attention_wide = 0;  // … of which in the several-keys-a-warp form
   int64_t prefill_attention = 0;      // attention through the tensor-core prefill kernel
+  int64_t mla_prefill_attention = 0;  // MLA attention of a prefill or mixed step, tensor cores
   int64_t graph_captures = 0;         // decode steps captured as CUDA graphs
   int64_t graph_launches = 0;         // decode steps replayed from a graph
   int64_t moe_small = 0;              // MoE layers through the device-only small-step path

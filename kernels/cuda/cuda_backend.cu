@@ -633,6 +633,13 @@ class CudaBackend final : public Backend {
       capture_unusable_ = true;
       return;
     }
+    if (cuda::mla_prefill_attention_supported(q, out, q_heads, cache, dtype_)) {
+      const TileList& tiles = attention_tiles(cuda::mla_prefill_tokens_per_cta(q_heads));
+      cuda::launch_mla_prefill_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads,
+                                         cache, scale, stream_);
+      ++counters_.mla_prefill_attention;
+      return;
+    }
     if (prefill_kernel) {
       const TileList& tiles = attention_tiles(cuda::prefill_attention_rows_per_cta());
       cuda::launch_prefill_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads,

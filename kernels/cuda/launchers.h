@@ -135,6 +135,18 @@ void launch_prefill_attention(const Mat& q, const Mat& out, const PagedSequence*
                               const AttentionTile* tiles, int64_t num_tiles, int64_t q_heads,
                               const PagedKvView& cache, float scale, cudaStream_t stream);
 
+// attention_mla_prefill.cu: MLA's absorbed attention (one cache entry of latent + rope values per
+// token, the value its latent part; 512 + 64 or the tiny fixtures' 64 + 16) for any step, bf16,
+// on the tensor cores. A CTA takes mla_prefill_tokens_per_cta(q_heads) tokens of one sequence
+// (attention_tiles) and up to 64 of their heads; q [tokens, q_heads, head_dim] and out
+// [tokens, q_heads, v_dim] contiguous.
+int mla_prefill_tokens_per_cta(int64_t q_heads);
+bool mla_prefill_attention_supported(const Mat& q, const Mat& out, int64_t q_heads,
+                                     const PagedKvView& cache, DType dtype);
+void launch_mla_prefill_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+                                  const AttentionTile* tiles, int64_t num_tiles, int64_t q_heads,
+                                  const PagedKvView& cache, float scale, cudaStream_t stream);
+
 // gemv.cu: y = x · wᵀ for a few rows of x (decode), bf16 inputs, float32 accumulation, y bf16 or
 // float32; reads each weight once with 16-byte loads. gemv_supported says whether the shapes
 // and alignment allow it (else use gemm).

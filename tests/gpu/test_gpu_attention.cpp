@@ -162,7 +162,13 @@ class GpuAttention : public BackendPair {
     // (the same √(Σ p²v²) that sets the output's size for random v): ~1e-3 rms, and over the
     // ~10^6 outputs of a case ≥ 5 standard deviations at worst; with the output rounding that is
     // three to four bf16 ulps (measured worst 0.0117 = 3.0 ulps on TensorCorePrefillLong).
-    const int roundings = mode == kAligned ? 4 : 1;
+    // MLA's absorbed shapes take their own tensor-core kernel (attention_mla_prefill.cu) in any
+    // bf16 step that is not decode-only, with the same P rounding.
+    const bool bf16 = dtype() == DType::kBF16;
+    const bool mla_kernel =
+        c.mla && bf16 && !decode_only &&
+        ((c.head_dim == 576 && c.v_dim == 512) || (c.head_dim == 80 && c.v_dim == 64));
+    const int roundings = mode == kAligned || mla_kernel ? 4 : 1;
     EXPECT_CLOSE(download_tensor(*gpu_, gpu.out.mat), download_tensor(*cpu_, cpu.out.mat),
                  tol(roundings));
     const CudaPathCounters after = cuda_path_counters(*gpu_);
@@ -170,10 +176,13 @@ class GpuAttention : public BackendPair {
       EXPECT_EQ(after.decode_attention, before.decode_attention + 1)
           << "the step did not take the split-key decode kernel";
     }
-    if (mode == kAligned && dtype() == DType::kBF16) {
+    if (mode == kAligned && bf16 && !c.mla) {
       EXPECT_EQ(after.prefill_attention, before.prefill_attention + 1)
           << "the step did not take the tensor-core prefill kernel";
     }
+    EXPECT_EQ(after.mla_prefill_attention, before.mla_prefill_attention + (mla_kernel ? 1 : 0))
+        << (mla_kernel ? "the step did not take the MLA prefill kernel"
+                       : "the MLA prefill kernel ran");
   }
 };
 
@@ -315,6 +324,26 @@ TEST_P(GpuAttention, TensorCorePrefillLongPromptsAndChunks) {
   // Several 64-row tiles and 64-key tiles, a chunk after a long history, odd lengths.
   run_case({"tc_long", 8, 2, 128, 128, false, 16, 1.0f},
            {{300, 300}, {1000, 129}, {65, 65}, {64, 64}, {200, 1}}, kAligned);
+}
+
+// MLA prefill on the tensor cores (bf16; float32 runs the general kernel): several key tiles of
+// 32 and query tiles of 4 tokens × 16 heads, 1 token × 64 heads (two head blocks at 128 heads),
+// 8 tokens × 8 heads (V2-Lite under tp 2), a chunk after a long history, odd lengths and block
+// sizes, a sharp softmax, and the tiny fixtures' 64 + 16 with 4 heads.
+TEST_P(GpuAttention, MlaPrefillLongPromptsAndChunks) {
+  const std::vector<SequenceShape> long_steps = {
+      {300, 300}, {1000, 129}, {65, 65}, {33, 33}, {200, 1}};
+  run_case({"mla_prefill16", 16, 1, 576, 512, true, 16, 1.0f}, long_steps);
+  run_case({"mla_prefill128", 128, 1, 576, 512, true, 64, 1.0f}, {{130, 130}, {700, 37}, {1, 1}});
+  if (dtype() == DType::kBF16) {
+    // Only for the tensor-core kernel: in float32 (the general kernel) scores 8 times sharper
+    // over 576-term dot products carry relative errors of about 2^-24 · |score| with |score| up
+    // to ~30, which exp turns into output errors beyond kF32Tol's few-ulp argument (5.2e-5
+    // measured; the float32 cases above stay within it).
+    run_case({"mla_prefill8_sharp", 8, 1, 576, 512, true, 7, 8.0f}, long_steps);
+  }
+  run_case({"mla_prefill_tiny", 4, 1, 80, 64, true, 16, 1.0f}, long_steps);
+  run_case({"mla_prefill_heads3", 3, 1, 80, 64, true, 5, 1.0f}, {{97, 97}, {50, 11}});
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, GpuAttention, ::testing::Values(DType::kF32, DType::kBF16),
