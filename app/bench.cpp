@@ -348,6 +348,7 @@ int run_bench(int argc, char** argv, int first) {
                             {"graph_launches", paths.graph_launches},
                             {"moe_small", paths.moe_small},
                             {"moe_mma", paths.moe_mma},
+                            {"moe_grouped", paths.moe_grouped},
                             {"moe_shared_fused", paths.moe_shared_fused},
                             {"gemv_pairs", paths.gemv_pairs},
                             {"mla_prepare", paths.mla_prepare},

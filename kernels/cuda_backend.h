@@ -59,6 +59,7 @@ struct CudaPathCounters {
   int64_t graph_launches = 0;         // decode steps replayed from a graph
   int64_t moe_small = 0;              // MoE layers through the device-only small-step path
   int64_t moe_mma = 0;                // … of which on the tensor-core kernels (bf16)
+  int64_t moe_grouped = 0;            // host-sorted MoE layers in two grouped cuBLAS calls
   int64_t moe_shared_fused = 0;       // … of which with the shared experts in the same launches
   int64_t gemv_pairs = 0;             // two products of one input in one launch (matmul_pair)
   int64_t mla_prepare = 0;            // MLA's steps before the attention in one launch

@@ -63,6 +63,16 @@ size_t align_up(size_t bytes, size_t alignment) {
   return (bytes + alignment - 1) / alignment * alignment;
 }
 
+// The host-sorted MoE path's upload: token_of_row [rows] and row_of_pair [pairs] (int32), then
+// at 8 bytes the grouped products' six pointer arrays of `groups` entries (gate_up's weights,
+// inputs and outputs, then down's).
+size_t moe_index_pointers_offset(int64_t rows, int64_t pairs) {
+  return align_up((rows + pairs) * sizeof(int32_t), sizeof(void*));
+}
+size_t moe_index_bytes(int64_t rows, int64_t pairs, int64_t groups) {
+  return moe_index_pointers_offset(rows, pairs) + 6 * groups * sizeof(void*);
+}
+
 // A switch for comparisons: on unless the variable is "0".
 bool env_enabled(const char* name) {
   const char* env = std::getenv(name);
@@ -251,7 +261,8 @@ class CudaBackend final : public Backend {
     } wanted[] = {
         {&step_device_, metadata, "step metadata"},
         {&sampling_device_, c.logits_rows * sizeof(SamplingRow), "sampling rows"},
-        {&moe_index_, 2 * c.moe_rows * sizeof(int32_t), "MoE permutation"},
+        {&moe_index_, moe_index_bytes(c.moe_rows, c.moe_rows, c.moe_rows),
+         "MoE permutation and grouped-product pointers"},
         {&moe_rows_, c.moe_rows * c.moe_hidden * element, "MoE gathered rows"},
         {&moe_gate_up_, c.moe_rows * 2 * c.moe_inter * element, "MoE gate/up"},
         {&moe_act_, c.moe_rows * c.moe_inter * element, "MoE activations"},
@@ -1038,6 +1049,10 @@ class CudaBackend final : public Backend {
   bool moe_gate_index_enabled_ = env_enabled("DSHPC_MOE_GATE_INDEX");
   // DSHPC_MOE_COMBINE_NORM=0: the residual add and norm after the experts in their own launch.
   bool moe_combine_norm_enabled_ = env_enabled("DSHPC_MOE_COMBINE_NORM");
+  // DSHPC_MOE_GROUPED=0: the host-sorted path's products one cuBLAS call per expert instead of
+  // one grouped call per product.
+  bool moe_grouped_enabled_ = env_enabled("DSHPC_MOE_GROUPED");
+  std::vector<int> moe_group_rows_;  // the grouped call's rows per expert with rows
   // DSHPC_MOE_SHARED_SIDE=0: the shared experts after the router, in the routed experts'
   // launches or as an MLP of their own, instead of beside the router (N: up to N tokens).
   int64_t moe_shared_side_max_tokens_ = moe_shared_side_max_tokens();
@@ -1370,7 +1385,9 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
   for (int64_t e = 0; e < num_local; ++e) moe_counts_[e + 1] += moe_counts_[e];  // → offsets
   const int64_t rows = moe_counts_[num_local];
   if (rows == 0) return;
-  const size_t index_bytes = (rows + pairs) * sizeof(int32_t);
+  int64_t groups = 0;  // experts with rows
+  for (int64_t e = 0; e < num_local; ++e) groups += moe_counts_[e + 1] > moe_counts_[e];
+  const size_t index_bytes = moe_index_bytes(rows, pairs, groups);
   auto* index = static_cast<int32_t*>(moe_index_staging_.acquire(
       index_bytes, watch_.get(), timeout_s_, "a previous expert permutation upload"));
   int32_t* token_of_row = index;
@@ -1386,13 +1403,6 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
       row_of_pair[p] = -1;
     }
   }
-  ensure(moe_index_, index_bytes);
-  DSHPC_CUDA_CHECK(
-      cudaMemcpyAsync(moe_index_.data(), index, index_bytes, cudaMemcpyHostToDevice, stream_));
-  moe_index_staging_.copied(stream_);
-  const int32_t* device_token_of_row = moe_index_.as<int32_t>();
-  const int32_t* device_row_of_pair = device_token_of_row + rows;
-
   int64_t max_inter = 0;
   bool uniform = true;
   for (int64_t e = 0; e < num_local; ++e) {
@@ -1414,7 +1424,55 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
   const Mat act = Mat::of(moe_act_.data(), dtype_, rows, max_inter);
   const Mat expert_out = Mat::of(moe_out_.data(), dtype_, rows, hidden);
 
+  // Each product of every expert in one grouped cuBLAS call where the experts share their
+  // shapes: in long prefills two calls per expert cost more host time than GPU time (64 experts,
+  // 26 layers: a V2-Lite trace at 2048 tokens showed the GPU idle between them).
+  const ExpertWeights& first = local_experts[0];
+  bool grouped = moe_grouped_enabled_ && uniform && groups > 0;
+  for (int64_t e = 0; e < num_local && grouped; ++e) {
+    grouped = local_experts[e].gate_up.stride == first.gate_up.stride &&
+              local_experts[e].down.stride == first.down.stride;
+  }
+  const void** pointers = reinterpret_cast<const void**>(reinterpret_cast<char*>(index) +
+                                                         moe_index_pointers_offset(rows, pairs));
+  moe_group_rows_.clear();
+  for (int64_t e = 0; e < num_local; ++e) {
+    const int64_t begin = moe_counts_[e], n = moe_counts_[e + 1] - moe_counts_[e];
+    if (n == 0) continue;
+    const int64_t g = static_cast<int64_t>(moe_group_rows_.size());
+    moe_group_rows_.push_back(static_cast<int>(n));
+    const void* arrays[6] = {local_experts[e].gate_up.data,    gathered.row_slice(begin, n).data,
+                             gate_up.row_slice(begin, n).data, local_experts[e].down.data,
+                             act.row_slice(begin, n).data,     expert_out.row_slice(begin, n).data};
+    for (int a = 0; a < 6; ++a) pointers[a * groups + g] = arrays[a];
+  }
+  ensure(moe_index_, index_bytes);
+  DSHPC_CUDA_CHECK(
+      cudaMemcpyAsync(moe_index_.data(), index, index_bytes, cudaMemcpyHostToDevice, stream_));
+  moe_index_staging_.copied(stream_);
+  const int32_t* device_token_of_row = moe_index_.as<int32_t>();
+  const int32_t* device_row_of_pair = device_token_of_row + rows;
+
+  const auto* device_pointers = reinterpret_cast<const void* const*>(
+      static_cast<const char*>(moe_index_.data()) + moe_index_pointers_offset(rows, pairs));
+  auto device_array = [&](int a) { return device_pointers + a * groups; };
+  const int count = static_cast<int>(groups);
+
   cuda::launch_gather_rows(x, device_token_of_row, gathered, stream_);
+  if (grouped &&
+      cuda::gemm_grouped(cublas_, dtype_, count, moe_group_rows_.data(), 2 * max_inter, hidden,
+                         device_array(0), first.gate_up.stride, device_array(1), gathered.stride,
+                         const_cast<void* const*>(device_array(2)), gate_up.stride)) {
+    cuda::launch_swiglu(gate_up, act, stream_);
+    DSHPC_CHECK(cuda::gemm_grouped(cublas_, dtype_, count, moe_group_rows_.data(), hidden,
+                                   max_inter, device_array(3), first.down.stride, device_array(4),
+                                   act.stride, const_cast<void* const*>(device_array(5)),
+                                   expert_out.stride))
+        << "moe_experts: cuBLAS took the grouped gate_up product but not the down one";
+    ++counters_.moe_grouped;
+    cuda::launch_moe_combine(expert_out, device_row_of_pair, weights, top_k, nullptr, out, stream_);
+    return;
+  }
   for (int64_t e = 0; e < num_local; ++e) {
     const int64_t begin = moe_counts_[e], n = moe_counts_[e + 1] - moe_counts_[e];
     if (n == 0) continue;

@@ -284,6 +284,13 @@ void launch_sample(const Mat& logits, const SamplingRow* rows, int32_t* ids, cud
 // float32 accumulation. x and w share a type; y is that type or float32.
 void gemm(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y, bool w_transposed,
           bool accumulate);
+// y_g [rows[g], n] = x_g [rows[g], k] · w_gᵀ (w_g [n, k]) for g < count in one cuBLAS call
+// (cublasGemmGroupedBatchedEx), every matrix of type dtype; w, x, y are arrays of count device
+// pointers in device memory, rows a host array. False where cuBLAS does not take the call
+// (nothing was launched): run gemm per problem instead.
+bool gemm_grouped(cublasHandle_t handle, DType dtype, int count, const int* rows, int64_t n,
+                  int64_t k, const void* const* w, int64_t w_stride, const void* const* x,
+                  int64_t x_stride, void* const* y, int64_t y_stride);
 // Backend::matmul_heads in one strided-batched cuBLAS call (one head per batch entry).
 void gemm_heads(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y, int64_t heads,
                 int64_t x_offset, int64_t w_offset, int64_t y_offset, bool w_transposed);

@@ -11,6 +11,7 @@
 // Accumulation is float32 (CUBLAS_COMPUTE_32F, never TF32: the float32 mode is the parity mode),
 // with bf16 or float32 inputs and a bf16 or float32 output.
 #include <climits>
+#include <vector>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launchers.h"
@@ -74,6 +75,28 @@ void gemm_heads(cublasHandle_t handle, const Mat& x, const Mat& w, const Mat& y,
       w_offset, x.data, cuda_type(x.dtype, "x"), as_int(x.stride, "x stride"), x_offset, &beta,
       y.data, cuda_type(y.dtype, "y"), as_int(y.stride, "y stride"), y_offset,
       as_int(heads, "heads"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+bool gemm_grouped(cublasHandle_t handle, DType dtype, int count, const int* rows, int64_t n,
+                  int64_t k, const void* const* w, int64_t w_stride, const void* const* x,
+                  int64_t x_stride, void* const* y, int64_t y_stride) {
+  if (count == 0) return true;
+  // One group per problem (their row counts differ); column-major as in gemm: C[n, rows] =
+  // op(W)[n, k] · X[k, rows].
+  const std::vector<cublasOperation_t> trans_w(count, CUBLAS_OP_T), trans_x(count, CUBLAS_OP_N);
+  const std::vector<int> m_array(count, as_int(n, "n")), k_array(count, as_int(k, "k"));
+  const std::vector<int> lda(count, as_int(w_stride, "w stride")),
+      ldb(count, as_int(x_stride, "x stride")), ldc(count, as_int(y_stride, "y stride"));
+  const std::vector<int> sizes(count, 1);
+  const std::vector<float> alpha(count, 1.0f), beta(count, 0.0f);
+  const cudaDataType_t type = cuda_type(dtype, "grouped product");
+  const cublasStatus_t status = cublasGemmGroupedBatchedEx(
+      handle, trans_w.data(), trans_x.data(), m_array.data(), rows, k_array.data(), alpha.data(), w,
+      type, lda.data(), x, type, ldb.data(), beta.data(), y, type, ldc.data(), count, sizes.data(),
+      CUBLAS_COMPUTE_32F);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  DSHPC_CUBLAS_CHECK(status);
+  return true;
 }
 
 }  // namespace dshpc::cuda

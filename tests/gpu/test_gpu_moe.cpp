@@ -498,7 +498,7 @@ TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
 // (several passes per expert once it has more than 8 rows, 16 on the tensor cores), larger ones
 // the host-sorted path.
 void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t tokens,
-                         bool small_path) {
+                         bool small_path, bool grouped = true) {
   auto values = [gpu_dtype](size_t n, uint32_t seed, float scale = 1.0f) {
     return representable(random_values(n, seed, scale), gpu_dtype);
   };
@@ -549,6 +549,9 @@ void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t to
   // bf16 small steps run on the tensor cores (hidden 256, inter 128 qualify).
   EXPECT_EQ(after.moe_mma - before.moe_mma, small_path && gpu_dtype == DType::kBF16 ? 2 : 0)
       << tokens << " tokens";
+  // Larger steps: both products of every expert in one grouped cuBLAS call each.
+  EXPECT_EQ(after.moe_grouped - before.moe_grouped, small_path || !grouped ? 0 : 2)
+      << tokens << " tokens";
   // bf16: gate_up, swiglu, down and the scatter-add each round once.
   EXPECT_CLOSE(gpu_out, cpu_out, tolerance(gpu_dtype, 4));
   EXPECT_EQ(gpu_out, gpu_again) << "the combine is deterministic";
@@ -571,6 +574,17 @@ TEST_P(GpuMoe, ExpertsOfManyTokensPerExpertOnTheSmallPath) {
 TEST_P(GpuMoe, ExpertsOfALargeStepOnTheHostSortedPath) {
   const int64_t tokens = cuda::kMoeSmallMaxPairs / 4 + 3;  // just over the small path's limit
   experts_of_one_rank(*cpu_, *gpu_, dtype(), tokens, false);
+}
+
+// The host-sorted path with a cuBLAS call per expert and product (DSHPC_MOE_GROUPED=0), as
+// before the grouped calls: the same result.
+TEST_P(GpuMoe, ExpertsOfALargeStepOneCallPerExpert) {
+  {
+    ScopedEnv off("DSHPC_MOE_GROUPED", "0");
+    gpu_ = cuda_backend(dtype());
+  }
+  ASSERT_NE(gpu_, nullptr);
+  experts_of_one_rank(*cpu_, *gpu_, dtype(), cuda::kMoeSmallMaxPairs / 4 + 3, false, false);
 }
 
 // The shared experts in the routed experts' launches (moe_experts_with_shared): bf16 steps of up
