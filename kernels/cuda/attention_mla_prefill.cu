@@ -16,6 +16,12 @@
 // that costs DK/(DK + DV) more products but no exchange through shared memory. The online
 // softmax runs in registers in the log2 domain, and P is rounded to bf16 for P·V, as in
 // attention_prefill.cu (FlashAttention-2's schedule), whose fragment layouts this follows.
+//
+// The split form (kSplit, DSHPC_MLA_PREFILL_SPLIT=1) computes each score once: the two warps of
+// a row group take 16 of the tile's keys each, exchange their rows' maxima and their
+// probabilities through shared memory (a named barrier per pair of warps), and each then
+// multiplies all 32 keys' probabilities into its half of the columns. Their sums of
+// probabilities, each over its own keys, are added at the end.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -50,16 +56,27 @@ struct MlaPrefillArgs {
   float scale_log2;
 };
 
+constexpr int kPPitch = kKeys / 2 + 8;  // a warp's probabilities [16][16], rows 48 bytes apart
+
 template <int DK>
 struct MlaSmem {
   static constexpr int kPitch = DK + kPad;
   static constexpr size_t kQ = size_t{kRows} * kPitch;
   static constexpr size_t kTile = size_t{kKeys} * kPitch;
-  // q | tiles[2] | slots[2][kKeys] (int64)
-  static constexpr size_t kBytes = (kQ + 2 * kTile) * sizeof(bf16) + 2 * kKeys * sizeof(int64_t);
+  // q | tiles[2] | slots[2][kKeys] (int64) | the split form's exchange: a float per warp and
+  // row, then each warp's probabilities
+  static constexpr size_t kExchange = kWarps * 16 * sizeof(float);
+  static constexpr size_t kProbabilities = size_t{kWarps} * 16 * kPPitch * sizeof(bf16);
+  static constexpr size_t kBytes =
+      (kQ + 2 * kTile) * sizeof(bf16) + 2 * kKeys * sizeof(int64_t) + kExchange + kProbabilities;
 };
 
-template <int DK, int DV>
+// The two warps of a row group (w and w + 4) meet: named barrier 1 + group of 64 threads.
+__device__ __forceinline__ void pair_barrier(int group) {
+  asm volatile("bar.sync %0, 64;\n" ::"r"(1 + group) : "memory");
+}
+
+template <int DK, int DV, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaPrefillArgs a) {
   static_assert(DK % 16 == 0 && DV % 32 == 0 && DV <= DK, "MLA prefill shapes");
   pdl_begin();
@@ -71,6 +88,10 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
   bf16* q_s = reinterpret_cast<bf16*>(smem);
   bf16* kv_s = q_s + S::kQ;                                           // [2][kKeys][kPitch]
   int64_t* slot_s = reinterpret_cast<int64_t*>(kv_s + 2 * S::kTile);  // [2][kKeys]
+  float* exchange_s = reinterpret_cast<float*>(slot_s + 2 * kKeys);   // [kWarps][16]
+  bf16* p_s = reinterpret_cast<bf16*>(exchange_s + kWarps * 16);      // [kWarps][16][kPPitch]
+  // The keys of the tile whose scores this warp computes: all, or its half's 16.
+  constexpr int kOwnKeys = kSplit ? kKeys / 2 : kKeys;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -145,12 +166,13 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
     }
     __syncthreads();
     const bf16* kb = kv_s + buffer * S::kTile;
-    const int key0 = it * kKeys;
+    const int own0 = kSplit ? half * kOwnKeys : 0;  // this warp's first key in the tile
+    const int key0 = it * kKeys + own0;
 
-    // S = Q · Kᵀ for the group's 16 rows and the tile's keys (n-tiles of 8 keys).
-    float s[kKeys / 8][4];
+    // S = Q · Kᵀ for the group's 16 rows and this warp's keys (n-tiles of 8 keys).
+    float s[kOwnKeys / 8][4];
 #pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+    for (int j = 0; j < kOwnKeys / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll 4
     for (int kk = 0; kk < DK / 16; ++kk) {
       const int mi = lane >> 3;
@@ -158,9 +180,9 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
       ldmatrix_x4(
           qa, q_s + (group * 16 + (mi & 1) * 8 + (lane & 7)) * kPitch + kk * 16 + (mi >> 1) * 8);
 #pragma unroll
-      for (int j = 0; j < kKeys / 8; j += 2) {
+      for (int j = 0; j < kOwnKeys / 8; j += 2) {
         uint32_t kf[4];
-        const int key = (j + (mi >> 1)) * 8 + (lane & 7);
+        const int key = own0 + (j + (mi >> 1)) * 8 + (lane & 7);
         ldmatrix_x4(kf, kb + key * kPitch + kk * 16 + (mi & 1) * 8);
         mma_16816(s[j], qa, kf[0], kf[1]);
         mma_16816(s[j + 1], qa, kf[2], kf[3]);
@@ -170,7 +192,7 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
     // Mask (causal, past the context, rows that do not exist), scale, online softmax.
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j) {
+    for (int j = 0; j < kOwnKeys / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + j * 8 + 2 * t + (e & 1);
@@ -184,13 +206,27 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
     for (int h = 0; h < 2; ++h) {
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
       tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+    }
+    if constexpr (kSplit) {  // the row maxima over both warps' keys
+      if (t == 0) {
+        exchange_s[warp * 16 + g] = tile_max[0];
+        exchange_s[warp * 16 + g + 8] = tile_max[1];
+      }
+      pair_barrier(group);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], exchange_s[(warp ^ 4) * 16 + g + 8 * h]);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
       const float m_new = fmaxf(m_row[h], tile_max[h]);
       corr[h] = m_new == -INFINITY ? 1.0f : exp2f(m_row[h] - m_new);  // no key seen yet: 1
       m_row[h] = m_new;
     }
     float row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j) {
+    for (int j = 0; j < kOwnKeys / 8; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float m = m_row[e >> 1];
@@ -210,14 +246,38 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
     }
 
     // O += P · V over this warp's columns: P (16 × kKeys) as bf16 A fragments, 16 keys each;
-    // V is the tile's first DV columns.
+    // V is the tile's first DV columns. The split form's other 16 keys' probabilities come from
+    // the partner warp through shared memory.
+    uint32_t partner[4] = {0, 0, 0, 0};
+    if constexpr (kSplit) {
+      bf16* mine = p_s + warp * 16 * kPPitch;
+#pragma unroll
+      for (int j = 0; j < kOwnKeys / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(mine + g * kPPitch + j * 8 + 2 * t) =
+            pack_bf16(s[j][0], s[j][1]);
+        *reinterpret_cast<uint32_t*>(mine + (g + 8) * kPPitch + j * 8 + 2 * t) =
+            pack_bf16(s[j][2], s[j][3]);
+      }
+      pair_barrier(group);
+      const int mi = lane >> 3;
+      ldmatrix_x4(partner,
+                  p_s + ((warp ^ 4) * 16 + (mi & 1) * 8 + (lane & 7)) * kPPitch + (mi >> 1) * 8);
+    }
 #pragma unroll
     for (int kc = 0; kc < kKeys / 16; ++kc) {
       uint32_t pa[4];
-      pa[0] = pack_bf16(s[2 * kc][0], s[2 * kc][1]);
-      pa[1] = pack_bf16(s[2 * kc][2], s[2 * kc][3]);
-      pa[2] = pack_bf16(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-      pa[3] = pack_bf16(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      const int own = kSplit ? 0 : kc;  // this warp's chunk of 16 keys in s
+      if (!kSplit || kc == half) {
+        pa[0] = pack_bf16(s[2 * own][0], s[2 * own][1]);
+        pa[1] = pack_bf16(s[2 * own][2], s[2 * own][3]);
+        pa[2] = pack_bf16(s[2 * own + 1][0], s[2 * own + 1][1]);
+        pa[3] = pack_bf16(s[2 * own + 1][2], s[2 * own + 1][3]);
+      } else {
+        pa[0] = partner[0];
+        pa[1] = partner[1];
+        pa[2] = partner[2];
+        pa[3] = partner[3];
+      }
       const int mi = lane >> 3;
       const bf16* v_rows = kb + (kc * 16 + (mi & 1) * 8 + (lane & 7)) * kPitch + half * kHalf;
 #pragma unroll
@@ -237,6 +297,15 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
     l_row[h] += __shfl_xor_sync(0xffffffffu, l_row[h], 1);
     l_row[h] += __shfl_xor_sync(0xffffffffu, l_row[h], 2);
   }
+  if constexpr (kSplit) {  // each warp summed its own keys' probabilities
+    if (t == 0) {
+      exchange_s[warp * 16 + g] = l_row[0];
+      exchange_s[warp * 16 + g + 8] = l_row[1];
+    }
+    pair_barrier(group);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) l_row[h] += exchange_s[(warp ^ 4) * 16 + g + 8 * h];
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = row0 + 8 * h;
@@ -251,19 +320,19 @@ __global__ void __launch_bounds__(kThreads, 1) mla_prefill_attention_kernel(MlaP
   }
 }
 
-template <int DK, int DV>
+template <int DK, int DV, bool kSplit>
 void launch(const MlaPrefillArgs& args, int64_t num_tiles, int head_blocks, cudaStream_t stream) {
   const size_t smem = MlaSmem<DK>::kBytes;
   static const bool configured = [&] {
-    DSHPC_CUDA_CHECK(cudaFuncSetAttribute(mla_prefill_attention_kernel<DK, DV>,
+    DSHPC_CUDA_CHECK(cudaFuncSetAttribute(mla_prefill_attention_kernel<DK, DV, kSplit>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned int>(num_tiles), static_cast<unsigned int>(head_blocks));
-  launch_pdl("mla_prefill_attention_kernel", mla_prefill_attention_kernel<DK, DV>, grid, kThreads,
-             smem, stream, args);
+  launch_pdl("mla_prefill_attention_kernel", mla_prefill_attention_kernel<DK, DV, kSplit>, grid,
+             kThreads, smem, stream, args);
   DSHPC_CUDA_LAUNCH_CHECK("mla_prefill_attention_kernel");
 }
 
@@ -291,7 +360,8 @@ bool mla_prefill_attention_supported(const Mat& q, const Mat& out, int64_t q_hea
 
 void launch_mla_prefill_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                                   const AttentionTile* tiles, int64_t num_tiles, int64_t q_heads,
-                                  const PagedKvView& cache, float scale, cudaStream_t stream) {
+                                  const PagedKvView& cache, float scale, bool split,
+                                  cudaStream_t stream) {
   if (num_tiles == 0) return;
   DSHPC_CHECK(mla_prefill_attention_supported(q, out, q_heads, cache, q.dtype))
       << "MLA prefill attention: unsupported shape (q [" << q.rows << ", " << q.cols << "], "
@@ -312,10 +382,13 @@ void launch_mla_prefill_attention(const Mat& q, const Mat& out, const PagedSeque
   args.tokens_per_cta = mla_prefill_tokens_per_cta(q_heads);
   args.block_size = static_cast<int>(cache.block_size);
   args.scale_log2 = scale * kLog2e;
+  const int blocks = static_cast<int>(head_blocks);
   if (cache.v_dim == 512) {
-    launch<576, 512>(args, num_tiles, static_cast<int>(head_blocks), stream);
+    split ? launch<576, 512, true>(args, num_tiles, blocks, stream)
+          : launch<576, 512, false>(args, num_tiles, blocks, stream);
   } else {
-    launch<80, 64>(args, num_tiles, static_cast<int>(head_blocks), stream);
+    split ? launch<80, 64, true>(args, num_tiles, blocks, stream)
+          : launch<80, 64, false>(args, num_tiles, blocks, stream);
   }
 }
 

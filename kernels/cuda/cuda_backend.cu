@@ -647,7 +647,7 @@ class CudaBackend final : public Backend {
     if (cuda::mla_prefill_attention_supported(q, out, q_heads, cache, dtype_)) {
       const TileList& tiles = attention_tiles(cuda::mla_prefill_tokens_per_cta(q_heads));
       cuda::launch_mla_prefill_attention(q, out, step.sequences, tiles.device, tiles.count, q_heads,
-                                         cache, scale, stream_);
+                                         cache, scale, mla_prefill_split_, stream_);
       ++counters_.mla_prefill_attention;
       return;
     }
@@ -1052,6 +1052,11 @@ class CudaBackend final : public Backend {
   // DSHPC_MOE_GROUPED=0: the host-sorted path's products one cuBLAS call per expert instead of
   // one grouped call per product.
   bool moe_grouped_enabled_ = env_enabled("DSHPC_MOE_GROUPED");
+  // DSHPC_MLA_PREFILL_SPLIT=1: the MLA prefill kernel's split form (attention_mla_prefill.cu).
+  bool mla_prefill_split_ = [] {
+    const char* env = std::getenv("DSHPC_MLA_PREFILL_SPLIT");
+    return env != nullptr && std::string(env) == "1";
+  }();
   std::vector<int> moe_group_rows_;  // the grouped call's rows per expert with rows
   // DSHPC_MOE_SHARED_SIDE=0: the shared experts after the router, in the routed experts'
   // launches or as an MLP of their own, instead of beside the router (N: up to N tokens).

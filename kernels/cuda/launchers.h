@@ -143,9 +143,11 @@ void launch_prefill_attention(const Mat& q, const Mat& out, const PagedSequence*
 int mla_prefill_tokens_per_cta(int64_t q_heads);
 bool mla_prefill_attention_supported(const Mat& q, const Mat& out, int64_t q_heads,
                                      const PagedKvView& cache, DType dtype);
+// split: each score computed once, shared between the two warps of a row group.
 void launch_mla_prefill_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                                   const AttentionTile* tiles, int64_t num_tiles, int64_t q_heads,
-                                  const PagedKvView& cache, float scale, cudaStream_t stream);
+                                  const PagedKvView& cache, float scale, bool split,
+                                  cudaStream_t stream);
 
 // gemv.cu: y = x · wᵀ for a few rows of x (decode), bf16 inputs, float32 accumulation, y bf16 or
 // float32; reads each weight once with 16-byte loads. gemv_supported says whether the shapes

@@ -346,6 +346,22 @@ TEST_P(GpuAttention, MlaPrefillLongPromptsAndChunks) {
   run_case({"mla_prefill_heads3", 3, 1, 80, 64, true, 5, 1.0f}, {{97, 97}, {50, 11}});
 }
 
+// The same cases on the kernel's split form (each score computed by one warp of a row group).
+TEST_P(GpuAttention, MlaPrefillSplitForm) {
+  {
+    ScopedEnv split("DSHPC_MLA_PREFILL_SPLIT", "1");
+    gpu_ = cuda_backend(dtype());
+  }
+  ASSERT_NE(gpu_, nullptr);
+  run_case({"split_mla16", 16, 1, 576, 512, true, 16, 1.0f},
+           {{300, 300}, {1000, 129}, {65, 65}, {33, 33}, {200, 1}});
+  run_case({"split_mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{130, 130}, {700, 37}, {1, 1}});
+  run_case({"split_tiny", 4, 1, 80, 64, true, 16, 1.0f}, kMixedStep);
+  if (dtype() == DType::kBF16) {  // float32: see MlaPrefillLongPromptsAndChunks
+    run_case({"split_sharp", 8, 1, 576, 512, true, 7, 8.0f}, {{300, 300}, {1000, 129}});
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, GpuAttention, ::testing::Values(DType::kF32, DType::kBF16),
                          dtype_param_name);
 
