@@ -12,16 +12,16 @@
 //
 // Eight warps: warp w computes the scores S = Q·Kᵀ of rows 16 (w mod 4) … +16 for the tile, and
 // accumulates O += P·V for half of the output columns, (w div 4) · DV/2 … +DV/2, in float32
-// registers (128 a thread for DV = 512). Both warps of a row group compute the same scores:
-// that costs DK/(DK + DV) more products but no exchange through shared memory. The online
+// registers (128 a thread for DV = 512). In the first form both warps of a row group compute
+// the same scores: DK/(DK + DV) more products, but no exchange through shared memory. The online
 // softmax runs in registers in the log2 domain, and P is rounded to bf16 for P·V, as in
 // attention_prefill.cu (FlashAttention-2's schedule), whose fragment layouts this follows.
 //
-// The split form (kSplit, DSHPC_MLA_PREFILL_SPLIT=1) computes each score once: the two warps of
-// a row group take 16 of the tile's keys each, exchange their rows' maxima and their
-// probabilities through shared memory (a named barrier per pair of warps), and each then
-// multiplies all 32 keys' probabilities into its half of the columns. Their sums of
-// probabilities, each over its own keys, are added at the end.
+// The split form (kSplit, the default; DSHPC_MLA_PREFILL_SPLIT=0 selects the first) computes
+// each score once: the two warps of a row group take 16 of the tile's keys each, exchange their
+// rows' maxima and their probabilities through shared memory (a named barrier per pair of
+// warps), and each then multiplies all 32 keys' probabilities into its half of the columns.
+// Their sums of probabilities, each over its own keys, are added at the end.
 #include <cuda_bf16.h>
 
 #include <algorithm>

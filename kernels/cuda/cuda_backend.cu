@@ -1052,11 +1052,11 @@ class CudaBackend final : public Backend {
   // DSHPC_MOE_GROUPED=0: the host-sorted path's products one cuBLAS call per expert instead of
   // one grouped call per product.
   bool moe_grouped_enabled_ = env_enabled("DSHPC_MOE_GROUPED");
-  // DSHPC_MLA_PREFILL_SPLIT=1: the MLA prefill kernel's split form (attention_mla_prefill.cu).
-  bool mla_prefill_split_ = [] {
-    const char* env = std::getenv("DSHPC_MLA_PREFILL_SPLIT");
-    return env != nullptr && std::string(env) == "1";
-  }();
+  // DSHPC_MLA_PREFILL_SPLIT=0: the MLA prefill kernel's first form, every score computed by both
+  // warps of its row group (attention_mla_prefill.cu). The split form measured 50.1 and 50.6 ms
+  // for V2-Lite's 2048-token prefill against 53.6 and 53.7, and 13.9 and 14.4 ms against 14.3
+  // and 14.2 at 512 (one H200, same build, session 9).
+  bool mla_prefill_split_ = env_enabled("DSHPC_MLA_PREFILL_SPLIT");
   std::vector<int> moe_group_rows_;  // the grouped call's rows per expert with rows
   // DSHPC_MOE_SHARED_SIDE=0: the shared experts after the router, in the routed experts'
   // launches or as an MLP of their own, instead of beside the router (N: up to N tokens).

@@ -346,19 +346,20 @@ TEST_P(GpuAttention, MlaPrefillLongPromptsAndChunks) {
   run_case({"mla_prefill_heads3", 3, 1, 80, 64, true, 5, 1.0f}, {{97, 97}, {50, 11}});
 }
 
-// The same cases on the kernel's split form (each score computed by one warp of a row group).
-TEST_P(GpuAttention, MlaPrefillSplitForm) {
+// The same cases on the kernel's first form (each score computed by both warps of a row group;
+// the split form is the default).
+TEST_P(GpuAttention, MlaPrefillFirstForm) {
   {
-    ScopedEnv split("DSHPC_MLA_PREFILL_SPLIT", "1");
+    ScopedEnv split("DSHPC_MLA_PREFILL_SPLIT", "0");
     gpu_ = cuda_backend(dtype());
   }
   ASSERT_NE(gpu_, nullptr);
-  run_case({"split_mla16", 16, 1, 576, 512, true, 16, 1.0f},
+  run_case({"first_mla16", 16, 1, 576, 512, true, 16, 1.0f},
            {{300, 300}, {1000, 129}, {65, 65}, {33, 33}, {200, 1}});
-  run_case({"split_mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{130, 130}, {700, 37}, {1, 1}});
-  run_case({"split_tiny", 4, 1, 80, 64, true, 16, 1.0f}, kMixedStep);
+  run_case({"first_mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{130, 130}, {700, 37}, {1, 1}});
+  run_case({"first_tiny", 4, 1, 80, 64, true, 16, 1.0f}, kMixedStep);
   if (dtype() == DType::kBF16) {  // float32: see MlaPrefillLongPromptsAndChunks
-    run_case({"split_sharp", 8, 1, 576, 512, true, 7, 8.0f}, {{300, 300}, {1000, 129}});
+    run_case({"first_sharp", 8, 1, 576, 512, true, 7, 8.0f}, {{300, 300}, {1000, 129}});
   }
 }
 
