@@ -29,6 +29,10 @@ uint64_t kernel_trace_now() {
   return 0;
 }
 
+uint64_t kernel_trace_begin() {
+  return 0;
+}
+
 StatusOr<KernelTrace> kernel_trace_collect(uint64_t) {
   return kernel_trace_start();
 }

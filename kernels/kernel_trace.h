@@ -31,15 +31,19 @@ bool kernel_trace_built();
 // keeps kernels of different streams concurrent). Records cost device memory and a little time
 // per kernel, so figures of a traced run are not figures of record.
 Status kernel_trace_start();
-// CUPTI's clock now, in ns: taken before the work to trace, it starts a window.
+// CUPTI's clock now, in ns.
 uint64_t kernel_trace_now();
+// Starts a window: waits for the device, drops every record so far (and any count of records
+// CUPTI lost) and returns the window's start (kernel_trace_now).
+uint64_t kernel_trace_begin();
 struct KernelTrace {
   uint64_t begin_ns = 0;
   uint64_t end_ns = 0;                // after the device finished the window's work
   std::vector<KernelRecord> records;  // in start order
 };
 // Waits for the device, flushes CUPTI's buffers and returns the kernels that started since
-// begin_ns; earlier records are dropped.
+// begin_ns; earlier records are dropped. An error if CUPTI lost records since the last
+// kernel_trace_begin (its buffers were full).
 StatusOr<KernelTrace> kernel_trace_collect(uint64_t begin_ns);
 // Stops recording (records not yet collected are dropped).
 void kernel_trace_stop();
@@ -58,11 +62,13 @@ struct KernelStat {
 };
 
 // What a window of kernels shows. Kernels are taken in order of their ends; a kernel's exclusive
-// time is the part of it after every earlier-ending kernel ended: the time it added to the
-// GPU's busy time, which the exclusive times add up to. A kernel launched early (programmatic
+// time is the part of it that no earlier-ending kernel covers: the time it added to the GPU's
+// busy time, which the exclusive times add up to. A kernel launched early (programmatic
 // dependent launch) starts before its predecessor ends and waits: its duration counts that wait,
-// its exclusive time does not. A kernel that runs beside a longer one on another stream adds
-// nothing. (Stream ids are not summarised: a graph's kernels run on streams of the driver's.)
+// its exclusive time does not. Where kernels of two streams overlap, the overlap goes to the one
+// that ends first, so a long kernel with shorter ones beside it is charged only for the time
+// they leave uncovered. (Stream ids are not summarised: a graph's kernels run on streams of the
+// driver's.)
 struct KernelTraceSummary {
   double window_ns = 0;  // end_ns − begin_ns
   double busy_ns = 0;    // some kernel running

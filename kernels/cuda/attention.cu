@@ -21,6 +21,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/pdl.h"
@@ -244,13 +245,6 @@ __global__ void __launch_bounds__(kThreads) paged_attention_kernel(AttentionArgs
       }
     }
   }
-}
-
-int max_dynamic_smem() {
-  int device = 0, bytes = 0;
-  DSHPC_CUDA_CHECK(cudaGetDevice(&device));
-  DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/pdl.h"
@@ -39,7 +40,9 @@ constexpr int kRows = 64;  // query rows (token, head) of a CTA
 constexpr int kKeys = 32;  // keys of a tile
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kPad = 8;  // elements: a row pitch of 16 mod 128 bytes keeps ldmatrix conflict-free
+// Rows padded by 8 elements: a pitch that is an odd multiple of 16 bytes (1,168 for DK = 576, 176
+// for 80) puts the eight rows of an ldmatrix in distinct banks.
+constexpr int kPad = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct MlaPrefillArgs {
@@ -350,9 +353,13 @@ bool mla_prefill_attention_supported(const Mat& q, const Mat& out, int64_t q_hea
                                      const PagedKvView& cache, DType dtype) {
   const int64_t latent = cache.v_dim, rope = cache.head_dim - cache.v_dim;
   const bool shape = (latent == 512 && rope == 64) || (latent == 64 && rope == 16);
-  return shape && dtype == DType::kBF16 && q.dtype == DType::kBF16 && out.dtype == DType::kBF16 &&
-         cache.kv_heads == 1 && cache.v == cache.k &&
-         cache.v_token_stride == cache.k_token_stride && q_heads >= 1 &&
+  // 153 KiB for 512 + 64: more than sm_86 and sm_89 give a block (99 KiB); they keep the
+  // general kernel.
+  static const int smem_limit = max_dynamic_smem();
+  const size_t smem = latent == 512 ? MlaSmem<576>::kBytes : MlaSmem<80>::kBytes;
+  return shape && static_cast<size_t>(smem_limit) >= smem && dtype == DType::kBF16 &&
+         q.dtype == DType::kBF16 && out.dtype == DType::kBF16 && cache.kv_heads == 1 &&
+         cache.v == cache.k && cache.v_token_stride == cache.k_token_stride && q_heads >= 1 &&
          q.cols == q_heads * cache.head_dim && q.contiguous() && out.cols == q_heads * latent &&
          out.contiguous() && out.rows == q.rows && aligned_to(q.data, 16) &&
          aligned_to(out.data, 16) && aligned_to(cache.k, 16) && cache.k_token_stride % 8 == 0;

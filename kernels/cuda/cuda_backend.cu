@@ -1436,7 +1436,8 @@ void CudaBackend::moe_experts(const Mat& x, const int32_t* expert_ids, const flo
   bool grouped = moe_grouped_enabled_ && uniform && groups > 0;
   for (int64_t e = 0; e < num_local && grouped; ++e) {
     grouped = local_experts[e].gate_up.stride == first.gate_up.stride &&
-              local_experts[e].down.stride == first.down.stride;
+              local_experts[e].down.stride == first.down.stride &&
+              local_experts[e].gate_up.dtype == dtype_ && local_experts[e].down.dtype == dtype_;
   }
   const void** pointers = reinterpret_cast<const void**>(reinterpret_cast<char*>(index) +
                                                          moe_index_pointers_offset(rows, pairs));

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/pdl.h"
 
@@ -36,6 +37,13 @@ bool pdl_enabled() {
     return env == nullptr || std::string(env) != "0";
   }();
   return enabled;
+}
+
+int max_dynamic_smem() {
+  int device = 0, bytes = 0;
+  DSHPC_CUDA_CHECK(cudaGetDevice(&device));
+  DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
 }
 
 }  // namespace dshpc::cuda

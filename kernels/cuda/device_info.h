@@ -9,5 +9,7 @@ namespace dshpc::cuda {
 int visible_device_count();
 // "NVIDIA H200 (sm_90, 139.8 GiB)" for a device index; empty when unavailable.
 std::string device_description(int device);
+// Shared memory a block may opt in to on the current device, in bytes.
+int max_dynamic_smem();
 
 }  // namespace dshpc::cuda

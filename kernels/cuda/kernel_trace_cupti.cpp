@@ -83,10 +83,6 @@ Status kernel_trace_start() {
   Store& s = store();
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.on) return ok_status();
-  // Kernels of captured graphs are recorded on the device first: room for a long window.
-  size_t device_bytes = size_t{32} << 20;
-  size_t value_size = sizeof device_bytes;
-  cuptiActivitySetAttribute(CUPTI_ACTIVITY_ATTR_DEVICE_BUFFER_SIZE, &value_size, &device_bytes);
   CUptiResult r = cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed);
   if (r != CUPTI_SUCCESS) return unavailable(cupti_error("registering buffers", r));
   r = cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
@@ -101,6 +97,16 @@ uint64_t kernel_trace_now() {
   uint64_t t = 0;
   cuptiGetTimestamp(&t);
   return t;
+}
+
+uint64_t kernel_trace_begin() {
+  Store& s = store();
+  cudaDeviceSynchronize();
+  cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.records.clear();
+  s.dropped = 0;
+  return kernel_trace_now();
 }
 
 StatusOr<KernelTrace> kernel_trace_collect(uint64_t begin_ns) {
@@ -122,7 +128,7 @@ StatusOr<KernelTrace> kernel_trace_collect(uint64_t begin_ns) {
     s.dropped = 0;
     s.records.clear();
     return resource_exhausted("kernel trace: CUPTI dropped " + std::to_string(dropped) +
-                              " kernel records (buffers full); trace a shorter window");
+                              " kernel records (buffers full); trace fewer steps");
   }
   KernelTrace window;
   window.begin_ns = begin_ns;

@@ -81,6 +81,7 @@ bool gemm_grouped(cublasHandle_t handle, DType dtype, int count, const int* rows
                   int64_t k, const void* const* w, int64_t w_stride, const void* const* x,
                   int64_t x_stride, void* const* y, int64_t y_stride) {
   if (count == 0) return true;
+#if CUBLAS_VERSION >= 120500  // cublasGemmGroupedBatchedEx came with cuBLAS 12.5
   // One group per problem (their row counts differ); column-major as in gemm: C[n, rows] =
   // op(W)[n, k] · X[k, rows].
   const std::vector<cublasOperation_t> trans_w(count, CUBLAS_OP_T), trans_x(count, CUBLAS_OP_N);
@@ -97,6 +98,9 @@ bool gemm_grouped(cublasHandle_t handle, DType dtype, int count, const int* rows
   if (status == CUBLAS_STATUS_NOT_SUPPORTED) return false;
   DSHPC_CUBLAS_CHECK(status);
   return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace dshpc::cuda

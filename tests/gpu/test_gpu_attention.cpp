@@ -343,6 +343,8 @@ TEST_P(GpuAttention, MlaPrefillLongPromptsAndChunks) {
     run_case({"mla_prefill8_sharp", 8, 1, 576, 512, true, 7, 8.0f}, long_steps);
   }
   run_case({"mla_prefill_tiny", 4, 1, 80, 64, true, 16, 1.0f}, long_steps);
+  // 96 heads: two head blocks, the second with 32 of its 64 rows past the last head.
+  run_case({"mla_prefill96", 96, 1, 576, 512, true, 16, 1.0f}, {{70, 70}, {130, 9}});
   run_case({"mla_prefill_heads3", 3, 1, 80, 64, true, 5, 1.0f}, {{97, 97}, {50, 11}});
 }
 

@@ -498,7 +498,7 @@ TEST_P(GpuMoe, NoauxMasksDroppedGroupsWithMinusInfinity) {
 // (several passes per expert once it has more than 8 rows, 16 on the tensor cores), larger ones
 // the host-sorted path.
 void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t tokens,
-                         bool small_path, bool grouped = true) {
+                         bool small_path, bool grouped = true, int32_t idle_expert = -1) {
   auto values = [gpu_dtype](size_t n, uint32_t seed, float scale = 1.0f) {
     return representable(random_values(n, seed, scale), gpu_dtype);
   };
@@ -509,7 +509,9 @@ void experts_of_one_rank(Backend& cpu, Backend& gpu, DType gpu_dtype, int64_t to
   for (int64_t t = 0; t < tokens; ++t) {
     std::vector<int32_t> experts(total);
     std::iota(experts.begin(), experts.end(), 0);
-    std::shuffle(experts.begin(), experts.end(), rng);
+    // idle_expert ≥ 0: no token picks it (moved to the end, past the top_k chosen)
+    if (idle_expert >= 0) std::swap(experts[idle_expert], experts[total - 1]);
+    std::shuffle(experts.begin(), experts.end() - (idle_expert >= 0 ? 1 : 0), rng);
     for (int64_t j = 0; j < top_k; ++j) {
       ids[t * top_k + j] = experts[j];
       weights[t * top_k + j] = 0.1f + 0.2f * static_cast<float>(j);
@@ -574,6 +576,12 @@ TEST_P(GpuMoe, ExpertsOfManyTokensPerExpertOnTheSmallPath) {
 TEST_P(GpuMoe, ExpertsOfALargeStepOnTheHostSortedPath) {
   const int64_t tokens = cuda::kMoeSmallMaxPairs / 4 + 3;  // just over the small path's limit
   experts_of_one_rank(*cpu_, *gpu_, dtype(), tokens, false);
+}
+
+// A local expert no token chose (local index 2): the grouped calls skip it, so its neighbours'
+// rows must still reach theirs.
+TEST_P(GpuMoe, ExpertsOfALargeStepWithAnIdleExpert) {
+  experts_of_one_rank(*cpu_, *gpu_, dtype(), cuda::kMoeSmallMaxPairs / 4 + 3, false, true, 6);
 }
 
 // The host-sorted path with a cuBLAS call per expert and product (DSHPC_MOE_GROUPED=0), as
