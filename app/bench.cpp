@@ -40,8 +40,8 @@ std::vector<OptionSpec> options_table() {
       {"trace", "PREFIX",
        "after each timed run, trace rank 0's kernels over --trace-steps more decode steps (one "
        "more prompt for prefill): a summary per kernel, and PREFIX-decode-bN.json / "
-       "PREFIX-prefill-N.json for chrome://tracing or ui.perfetto.dev (needs CUPTI; tracing "
-       "slows the timed runs a little)",
+       "PREFIX-prefill-N.json for chrome://tracing or ui.perfetto.dev (needs CUPTI; the timed "
+       "runs then include CUPTI's cost, about 20 % at V2-Lite batch 1)",
        ""},
       {"trace-steps", "N", "decode steps in each trace", "8"},
   };
