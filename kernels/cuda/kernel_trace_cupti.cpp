@@ -99,10 +99,25 @@ uint64_t kernel_trace_now() {
   return t;
 }
 
+namespace {
+
+// Waits for the device, then has CUPTI hand over every record it holds (buffer_completed).
+Status settle() {
+  const cudaError_t synced = cudaDeviceSynchronize();
+  if (synced != cudaSuccess) {
+    return internal_error(std::string("kernel trace: cudaDeviceSynchronize: ") +
+                          cudaGetErrorString(synced));
+  }
+  const CUptiResult r = cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  if (r != CUPTI_SUCCESS) return internal_error(cupti_error("flushing", r));
+  return ok_status();
+}
+
+}  // namespace
+
 uint64_t kernel_trace_begin() {
   Store& s = store();
-  cudaDeviceSynchronize();
-  cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  (void)settle();  // a failure here shows again in kernel_trace_collect
   std::lock_guard<std::mutex> lock(s.mu);
   s.records.clear();
   s.dropped = 0;
@@ -115,13 +130,7 @@ StatusOr<KernelTrace> kernel_trace_collect(uint64_t begin_ns) {
     std::lock_guard<std::mutex> lock(s.mu);
     if (!s.on) return unavailable("kernel trace: not started (kernel_trace_start)");
   }
-  const cudaError_t synced = cudaDeviceSynchronize();
-  if (synced != cudaSuccess) {
-    return internal_error(std::string("kernel trace: cudaDeviceSynchronize: ") +
-                          cudaGetErrorString(synced));
-  }
-  const CUptiResult r = cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
-  if (r != CUPTI_SUCCESS) return internal_error(cupti_error("flushing", r));
+  if (Status settled = settle(); !settled.ok()) return settled;
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.dropped > 0) {
     const size_t dropped = s.dropped;

@@ -330,11 +330,14 @@ TEST_P(GpuAttention, TensorCorePrefillLongPromptsAndChunks) {
 // 32 and query tiles of 4 tokens × 16 heads, 1 token × 64 heads (two head blocks at 128 heads),
 // 8 tokens × 8 heads (V2-Lite under tp 2), a chunk after a long history, odd lengths and block
 // sizes, a sharp softmax, and the tiny fixtures' 64 + 16 with 4 heads.
+const std::vector<SequenceShape> kMlaLongSteps = {
+    {300, 300}, {1000, 129}, {65, 65}, {33, 33}, {200, 1}};
+const std::vector<SequenceShape> kMlaAllHeadsSteps = {{130, 130}, {700, 37}, {1, 1}};
+
 TEST_P(GpuAttention, MlaPrefillLongPromptsAndChunks) {
-  const std::vector<SequenceShape> long_steps = {
-      {300, 300}, {1000, 129}, {65, 65}, {33, 33}, {200, 1}};
+  const std::vector<SequenceShape>& long_steps = kMlaLongSteps;
   run_case({"mla_prefill16", 16, 1, 576, 512, true, 16, 1.0f}, long_steps);
-  run_case({"mla_prefill128", 128, 1, 576, 512, true, 64, 1.0f}, {{130, 130}, {700, 37}, {1, 1}});
+  run_case({"mla_prefill128", 128, 1, 576, 512, true, 64, 1.0f}, kMlaAllHeadsSteps);
   if (dtype() == DType::kBF16) {
     // Only for the tensor-core kernel: in float32 (the general kernel) scores 8 times sharper
     // over 576-term dot products carry relative errors of about 2^-24 · |score| with |score| up
@@ -356,9 +359,8 @@ TEST_P(GpuAttention, MlaPrefillFirstForm) {
     gpu_ = cuda_backend(dtype());
   }
   ASSERT_NE(gpu_, nullptr);
-  run_case({"first_mla16", 16, 1, 576, 512, true, 16, 1.0f},
-           {{300, 300}, {1000, 129}, {65, 65}, {33, 33}, {200, 1}});
-  run_case({"first_mla128", 128, 1, 576, 512, true, 64, 1.0f}, {{130, 130}, {700, 37}, {1, 1}});
+  run_case({"first_mla16", 16, 1, 576, 512, true, 16, 1.0f}, kMlaLongSteps);
+  run_case({"first_mla128", 128, 1, 576, 512, true, 64, 1.0f}, kMlaAllHeadsSteps);
   run_case({"first_tiny", 4, 1, 80, 64, true, 16, 1.0f}, kMixedStep);
   if (dtype() == DType::kBF16) {  // float32: see MlaPrefillLongPromptsAndChunks
     run_case({"first_sharp", 8, 1, 576, 512, true, 7, 8.0f}, {{300, 300}, {1000, 129}});
