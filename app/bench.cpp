@@ -332,7 +332,8 @@ int run_bench(int argc, char** argv, int first) {
         "\nrank 0 paths: %lld gemv products, %lld split-key decode attentions, %lld graph "
         "captures, %lld graph replays, %lld device-side MoE layers (%lld on tensor cores); fused "
         "launches: %lld product pairs, %lld MLA prepares, %lld MLA value projections, %lld MoE "
-        "gates (%lld with the norm, %lld building the experts' index), %lld MoE layers ending "
+        "gates (%lld with the norm, %lld building the experts' index, %lld as one cluster), "
+        "%lld MoE layers ending "
         "with the next norm, %lld per-head products, %lld sliced argmaxes, %lld decode "
         "attentions in the several-keys-a-warp form, %lld MoE layers with the shared experts "
         "beside the router\n",
@@ -342,6 +343,7 @@ int run_bench(int argc, char** argv, int first) {
         static_cast<long long>(paths.gemv_pairs), static_cast<long long>(paths.mla_prepare),
         static_cast<long long>(paths.mla_values), static_cast<long long>(paths.moe_gate),
         static_cast<long long>(paths.moe_gate_norm), static_cast<long long>(paths.moe_gate_index),
+        static_cast<long long>(paths.moe_gate_cluster),
         static_cast<long long>(paths.moe_combine_norm), static_cast<long long>(paths.gemv_heads),
         static_cast<long long>(paths.argmax_sliced),
         static_cast<long long>(paths.decode_attention_wide),
@@ -362,6 +364,7 @@ int run_bench(int argc, char** argv, int first) {
                             {"moe_gate", paths.moe_gate},
                             {"moe_gate_norm", paths.moe_gate_norm},
                             {"moe_gate_index", paths.moe_gate_index},
+                            {"moe_gate_cluster", paths.moe_gate_cluster},
                             {"moe_combine_norm", paths.moe_combine_norm},
                             {"argmax_sliced", paths.argmax_sliced},
                             {"gemv_heads", paths.gemv_heads},

@@ -67,6 +67,7 @@ struct CudaPathCounters {
   int64_t mla_values = 0;             // MLA's value projection in the attention's last launch
   int64_t moe_gate_norm = 0;          // … of which with the add_rmsnorm before them, same launch
   int64_t moe_gate_index = 0;         // MoE layers whose experts' index the gate's launch built
+  int64_t moe_gate_cluster = 0;       // gates run as one thread block cluster
   int64_t argmax_sliced = 0;          // argmaxes of a few rows over many CTAs each
   int64_t moe_combine_norm = 0;       // MoE layers ending in one launch with the next layer's norm
   int64_t gemv_heads = 0;             // per-head products (matmul_heads) through the few-row kernel

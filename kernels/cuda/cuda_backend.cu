@@ -113,6 +113,7 @@ class CudaBackend final : public Backend {
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
     cublas_ = make_cublas(stream_, cublas_workspace_);
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
+    clusters_ = cuda::cluster_launch_supported();
     gate_done_ = allocate(sizeof(unsigned int));
     DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
     argmax_partial_ = allocate(cuda::kArgmaxPartialBytes);
@@ -952,6 +953,7 @@ class CudaBackend final : public Backend {
   uint64_t step_generation_ = 0;
   std::vector<TileList> tile_lists_;
   int num_sms_ = 1;
+  bool clusters_ = false;     // the device launches thread block clusters
   bool decode_step_ = false;  // every sequence of the step has one new token
   int64_t max_context_ = 0;
   DeviceBuffer decode_partial_;  // split-key partial results of decode attention
@@ -1043,6 +1045,9 @@ class CudaBackend final : public Backend {
   bool gemv_heads_enabled_ = env_enabled("DSHPC_GEMV_HEADS");
   bool mla_prepare_enabled_ = env_enabled("DSHPC_MLA_PREPARE");
   bool moe_gate_enabled_ = env_enabled("DSHPC_MOE_GATE");
+  // DSHPC_MOE_GATE_CLUSTER=0: small routers' gate as one CTA routing after the others (a device
+  // counter) rather than as one thread block cluster (launch_moe_gate).
+  bool moe_gate_cluster_enabled_ = env_enabled("DSHPC_MOE_GATE_CLUSTER");
   // DSHPC_MOE_GATE_NORM=0: the add_rmsnorm before the gate in its own launch;
   // DSHPC_MOE_GATE_INDEX=0: the experts' index in its own launch.
   bool moe_gate_norm_enabled_ = env_enabled("DSHPC_MOE_GATE_NORM");
@@ -1165,9 +1170,11 @@ bool CudaBackend::fused_gate(const cuda::MoeGateNorm* norm, const Mat& x, const 
         moe_index_layout(tokens, params.top_k, next->expert_begin, next->num_local, shared ? 1 : 0);
   }
   const bool with_index = plan && cuda::moe_gate_supported(x, router, logits, params, norm, &index);
-  cuda::launch_moe_gate(x, router, logits, bias, params, expert_ids, weights,
-                        gate_done_.as<unsigned int>(), stream_, norm,
-                        with_index ? &index : nullptr);
+  if (cuda::launch_moe_gate(
+          x, router, logits, bias, params, expert_ids, weights, gate_done_.as<unsigned int>(),
+          stream_, norm, with_index ? &index : nullptr, clusters_ && moe_gate_cluster_enabled_)) {
+    ++counters_.moe_gate_cluster;
+  }
   if (with_index) {
     gate_index_ = {expert_ids,
                    tokens,

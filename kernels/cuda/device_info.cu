@@ -46,6 +46,13 @@ int max_dynamic_smem() {
   return bytes;
 }
 
+bool cluster_launch_supported() {
+  int device = 0, supported = 0;
+  DSHPC_CUDA_CHECK(cudaGetDevice(&device));
+  DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, device));
+  return supported != 0;
+}
+
 }  // namespace dshpc::cuda
 
 #include "kernels/cuda_backend.h"

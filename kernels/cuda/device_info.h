@@ -11,5 +11,7 @@ int visible_device_count();
 std::string device_description(int device);
 // Shared memory a block may opt in to on the current device, in bytes.
 int max_dynamic_smem();
+// Whether the current device launches thread block clusters (sm_90 and later).
+bool cluster_launch_supported();
 
 }  // namespace dshpc::cuda

@@ -195,10 +195,14 @@ struct MoeGateIndex {
 bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits,
                         const MoeRoutingParams& params, const MoeGateNorm* norm = nullptr,
                         const MoeGateIndex* index = nullptr);
-void launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
+// cluster (the device launches thread block clusters): routers of up to
+// kMoeGateClusterMaxExperts experts without the norm run as one cluster of up to 8 CTAs, the
+// logits passed to the routing CTA through distributed shared memory. Returns whether they did.
+inline constexpr int64_t kMoeGateClusterMaxExperts = 128;
+bool launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
                      const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
                      unsigned int* done, cudaStream_t stream, const MoeGateNorm* norm = nullptr,
-                     const MoeGateIndex* index = nullptr);
+                     const MoeGateIndex* index = nullptr, bool cluster = false);
 
 // moe_experts.cu: the permutation kernels around the per-expert matrix products.
 // out[i] = x[token_of_row[i]] for i < out.rows.

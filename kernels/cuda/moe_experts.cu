@@ -61,6 +61,9 @@ __global__ void moe_combine_kernel(const T* expert_out, int64_t expert_stride,
 // of each thread, the same reduction), so every value equals what the two launches give. One CTA
 // a token; rows of up to kThreads · kNormChunks 16-byte chunks.
 
+constexpr int kCombineMaxTopK = 64;  // launch_moe_combine takes moe_combine_kernel beyond
+constexpr int kCombineBatch = 8;
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     moe_combine_norm_kernel(const T* expert_out, int64_t expert_stride, const int32_t* row_of_pair,
@@ -71,9 +74,17 @@ __global__ void __launch_bounds__(kThreads)
   pdl_begin();
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
+  __shared__ int32_t rows[kCombineMaxTopK];
+  __shared__ float w[kCombineMaxTopK];
   const int64_t t = blockIdx.x;
-  const int32_t* rows = row_of_pair + t * top_k;
-  const float* w = weights + t * top_k;
+  // The token's rows and weights first, in one round of loads: read inside the loop below, each
+  // pair cost two dependent trips to L2 (row, then the row's values), six pairs about 7 µs of a
+  // V2-Lite decode layer (one H200, session 9's kernel timeline).
+  for (int k = threadIdx.x; k < top_k; k += blockDim.x) {
+    rows[k] = row_of_pair[t * top_k + k];
+    w[k] = weights[t * top_k + k];
+  }
+  __syncthreads();
   const int chunks = cols / kVec;
   Vec16<T> x[kNormChunks];
   float sum_squares = 0.0f;
@@ -90,13 +101,24 @@ __global__ void __launch_bounds__(kThreads)
     float sum[kVec];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) sum[j] = to_float(acc_in.e[j]);
-    for (int k = 0; k < top_k; ++k) {
-      const int32_t row = rows[k];
-      if (row < 0) continue;
-      Vec16<T> y;
-      y.raw = reinterpret_cast<const uint4*>(expert_out + row * expert_stride)[c];
+    // kCombineBatch rows' loads in flight, then their products in pair order (the order of
+    // moe_combine_kernel, so both launches give the same values).
+    for (int k0 = 0; k0 < top_k; k0 += kCombineBatch) {
+      Vec16<T> y[kCombineBatch];
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) sum[j] = fmaf(w[k], to_float(y.e[j]), sum[j]);
+      for (int u = 0; u < kCombineBatch; ++u) {
+        const int k = k0 + u;
+        if (k < top_k && rows[k] >= 0) {
+          y[u].raw = reinterpret_cast<const uint4*>(expert_out + rows[k] * expert_stride)[c];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kCombineBatch; ++u) {
+        const int k = k0 + u;
+        if (k >= top_k || rows[k] < 0) continue;
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) sum[j] = fmaf(w[k], to_float(y[u].e[j]), sum[j]);
+      }
     }
     Vec16<T> o;
 #pragma unroll
@@ -151,10 +173,11 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
         << "moe_combine: the residual and normed rows must match out";
     const int64_t vec = 16 / static_cast<int64_t>(dtype_size(out.dtype));
     const bool vectorised =
-        out.cols % vec == 0 && out.cols / vec <= int64_t{kThreads} * kNormChunks &&
-        expert_out.stride % vec == 0 && out.stride % vec == 0 && start.stride % vec == 0 &&
-        then->residual.stride % vec == 0 && then->normed.stride % vec == 0 &&
-        aligned_to(expert_out.data, 16) && aligned_to(out.data, 16) && aligned_to(start.data, 16) &&
+        top_k <= kCombineMaxTopK && out.cols % vec == 0 &&
+        out.cols / vec <= int64_t{kThreads} * kNormChunks && expert_out.stride % vec == 0 &&
+        out.stride % vec == 0 && start.stride % vec == 0 && then->residual.stride % vec == 0 &&
+        then->normed.stride % vec == 0 && aligned_to(expert_out.data, 16) &&
+        aligned_to(out.data, 16) && aligned_to(start.data, 16) &&
         aligned_to(then->residual.data, 16) && aligned_to(then->normed.data, 16);
     if (!vectorised) {
       launch_moe_combine(expert_out, row_of_pair, weights, top_k, shared_row0, out, stream, nullptr,

@@ -60,26 +60,39 @@ class NoEarlyStart {
   }
 };
 
-// kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent launch.
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), as a programmatic dependent launch;
+// with cluster > 0 in thread block clusters of that many CTAs along x (sm_90: see
+// cluster_launch_supported in device_info.h).
 template <typename... Params, typename... Args>
-void launch_pdl(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
-                size_t shared_bytes, cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed =
+void launch_pdl_cluster(const char* name, void (*kernel)(Params...), dim3 grid, unsigned cluster,
+                        dim3 block, size_t shared_bytes, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed =
       pdl_enabled() && !NoEarlyStart::active() ? 1 : 0;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = cluster;
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared_bytes;
   config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  config.attrs = attributes;
+  config.numAttrs = cluster > 0 ? 2 : 1;
   const cudaError_t error = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (error != cudaSuccess) {
     ::dshpc::FatalMessage(__FILE__, __LINE__, "CUDA kernel launch failed:").stream()
         << name << ": " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ")";
   }
+}
+
+template <typename... Params, typename... Args>
+void launch_pdl(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                size_t shared_bytes, cudaStream_t stream, Args&&... args) {
+  launch_pdl_cluster(name, kernel, grid, 0, block, shared_bytes, stream,
+                     std::forward<Args>(args)...);
 }
 
 }  // namespace dshpc::cuda

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "gpu_test_util.h"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/launchers.h"
 
 namespace dshpc::gpu_test {
@@ -154,6 +155,92 @@ TEST_P(GpuMoe, GateIsTheRouterProductAndTheRouting) {
       }
       const bool fused = tokens <= cuda::kMoeGateMaxTokens;
       EXPECT_EQ(cuda_path_counters(*gpu_).moe_gate - fused_before, fused ? 3 : 0);
+    }
+  }
+}
+
+// Routers of up to kMoeGateClusterMaxExperts experts run as one thread block cluster (sm_90):
+// the logits pass to the routing CTA through distributed shared memory. Its outputs must be
+// bit-identical to the one-CTA form's (DSHPC_MOE_GATE_CLUSTER=0: the routing CTA found by a
+// device counter), which GateIsTheRouterProductAndTheRouting checks against the CPU, and the
+// routing of its own logits must be the CPU's. Cluster sizes 1 (8 experts), 3 (20: the last CTA
+// has warps without an expert), 8 (64: an expert a warp; 128: two a warp), softmax and sigmoid,
+// greedy, group-limited and noaux_tc; 1 token (its own instance) and 2, 5 and 8. A launch after
+// each form's checks that neither leaves state behind (ids reset to −1 before each).
+TEST_P(GpuMoe, GateAsOneClusterEqualsTheOneCtaForm) {
+  if (!cuda::cluster_launch_supported()) {
+    GTEST_SKIP() << "this GPU launches no thread block clusters (sm_90 and later do)";
+  }
+  std::unique_ptr<Backend> one_cta;
+  {
+    ScopedEnv off("DSHPC_MOE_GATE_CLUSTER", "0");
+    one_cta = cuda_backend(dtype());
+  }
+  ASSERT_NE(one_cta, nullptr);
+  const int64_t hidden = 2048;
+  uint32_t seed = 700;
+  MoeRoutingParams eight = v2_greedy();
+  eight.num_experts = 8;
+  eight.top_k = 2;
+  MoeRoutingParams twenty = v2_greedy();
+  twenty.num_experts = 20;
+  twenty.top_k = 4;
+  MoeRoutingParams grouped_128 = v2_group_limited();
+  grouped_128.num_experts = 128;
+  MoeRoutingParams noaux_64 = v3_noaux();
+  noaux_64.num_experts = 64;
+  noaux_64.top_k = 6;
+  for (const MoeRoutingParams& p : {eight, twenty, v2_lite_normalised(), grouped_128, noaux_64}) {
+    const std::vector<float> router = values(p.num_experts * hidden, seed++, 0.05f);
+    const std::vector<float> bias = random_values(p.num_experts, seed++, 0.5f);
+    const bool biased = p.method == MoeTopkMethod::kNoauxTc;
+    for (int64_t tokens : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{8}}) {
+      SCOPED_TRACE(testing::Message() << p.num_experts << " experts, method "
+                                      << static_cast<int>(p.method) << ", " << tokens << " tokens");
+      const std::vector<float> x = values(tokens * hidden, seed++);
+      const size_t n = static_cast<size_t>(tokens * p.top_k);
+      struct Outputs {
+        std::vector<float> logits, weights;
+        std::vector<int32_t> ids;
+      };
+      auto run = [&](Backend& b) {
+        Tensor gx = upload_tensor(b, x, tokens, hidden, dtype(), hidden + 8);
+        Tensor gr = upload_tensor(b, router, p.num_experts, hidden, dtype());
+        Tensor gl = upload_tensor(b, std::vector<float>(tokens * p.num_experts, 0.0f), tokens,
+                                  p.num_experts, DType::kF32);
+        DeviceBuffer gb = upload_raw(b, bias);
+        DeviceBuffer ids = b.allocate(n * 4), w = b.allocate(n * 4);
+        std::vector<Outputs> launches;
+        for (int launch = 0; launch < 2; ++launch) {
+          b.upload(ids.data(), std::vector<int32_t>(n, -1).data(), n * 4);
+          b.moe_gate(gx.mat, gr.mat, gl.mat, biased ? gb.as<float>() : nullptr, p,
+                     ids.as<int32_t>(), w.as<float>());
+          b.synchronize();
+          launches.push_back({download_tensor(b, gl.mat), download_raw<float>(b, w.data(), n),
+                              download_raw<int32_t>(b, ids.data(), n)});
+        }
+        EXPECT_EQ(launches[1].logits, launches[0].logits);
+        EXPECT_EQ(launches[1].ids, launches[0].ids);
+        EXPECT_EQ(launches[1].weights, launches[0].weights);
+        return launches[0];
+      };
+      const CudaPathCounters before = cuda_path_counters(*gpu_);
+      const CudaPathCounters one_before = cuda_path_counters(*one_cta);
+      const Outputs cluster = run(*gpu_);
+      const Outputs single = run(*one_cta);
+      EXPECT_EQ(cuda_path_counters(*gpu_).moe_gate_cluster - before.moe_gate_cluster, 2);
+      EXPECT_EQ(cuda_path_counters(*gpu_).moe_gate - before.moe_gate, 2);
+      EXPECT_EQ(cuda_path_counters(*one_cta).moe_gate_cluster - one_before.moe_gate_cluster, 0);
+      EXPECT_EQ(cuda_path_counters(*one_cta).moe_gate - one_before.moe_gate, 2);
+      EXPECT_EQ(cluster.logits, single.logits);
+      EXPECT_EQ(cluster.ids, single.ids);
+      EXPECT_EQ(cluster.weights, single.weights);
+      std::vector<int32_t> ref_ids(n);
+      std::vector<float> ref_w(n);
+      moe_route_cpu(cluster.logits.data(), biased ? bias.data() : nullptr, tokens, p,
+                    ref_ids.data(), ref_w.data());
+      EXPECT_EQ(cluster.ids, ref_ids);
+      EXPECT_CLOSE(cluster.weights, ref_w, kF32Tol);
     }
   }
 }
@@ -418,9 +505,13 @@ TEST_P(GpuMoe, SharedExpertsBesideTheRouter) {
       };
       const int64_t side_before = cuda_path_counters(*side).moe_shared_side;
       const int64_t after_before = cuda_path_counters(*after).moe_shared_side;
+      const int64_t cluster_before = cuda_path_counters(*side).moe_gate_cluster;
       const Outputs beside = run(*side, side_w);
       const Outputs behind = run(*after, after_w);
       EXPECT_EQ(cuda_path_counters(*side).moe_shared_side - side_before, tokens <= 256 ? 1 : 0);
+      // Beside the branch the gate runs without the norm: as one cluster, building the index.
+      const bool cluster = cuda::cluster_launch_supported() && tokens <= cuda::kMoeGateMaxTokens;
+      EXPECT_EQ(cuda_path_counters(*side).moe_gate_cluster - cluster_before, cluster ? 1 : 0);
       EXPECT_EQ(cuda_path_counters(*after).moe_shared_side - after_before, 0);
       EXPECT_EQ(beside.logits, behind.logits);
       EXPECT_EQ(beside.ids, behind.ids);
