@@ -473,10 +473,12 @@ class CudaBackend final : public Backend {
     join_side();
     // The shared experts beside the router: the norm in its own launch, then the fork.
     if (next != nullptr && next->shared != nullptr &&
-        start_shared_side(residual, delta, norm_weight, eps, normed, *next->shared)) {
+        start_shared_side(residual, delta, norm_weight, eps, normed, *next->shared,
+                          !moe_shared_after_gate_)) {
       MoeExpertsAfterGate routed = *next;
       routed.shared = nullptr;  // the routed experts' index without the shared experts' rows
       gate(normed, router, logits, bias, params, expert_ids, weights, &routed);
+      if (moe_shared_after_gate_) fork_side(normed, *next->shared);
       return;
     }
     const cuda::MoeGateNorm norm{residual, delta, norm_weight, eps, normed};
@@ -828,8 +830,11 @@ class CudaBackend final : public Backend {
   // no op in between writes normed or the shared weights is the caller's promise (Backend's
   // moe_gate `next`); the entries that wait on the host, capture, replay, release memory or
   // start another MoE layer join first (join_side).
+  // fork false: everything but the fork, which the caller makes with fork_side after the gate
+  // (DSHPC_MOE_SHARED_AFTER_GATE=1: the branch beside the routed experts instead).
   bool start_shared_side(Mat residual, const Mat& delta, const void* norm_weight, float eps,
-                         Mat normed, const ExpertWeights& shared);
+                         Mat normed, const ExpertWeights& shared, bool fork = true);
+  void fork_side(const Mat& normed, const ExpertWeights& shared);
   // The side stream's cuBLAS handle and workspace, made on first need; false when the device
   // has no room for the workspace.
   bool ensure_side_cublas() {
@@ -1066,6 +1071,19 @@ class CudaBackend final : public Backend {
   // DSHPC_MOE_SHARED_SIDE=0: the shared experts after the router, in the routed experts'
   // launches or as an MLP of their own, instead of beside the router (N: up to N tokens).
   int64_t moe_shared_side_max_tokens_ = moe_shared_side_max_tokens();
+  // DSHPC_MOE_SHARED_AFTER_GATE=1: the branch forks after the gate, beside the routed experts
+  // (for comparison: by default it runs beside the gate).
+  bool moe_shared_after_gate_ = [] {
+    const char* env = std::getenv("DSHPC_MOE_SHARED_AFTER_GATE");
+    return env != nullptr && std::string(env) == "1";
+  }();
+  // DSHPC_MOE_ROUTED_EARLY=1: the routed experts' first launch after the gate starts early
+  // (programmatic dependent launch) even while the branch runs (for comparison; pdl.h's
+  // NoEarlyStart says why it does not by default).
+  bool moe_routed_early_ = [] {
+    const char* env = std::getenv("DSHPC_MOE_ROUTED_EARLY");
+    return env != nullptr && std::string(env) == "1";
+  }();
   // DSHPC_DECODE_WIDE=0: the decode attention reads one key per warp row even where a row is
   // narrower than 512 bytes (DecodeAttentionPlan::wide_keys).
   bool decode_wide_enabled_ = env_enabled("DSHPC_DECODE_WIDE");
@@ -1233,7 +1251,7 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
   {
     // With the shared experts running beside the gate, the launches after it start when it ends.
     std::optional<cuda::NoEarlyStart> after_gate;
-    if (side_.pending) after_gate.emplace();
+    if (side_.pending && !moe_routed_early_) after_gate.emplace();
     if (indexed) {
       ++counters_.moe_gate_index;
     } else {
@@ -1263,7 +1281,8 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
 }
 
 bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* norm_weight,
-                                    float eps, Mat normed, const ExpertWeights& shared) {
+                                    float eps, Mat normed, const ExpertWeights& shared,
+                                    bool fork) {
   const int64_t tokens = normed.rows, hidden = normed.cols, inter = shared.down.cols;
   if (tokens == 0 || tokens > moe_shared_side_max_tokens_ || normed.dtype != dtype_ ||
       shared.gate_up.rows != 2 * inter || shared.gate_up.cols != hidden ||
@@ -1277,11 +1296,17 @@ bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* 
   ensure(side_gate_up_, tokens * 2 * inter * element);
   ensure(side_act_, tokens * inter * element);
   ensure(side_out_, tokens * hidden * element);
+
+  add_rmsnorm(residual, delta, norm_weight, eps, normed);
+  if (fork) fork_side(normed, shared);
+  return true;
+}
+
+void CudaBackend::fork_side(const Mat& normed, const ExpertWeights& shared) {
+  const int64_t tokens = normed.rows, hidden = normed.cols, inter = shared.down.cols;
   const Mat gate_up = Mat::of(side_gate_up_.data(), dtype_, tokens, 2 * inter);
   const Mat act = Mat::of(side_act_.data(), dtype_, tokens, inter);
   const Mat out = Mat::of(side_out_.data(), dtype_, tokens, hidden);
-
-  add_rmsnorm(residual, delta, norm_weight, eps, normed);
   DSHPC_CUDA_CHECK(cudaEventRecord(side_fork_, stream_));
   DSHPC_CUDA_CHECK(cudaStreamWaitEvent(side_stream_, side_fork_, 0));
   {
@@ -1294,7 +1319,6 @@ bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* 
   side_ = {true, normed.data, shared.gate_up.data, shared.down.data, tokens, hidden, normed.stride};
   ++counters_.moe_shared_side;
   if (capturing_) ++counters_.moe_shared_side_captured;
-  return true;
 }
 
 bool CudaBackend::moe_experts_with_shared(const Mat& x, const int32_t* expert_ids,

@@ -73,22 +73,28 @@ __device__ void absorb(const MlaPrepareParams<T>& p, int h, int chunk, float* sm
   const int qk = p.nope + p.rope, entry = p.lora + p.rope;
   float* qn = smem;                       // [tokens][nope]
   float* red = smem + p.tokens * p.nope;  // [kWarps][tokens][kCols]
-  for (int i = threadIdx.x; i < p.tokens * p.nope; i += blockDim.x) {
-    const int t = i / p.nope, n = i % p.nope;
-    qn[i] = to_float(p.q[t * p.q_stride + h * qk + n]);
-  }
-  __syncthreads();
-
   const int col = chunk * kCols + 2 * lane;
   const T* w = p.kv_b + static_cast<int64_t>(h) * (p.nope + p.v_dim) * p.kv_b_stride + col;
-  float acc[kMlaPrepareMaxTokens][2] = {};
-  for (int n0 = warp; n0 < p.nope; n0 += kWarps * kRowBatch) {
-    float2 wv[kRowBatch];
+  float2 wv[kRowBatch];
+  auto load_rows = [&](int n0) {
 #pragma unroll
     for (int b = 0; b < kRowBatch; ++b) {
       const int n = n0 + b * kWarps;
       wv[b] = n < p.nope ? load2(w + static_cast<int64_t>(n) * p.kv_b_stride) : float2{0.f, 0.f};
     }
+  };
+  // The first batch of W_UK rows (weights: V2's 128 nope rows are all of them) before pdl_wait,
+  // while the kernel before still runs; the queries only after.
+  load_rows(warp);
+  pdl_begin();
+  for (int i = threadIdx.x; i < p.tokens * p.nope; i += blockDim.x) {
+    const int t = i / p.nope, n = i % p.nope;
+    qn[i] = to_float(p.q[t * p.q_stride + h * qk + n]);
+  }
+  __syncthreads();
+  float acc[kMlaPrepareMaxTokens][2] = {};
+  for (int n0 = warp; n0 < p.nope; n0 += kWarps * kRowBatch) {
+    if (n0 != warp) load_rows(n0);
 #pragma unroll
     for (int b = 0; b < kRowBatch; ++b) {
       const int n = n0 + b * kWarps;
@@ -153,13 +159,13 @@ __device__ void latent_entry(const MlaPrepareParams<T>& p, int t) {
 
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32) mla_prepare_kernel(MlaPrepareParams<T> p) {
-  pdl_begin();
   extern __shared__ float smem[];
   const int absorb_ctas = p.heads * (p.lora / kCols);
   if (static_cast<int>(blockIdx.x) < absorb_ctas) {
     const int chunks = p.lora / kCols;
-    absorb(p, blockIdx.x / chunks, blockIdx.x % chunks, smem);
+    absorb(p, blockIdx.x / chunks, blockIdx.x % chunks, smem);  // pdl_begin after its weights
   } else {
+    pdl_begin();
     latent_entry(p, blockIdx.x - absorb_ctas);
   }
 }

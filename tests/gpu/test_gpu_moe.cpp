@@ -390,10 +390,12 @@ TEST_P(GpuMoe, GateWithTheNormAndTheIndexEqualsTheSeparateLaunches) {
 // branch result would show. 100 tokens: 600 pairs, beyond the device-side experts, so the
 // branch's result is copied and the host-sorted experts add theirs; 257: no branch.
 TEST_P(GpuMoe, SharedExpertsBesideTheRouter) {
-  std::unique_ptr<Backend> side, after;
+  std::unique_ptr<Backend> side, after, side_after_gate;
   {
     ScopedEnv on("DSHPC_MOE_SHARED_SIDE", "256");
     side = cuda_backend(dtype());
+    ScopedEnv fork_late("DSHPC_MOE_SHARED_AFTER_GATE", "1");
+    side_after_gate = cuda_backend(dtype());
   }
   {
     ScopedEnv off("DSHPC_MOE_SHARED_SIDE", "0");
@@ -401,6 +403,7 @@ TEST_P(GpuMoe, SharedExpertsBesideTheRouter) {
   }
   ASSERT_NE(side, nullptr);
   ASSERT_NE(after, nullptr);
+  ASSERT_NE(side_after_gate, nullptr);
   const MoeRoutingParams p = v2_lite_normalised();
   const int64_t hidden = 2048, inter = 64, shared_inter = 128, begin = 16, local = 16;
   const float eps = 1e-6f;
@@ -440,6 +443,7 @@ TEST_P(GpuMoe, SharedExpertsBesideTheRouter) {
     return w;
   };
   const Weights side_w = upload(*side, dtype()), after_w = upload(*after, dtype());
+  const Weights late_w = upload(*side_after_gate, dtype());
   const Weights cpu_w = upload(*cpu_, DType::kF32);
 
   struct Outputs {
@@ -508,6 +512,14 @@ TEST_P(GpuMoe, SharedExpertsBesideTheRouter) {
       const int64_t cluster_before = cuda_path_counters(*side).moe_gate_cluster;
       const Outputs beside = run(*side, side_w);
       const Outputs behind = run(*after, after_w);
+      // Forked after the gate (DSHPC_MOE_SHARED_AFTER_GATE=1): the same launches, reordered.
+      const Outputs late = run(*side_after_gate, late_w);
+      EXPECT_EQ(late.logits, beside.logits);
+      EXPECT_EQ(late.ids, beside.ids);
+      EXPECT_EQ(late.weights, beside.weights);
+      EXPECT_EQ(late.out, beside.out);
+      EXPECT_EQ(late.residual, beside.residual);
+      EXPECT_EQ(late.normed, beside.normed);
       EXPECT_EQ(cuda_path_counters(*side).moe_shared_side - side_before, tokens <= 256 ? 1 : 0);
       // Beside the branch the gate runs without the norm: as one cluster, building the index.
       const bool cluster = cuda::cluster_launch_supported() && tokens <= cuda::kMoeGateMaxTokens;
