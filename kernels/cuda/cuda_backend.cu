@@ -113,7 +113,7 @@ class CudaBackend final : public Backend {
     cublas_workspace_ = pool_.allocate(kCublasWorkspaceBytes);
     cublas_ = make_cublas(stream_, cublas_workspace_);
     DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device));
-    clusters_ = cuda::cluster_launch_supported();
+    clusters_ = cuda::cluster_launch_supported() && cuda::moe_gate_cluster_compiled();
     gate_done_ = allocate(sizeof(unsigned int));
     DSHPC_CUDA_CHECK(cudaMemsetAsync(gate_done_.data(), 0, sizeof(unsigned int), stream_));
     argmax_partial_ = allocate(cuda::kArgmaxPartialBytes);
@@ -958,7 +958,7 @@ class CudaBackend final : public Backend {
   uint64_t step_generation_ = 0;
   std::vector<TileList> tile_lists_;
   int num_sms_ = 1;
-  bool clusters_ = false;     // the device launches thread block clusters
+  bool clusters_ = false;     // the device launches thread block clusters, and we have their code
   bool decode_step_ = false;  // every sequence of the step has one new token
   int64_t max_context_ = 0;
   DeviceBuffer decode_partial_;  // split-key partial results of decode attention
@@ -1051,7 +1051,9 @@ class CudaBackend final : public Backend {
   bool mla_prepare_enabled_ = env_enabled("DSHPC_MLA_PREPARE");
   bool moe_gate_enabled_ = env_enabled("DSHPC_MOE_GATE");
   // DSHPC_MOE_GATE_CLUSTER=0: small routers' gate as one CTA routing after the others (a device
-  // counter) rather than as one thread block cluster (launch_moe_gate).
+  // counter) rather than as one thread block cluster (launch_moe_gate). V2-Lite batch 1, one
+  // H200, same build, alternated (session 10): 407.8 and 389.3 tok/s one CTA, 415.4 and 405.8 as
+  // a cluster; in the kernel timeline the gate's 19 µs after the norm became 11.7.
   bool moe_gate_cluster_enabled_ = env_enabled("DSHPC_MOE_GATE_CLUSTER");
   // DSHPC_MOE_GATE_NORM=0: the add_rmsnorm before the gate in its own launch;
   // DSHPC_MOE_GATE_INDEX=0: the experts' index in its own launch.
@@ -1072,14 +1074,18 @@ class CudaBackend final : public Backend {
   // launches or as an MLP of their own, instead of beside the router (N: up to N tokens).
   int64_t moe_shared_side_max_tokens_ = moe_shared_side_max_tokens();
   // DSHPC_MOE_SHARED_AFTER_GATE=1: the branch forks after the gate, beside the routed experts
-  // (for comparison: by default it runs beside the gate).
+  // (for comparison: by default it runs beside the gate). Measured slower: V2-Lite batch 1 398.6
+  // and 404.2 tok/s against 412.4 and 410.6, batch 64 4,417.5 against 5,773.0 (one H200, same
+  // build, session 10): the lower-priority branch then waits for the routed experts' CTAs.
   bool moe_shared_after_gate_ = [] {
     const char* env = std::getenv("DSHPC_MOE_SHARED_AFTER_GATE");
     return env != nullptr && std::string(env) == "1";
   }();
   // DSHPC_MOE_ROUTED_EARLY=1: the routed experts' first launch after the gate starts early
   // (programmatic dependent launch) even while the branch runs (for comparison; pdl.h's
-  // NoEarlyStart says why it does not by default).
+  // NoEarlyStart says why it does not by default). With the gate as one cluster, measured on
+  // V2-Lite: batch 1 413.3 and 416.0 tok/s against 412.4 and 410.6, batch 64 4,212.0 against
+  // 5,773.0 (one H200, same build, session 10).
   bool moe_routed_early_ = [] {
     const char* env = std::getenv("DSHPC_MOE_ROUTED_EARLY");
     return env != nullptr && std::string(env) == "1";
@@ -1270,10 +1276,11 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
       then != nullptr ? cuda::MoeCombineNorm{then->residual, then->weight, then->eps, then->normed}
                       : cuda::MoeCombineNorm{};
   join_side();  // the combine reads the side branch's result and may write what it reads
-  cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k,
-                           shared != nullptr ? offsets + num_local : nullptr, out, stream_,
-                           then != nullptr ? &combine_norm : nullptr, base);
-  if (then != nullptr) ++counters_.moe_combine_norm;
+  if (cuda::launch_moe_combine(expert_out, row_of_pair, weights, top_k,
+                               shared != nullptr ? offsets + num_local : nullptr, out, stream_,
+                               then != nullptr ? &combine_norm : nullptr, base)) {
+    ++counters_.moe_combine_norm;
+  }
   ++counters_.moe_small;
   if (mma) ++counters_.moe_mma;
   if (shared != nullptr) ++counters_.moe_shared_fused;
@@ -1281,8 +1288,7 @@ bool CudaBackend::moe_small(const Mat& x, const int32_t* expert_ids, const float
 }
 
 bool CudaBackend::start_shared_side(Mat residual, const Mat& delta, const void* norm_weight,
-                                    float eps, Mat normed, const ExpertWeights& shared,
-                                    bool fork) {
+                                    float eps, Mat normed, const ExpertWeights& shared, bool fork) {
   const int64_t tokens = normed.rows, hidden = normed.cols, inter = shared.down.cols;
   if (tokens == 0 || tokens > moe_shared_side_max_tokens_ || normed.dtype != dtype_ ||
       shared.gate_up.rows != 2 * inter || shared.gate_up.cols != hidden ||

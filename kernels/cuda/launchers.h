@@ -195,10 +195,13 @@ struct MoeGateIndex {
 bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits,
                         const MoeRoutingParams& params, const MoeGateNorm* norm = nullptr,
                         const MoeGateIndex* index = nullptr);
-// cluster (the device launches thread block clusters): routers of up to
-// kMoeGateClusterMaxExperts experts without the norm run as one cluster of up to 8 CTAs, the
-// logits passed to the routing CTA through distributed shared memory. Returns whether they did.
+// cluster (the device launches thread block clusters and moe_gate_cluster_compiled()): routers
+// of up to kMoeGateClusterMaxExperts experts in up to 32 groups, without the norm, run as one
+// cluster of up to 8 CTAs, the logits passed to the routing CTA through distributed shared
+// memory. Returns whether they did.
 inline constexpr int64_t kMoeGateClusterMaxExperts = 128;
+// Whether this binary holds the cluster form for the current device (sm_90 code, not sm_80 PTX).
+bool moe_gate_cluster_compiled();
 bool launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
                      const MoeRoutingParams& params, int32_t* expert_ids, float* weights,
                      unsigned int* done, cudaStream_t stream, const MoeGateNorm* norm = nullptr,
@@ -214,13 +217,14 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
 // base (without shared_row0): out[t] = base[t] + the weighted routed rows, out not read.
 // With `then`: then also residual += out and normed = rmsnorm(residual) · weight, in the same
 // launch where the rows allow (else launch_add_rmsnorm after), values as the two launches give.
+// Returns whether `then` ran in the combine's launch.
 struct MoeCombineNorm {
   Mat residual;
   const void* weight;  // [cols] of the activation type, as MoeGateNorm's
   float eps;
   Mat normed;
 };
-void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
+bool launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
                         int64_t top_k, const int32_t* shared_row0, const Mat& out,
                         cudaStream_t stream, const MoeCombineNorm* then = nullptr,
                         const Mat* base = nullptr);

@@ -155,10 +155,10 @@ void launch_gather_rows(const Mat& x, const int32_t* token_of_row, const Mat& ou
   });
 }
 
-void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
+bool launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const float* weights,
                         int64_t top_k, const int32_t* shared_row0, const Mat& out,
                         cudaStream_t stream, const MoeCombineNorm* then, const Mat* base) {
-  if (out.rows == 0) return;
+  if (out.rows == 0) return false;
   DSHPC_CHECK(expert_out.dtype == out.dtype && expert_out.cols == out.cols &&
               out.rows <= 0x7fffffff && top_k > 0 && top_k <= 1024)
       << "moe_combine: " << out.rows << " tokens, top_k " << top_k;
@@ -184,7 +184,7 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
                          base);
       launch_add_rmsnorm(then->residual, out, then->weight, out.dtype, then->eps, then->normed,
                          stream);
-      return;
+      return false;
     }
     dispatch_float(out.dtype, "moe_combine_norm", [&](auto tag) {
       using T = decltype(tag);
@@ -198,7 +198,7 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
                  then->normed.stride, static_cast<int>(out.cols));
       DSHPC_CUDA_LAUNCH_CHECK("moe_combine_norm_kernel");
     });
-    return;
+    return true;
   }
   dispatch_float(out.dtype, "moe_combine", [&](auto tag) {
     using T = decltype(tag);
@@ -211,6 +211,7 @@ void launch_moe_combine(const Mat& expert_out, const int32_t* row_of_pair, const
                start.stride, static_cast<T*>(out.data), out.stride, out.cols);
     DSHPC_CUDA_LAUNCH_CHECK("moe_combine_kernel");
   });
+  return false;
 }
 
 // ---- The small-step path: no host round trip, so that decode steps of MoE models are captured

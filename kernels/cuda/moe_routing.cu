@@ -8,6 +8,11 @@
 //   4. the top_k experts by choice, found by rank (the number of experts that beat it: larger
 //      value, or equal value and lower index), which reproduces the CPU's order exactly;
 //   5. weights = unbiased scores of the chosen, normalised and scaled by the CPU's rule.
+// The gate of a decode step (launch_moe_gate: router product, routing, optionally the norm before
+// and the experts' index after) runs as one launch in two forms: moe_gate_kernel, where the CTA
+// that finishes its products last (a device counter) routes; and on sm_90, for routers of up to
+// kMoeGateClusterMaxExperts experts without the norm, moe_gate_cluster_kernel, one thread block
+// cluster whose logits meet in the first CTA's shared memory.
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -611,7 +616,9 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  // Release the stores into the first CTA's shared memory; it acquires them.
+  // Release the stores into the first CTA's shared memory; it acquires them. (.aligned: every
+  // lane of the warp executes it together, hence the __syncwarp after lane 0's stores.)
+  __syncwarp();
   asm volatile("barrier.cluster.arrive.aligned;" ::: "memory");
   asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
   if (blockIdx.x != 0) return;
@@ -759,6 +766,15 @@ bool moe_gate_supported(const Mat& x, const Mat& router, const Mat& logits,
   return gate_shared_bytes(x, p, norm, index) <= kGateSharedLimit;
 }
 
+bool moe_gate_cluster_compiled() {
+  // A binary built for sm_80 only runs that PTX on an sm_90 device: the kernel then has no
+  // cluster code (it traps), although the device launches clusters.
+  cudaFuncAttributes attributes{};
+  DSHPC_CUDA_CHECK(
+      cudaFuncGetAttributes(&attributes, moe_gate_cluster_kernel<__nv_bfloat16, 1, 2>));
+  return attributes.ptxVersion >= 90;
+}
+
 bool launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const float* bias,
                      const MoeRoutingParams& p, int32_t* expert_ids, float* weights,
                      unsigned int* done, cudaStream_t stream, const MoeGateNorm* norm,
@@ -782,6 +798,7 @@ bool launch_moe_gate(const Mat& x, const Mat& router, const Mat& logits, const f
         (index != nullptr
              ? sizeof(int32_t) * moe_index_shared_ints(static_cast<int>(index->num_local))
              : 0);
+    DSHPC_CHECK_LE(smem, kGateSharedLimit) << "moe_gate_cluster: shared memory";
     dispatch_float(x.dtype, "moe_gate", [&](auto tag) {
       using T = decltype(tag);
       auto kernel =
