@@ -79,6 +79,12 @@ bool env_enabled(const char* name) {
   return env == nullptr || std::string(env) != "0";
 }
 
+// Off unless the variable is "1" (switches kept for comparison).
+bool env_opted_in(const char* name) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::string(env) == "1";
+}
+
 bool overlaps(const Mat& a, const Mat& b) {
   if (a.rows == 0 || a.cols == 0 || b.rows == 0 || b.cols == 0) return false;
   const auto span = [](const Mat& m) {
@@ -1077,29 +1083,20 @@ class CudaBackend final : public Backend {
   // (for comparison: by default it runs beside the gate). Measured slower: V2-Lite batch 1 398.6
   // and 404.2 tok/s against 412.4 and 410.6, batch 64 4,417.5 against 5,773.0 (one H200, same
   // build, session 10): the lower-priority branch then waits for the routed experts' CTAs.
-  bool moe_shared_after_gate_ = [] {
-    const char* env = std::getenv("DSHPC_MOE_SHARED_AFTER_GATE");
-    return env != nullptr && std::string(env) == "1";
-  }();
+  bool moe_shared_after_gate_ = env_opted_in("DSHPC_MOE_SHARED_AFTER_GATE");
   // DSHPC_MOE_ROUTED_EARLY=1: the routed experts' first launch after the gate starts early
   // (programmatic dependent launch) even while the branch runs (for comparison; pdl.h's
   // NoEarlyStart says why it does not by default). With the gate as one cluster, measured on
   // V2-Lite: batch 1 413.3 and 416.0 tok/s against 412.4 and 410.6, batch 64 4,212.0 against
   // 5,773.0 (one H200, same build, session 10).
-  bool moe_routed_early_ = [] {
-    const char* env = std::getenv("DSHPC_MOE_ROUTED_EARLY");
-    return env != nullptr && std::string(env) == "1";
-  }();
+  bool moe_routed_early_ = env_opted_in("DSHPC_MOE_ROUTED_EARLY");
   // DSHPC_DECODE_WIDE=0: the decode attention reads one key per warp row even where a row is
   // narrower than 512 bytes (DecodeAttentionPlan::wide_keys).
   bool decode_wide_enabled_ = env_enabled("DSHPC_DECODE_WIDE");
   // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
   // tests pass, but V2-Lite at batch 1 measured 356.8 tok/s with it against 368.4 without, one
   // H200, same build, session 6).
-  bool mla_values_enabled_ = [] {
-    const char* env = std::getenv("DSHPC_MLA_VALUES");
-    return env != nullptr && std::string(env) == "1";
-  }();
+  bool mla_values_enabled_ = env_opted_in("DSHPC_MLA_VALUES");
 };
 
 const void* const* CudaBackend::moe_pointer_table(const ExpertWeights* local_experts,
