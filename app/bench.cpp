@@ -335,8 +335,8 @@ int run_bench(int argc, char** argv, int first) {
         "gates (%lld with the norm, %lld building the experts' index, %lld as one cluster), "
         "%lld MoE layers ending "
         "with the next norm, %lld per-head products, %lld sliced argmaxes, %lld decode "
-        "attentions in the several-keys-a-warp form, %lld MoE layers with the shared experts "
-        "beside the router\n",
+        "attentions in the several-keys-a-warp form (%lld with two key groups a warp in flight), "
+        "%lld MoE layers with the shared experts beside the router\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
         static_cast<long long>(paths.moe_small), static_cast<long long>(paths.moe_mma),
@@ -347,6 +347,7 @@ int run_bench(int argc, char** argv, int first) {
         static_cast<long long>(paths.moe_combine_norm), static_cast<long long>(paths.gemv_heads),
         static_cast<long long>(paths.argmax_sliced),
         static_cast<long long>(paths.decode_attention_wide),
+        static_cast<long long>(paths.decode_attention_unroll2),
         static_cast<long long>(paths.moe_shared_side));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
@@ -369,6 +370,7 @@ int run_bench(int argc, char** argv, int first) {
                             {"argmax_sliced", paths.argmax_sliced},
                             {"gemv_heads", paths.gemv_heads},
                             {"decode_attention_wide", paths.decode_attention_wide},
+                            {"decode_attention_unroll2", paths.decode_attention_unroll2},
                             {"moe_shared_side", paths.moe_shared_side},
                             {"moe_shared_side_captured", paths.moe_shared_side_captured}};
   }

@@ -18,8 +18,9 @@ void Model::attention_llama(const LayerWeights& w, const StepTensors& step,
   Mat k = qkv.col_slice(q_width, kv_width);
   Mat v = qkv.col_slice(q_width + kv_width, kv_width);
 
-  backend_.rope(q, heads_local_, d, d, step.positions, rope_tables_, config_.rope_style);
-  backend_.rope(k, kv_heads_local_, d, d, step.positions, rope_tables_, config_.rope_style);
+  // q's heads and then k's are adjacent heads of d columns in each row: one launch rotates both.
+  backend_.rope(qkv.col_slice(0, q_width + kv_width), heads_local_ + kv_heads_local_, d, d,
+                step.positions, rope_tables_, config_.rope_style);
   backend_.kv_cache_write(k, &v, step.slots, cache);
 
   Mat q_dense = scratch(kWork1, tokens, q_width);  // attention wants contiguous [T, hq, d]

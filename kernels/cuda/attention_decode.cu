@@ -5,9 +5,10 @@
 // Why a second kernel: in decode the work per (sequence, kv head) is one pass over the cached
 // keys and values, so the step is bound by memory bandwidth, and with a batch of one the general
 // kernel's grid (one CTA per kv head) leaves most of the GPU idle. Here:
-//   grid (sequence, kv head × head chunk, split): each CTA reads the keys [begin, end) of its
-//   split once for up to G query heads of the group (GQA shares every key load);
-//   block = kWarps warps; warp w takes keys begin + w, begin + w + kWarps, … kUnroll at a time,
+//   grid (sequence × kv head × head chunk, split), a sequence's heads in adjacent CTAs (they run
+//   side by side and read neighbouring parts of the same cache rows): each CTA reads the keys
+//   [begin, end) of its split once for up to G query heads of the group (GQA shares every key
+//   load); block = kWarps warps; warp w takes keys begin + w, begin + w + kWarps, … kU at a time,
 //   all loads of an iteration issued before any arithmetic (memory-level parallelism); each lane
 //   holds D / 32 consecutive dims of q and of the accumulator, loaded as one vector per key.
 //   Scores and the online softmax are in the log2 domain (q pre-scaled by scale · log2 e).
@@ -29,12 +30,9 @@ constexpr int kMaxSplits = 64;  // key splits per (sequence, head): decode_split
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-// Keys a warp loads per iteration (K and V rows of each in flight together). DSHPC_DECODE_UNROLL
-// overrides it at build time, for measuring another value without editing the kernel.
-#ifndef DSHPC_DECODE_UNROLL
-#define DSHPC_DECODE_UNROLL 4
-#endif
-constexpr int kUnroll = DSHPC_DECODE_UNROLL;
+// Keys a warp loads per iteration (K and V rows of each in flight together) in the one-key form;
+// the wide form takes its count from the plan (DecodeAttentionPlan::unroll).
+constexpr int kUnroll = 4;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // N consecutive elements of T kept as loaded (bf16 stays packed, two to a register) until used:
@@ -182,6 +180,7 @@ struct DecodeArgs {
   int head_chunks;
   int block_size;
   int splits;
+  int head_ctas;     // kv_heads · head_chunks: CTAs per (sequence, split)
   float scale_log2;  // scale · log2 e
 };
 
@@ -189,7 +188,7 @@ struct DecodeArgs {
 // fewer: 32 / LPK keys per warp row, each lane's EPL elements one 16-byte load), so the CTA's
 // kThreads / LPK groups of lanes ("parts") each take keys begin + part, begin + part + kParts, …
 // G query heads per CTA (of the group).
-template <typename T, int LPK, int EPL, int G>
+template <typename T, int LPK, int EPL, int G, int kU>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a) {
   pdl_begin();
   constexpr int D = LPK * EPL;
@@ -201,11 +200,12 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sub = threadIdx.x % LPK;
-  const int s = blockIdx.x;
-  const int kv_head = blockIdx.y / a.head_chunks;
-  const int first = (blockIdx.y % a.head_chunks) * G;  // first head of the chunk, in the group
+  const int s = blockIdx.x / a.head_ctas;
+  const int head_cta = blockIdx.x % a.head_ctas;
+  const int kv_head = head_cta / a.head_chunks;
+  const int first = (head_cta % a.head_chunks) * G;  // first head of the chunk, in the group
   const int heads = min(G, a.group - first);
-  const int split = blockIdx.z;
+  const int split = blockIdx.y;
   const PagedSequence seq = a.sequences[s];
   const int context = seq.context_len;
   const int per_split = (context + a.splits - 1) / a.splits;
@@ -236,11 +236,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
   const int64_t k_head_offset = static_cast<int64_t>(kv_head) * D + sub * EPL;
   // The loop runs on the warp's first key so that every lane of a warp takes the same
   // iterations (the shuffles need the whole warp); a part's keys past `end` read nothing.
-  for (int base = begin + warp * kKeysPerWarp; base < end; base += kParts * kUnroll) {
+  for (int base = begin + warp * kKeysPerWarp; base < end; base += kParts * kU) {
     const int key0 = base + lane / LPK;
-    Packed<T, EPL> kr[kUnroll], vr[kUnroll];
+    Packed<T, EPL> kr[kU], vr[kU];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int position = key0 + u * kParts;
       if (position < end) {
         const int64_t slot =
@@ -257,15 +257,15 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
     }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float score[kUnroll];
+      float score[kU];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kU; ++u) {
         float dot = 0.0f;
 #pragma unroll
         for (int d = 0; d < EPL; ++d) dot = fmaf(qr[g][d], elem(kr[u], d), dot);
         score[u] = dot;
       }
-      softmax_update<kUnroll, EPL, LPK, kParts>(score, key0, end, m[g], l[g], acc[g], vr);
+      softmax_update<kU, EPL, LPK, kParts>(score, key0, end, m[g], l[g], acc[g], vr);
     }
   }
 
@@ -530,30 +530,31 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
 
 // Head dim 32 · DPL of T, G heads per CTA. The wide form (plan.wide_keys) applies where a lane's
 // 16-byte load is more than its share of a 32-lane row (bf16 heads up to 128 dims, float32 up to
-// 64) and the heads' query and accumulator registers stay at most 32 floats a lane (G · EPL ≤ 16:
-// ptxas gives the bf16 128-dim kernel 70 registers with one head and 168 with four, against 48
-// and 109 in the one-key form).
+// 64) and the heads' query and accumulator registers stay at most 32 floats a lane (G · EPL ≤ 16),
+// with `unroll` (2 or 4) key groups a warp in flight (plan.unroll). The one-key form keeps
+// kUnroll. grid (sequence × kv head × head chunk, the heads of a sequence adjacent; split).
 // Returns whether the wide form ran.
 template <typename T, int DPL, int G>
-bool launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, [[maybe_unused]] bool wide,
-                   cudaStream_t stream) {
+bool launch_decode(const DecodeArgs& args, int num_seqs, [[maybe_unused]] bool wide,
+                   [[maybe_unused]] int unroll, cudaStream_t stream) {
   constexpr int kWideEpl = 16 / static_cast<int>(sizeof(T));
   constexpr bool kWideApplies = kWideEpl > DPL && G * kWideEpl <= 16;
-  const dim3 grid(static_cast<unsigned int>(num_seqs),
-                  static_cast<unsigned int>(kv_heads * args.head_chunks),
+  const dim3 grid(static_cast<unsigned int>(num_seqs) * static_cast<unsigned int>(args.head_ctas),
                   static_cast<unsigned int>(args.splits));
   bool wide_launched = false;
   if constexpr (kWideApplies) {
     if (wide) {
+      constexpr int LPK = 32 * DPL / kWideEpl;
       launch_pdl("decode_attention_kernel",
-                 decode_attention_kernel<T, 32 * DPL / kWideEpl, kWideEpl, G>, grid, kThreads, 0,
-                 stream, args);
+                 unroll == 2 ? decode_attention_kernel<T, LPK, kWideEpl, G, 2>
+                             : decode_attention_kernel<T, LPK, kWideEpl, G, 4>,
+                 grid, kThreads, 0, stream, args);
       wide_launched = true;
     }
   }
   if (!wide_launched) {
-    launch_pdl("decode_attention_kernel", decode_attention_kernel<T, 32, DPL, G>, grid, kThreads, 0,
-               stream, args);
+    launch_pdl("decode_attention_kernel", decode_attention_kernel<T, 32, DPL, G, kUnroll>, grid,
+               kThreads, 0, stream, args);
   }
   DSHPC_CUDA_LAUNCH_CHECK("decode_attention_kernel");
   launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
@@ -562,17 +563,17 @@ bool launch_decode(const DecodeArgs& args, int num_seqs, int kv_heads, [[maybe_u
 }
 
 template <typename T, int DPL>
-bool dispatch_group(const DecodeArgs& args, int heads_per_cta, int num_seqs, int kv_heads,
-                    bool wide, cudaStream_t stream) {
+bool dispatch_group(const DecodeArgs& args, int heads_per_cta, int num_seqs, bool wide, int unroll,
+                    cudaStream_t stream) {
   switch (heads_per_cta) {
     case 1:
-      return launch_decode<T, DPL, 1>(args, num_seqs, kv_heads, wide, stream);
+      return launch_decode<T, DPL, 1>(args, num_seqs, wide, unroll, stream);
     case 2:
-      return launch_decode<T, DPL, 2>(args, num_seqs, kv_heads, wide, stream);
+      return launch_decode<T, DPL, 2>(args, num_seqs, wide, unroll, stream);
     case 4:
-      return launch_decode<T, DPL, 4>(args, num_seqs, kv_heads, wide, stream);
+      return launch_decode<T, DPL, 4>(args, num_seqs, wide, unroll, stream);
     default:
-      return launch_decode<T, DPL, 8>(args, num_seqs, kv_heads, wide, stream);
+      return launch_decode<T, DPL, 8>(args, num_seqs, wide, unroll, stream);
   }
 }
 
@@ -607,19 +608,32 @@ int decode_split_cap(int64_t max_context, int64_t min_keys) {
 }
 
 DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
-                                          int64_t max_context, int num_sms) {
+                                          int64_t head_dim, DType dtype, int64_t max_context,
+                                          int num_sms, bool wide_keys) {
   DecodeAttentionPlan plan;
   const int64_t group = q_heads / kv_heads;
   plan.heads_per_cta = heads_per_cta(group);
   plan.head_chunks = static_cast<int>((group + plan.heads_per_cta - 1) / plan.heads_per_cta);
-  // Enough CTAs for two waves over the SMs, but at least 32 keys per split (8 per warp, two
-  // unrolled groups) so that the combine's extra pass stays small beside the keys read.
+  plan.wide_keys = wide_keys;
+  const int64_t wide_epl = 16 / static_cast<int64_t>(dtype_size(dtype));
+  const bool wide = wide_keys && wide_epl > head_dim / 32 && plan.heads_per_cta * wide_epl <= 16;
+  // At least 32 keys per split (8 per warp, two unrolled groups) so that the combine's extra pass
+  // stays small beside the keys read. Then splits while the grid stays within about a wave: the
+  // wide form with two key groups in flight holds 9 CTAs an SM (56 registers, bf16 128-dim
+  // heads), so it doubles while twice the CTAs fit in 8 an SM; the one-key form until two CTAs an
+  // SM.
   const int64_t ctas = num_seqs * kv_heads * plan.head_chunks;
   const int cap = decode_split_cap(max_context, kDecodeMinSplitKeys);
+  const auto split_more = [&](int64_t grid) {
+    return wide ? 2 * grid <= 8 * static_cast<int64_t>(num_sms)
+                : grid < 2 * static_cast<int64_t>(num_sms);
+  };
   plan.splits = 1;
-  while (plan.splits < cap && ctas * plan.splits < 2 * static_cast<int64_t>(num_sms)) {
-    plan.splits *= 2;
-  }
+  while (plan.splits < cap && split_more(ctas * plan.splits)) plan.splits *= 2;
+  // Four key groups a warp in flight (95 registers, 5 CTAs an SM) while the grid fits in one wave
+  // of that form (few sequences: latency decides); past it, more resident CTAs read faster (one
+  // H200, bf16 7B shapes, session 11: 64 sequences of 192 keys in 64.7 us against 84.0).
+  plan.unroll = ctas * plan.splits > 5 * static_cast<int64_t>(num_sms) ? 2 : 4;
   return plan;
 }
 
@@ -629,8 +643,9 @@ bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
                              float* partial, cudaStream_t stream) {
   if (num_seqs == 0) return false;
   DSHPC_CHECK(decode_attention_supported(cache, dtype)) << "decode attention: unsupported shape";
-  DSHPC_CHECK(num_seqs <= 0x7fffffff && cache.kv_heads * plan.head_chunks <= 65535 &&
-              plan.splits <= kMaxSplits && (plan.splits == 1 || partial != nullptr))
+  DSHPC_CHECK(num_seqs * cache.kv_heads * plan.head_chunks <= 0x7fffffff &&
+              plan.splits <= kMaxSplits && (plan.splits == 1 || partial != nullptr) &&
+              (plan.unroll == 2 || plan.unroll == 4))
       << "decode attention: grid " << num_seqs << " x " << cache.kv_heads * plan.head_chunks
       << " x " << plan.splits;
   DecodeArgs args{};
@@ -647,8 +662,9 @@ bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
   args.head_chunks = plan.head_chunks;
   args.block_size = static_cast<int>(cache.block_size);
   args.splits = plan.splits;
+  args.head_ctas = static_cast<int>(cache.kv_heads) * plan.head_chunks;
   args.scale_log2 = scale * kLog2e;
-  const int n = static_cast<int>(num_seqs), kv = static_cast<int>(cache.kv_heads);
+  const int n = static_cast<int>(num_seqs);
   const int dpl = static_cast<int>(cache.head_dim / 32);
   // The wide form's 16-byte loads of q, K and V rows.
   const size_t element = dtype_size(dtype);
@@ -661,16 +677,16 @@ bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
     using T = decltype(tag);
     switch (dpl) {
       case 1:
-        used_wide = dispatch_group<T, 1>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 1>(args, plan.heads_per_cta, n, wide, plan.unroll, stream);
         return;
       case 2:
-        used_wide = dispatch_group<T, 2>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 2>(args, plan.heads_per_cta, n, wide, plan.unroll, stream);
         return;
       case 4:
-        used_wide = dispatch_group<T, 4>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 4>(args, plan.heads_per_cta, n, wide, plan.unroll, stream);
         return;
       default:
-        used_wide = dispatch_group<T, 8>(args, plan.heads_per_cta, n, kv, wide, stream);
+        used_wide = dispatch_group<T, 8>(args, plan.heads_per_cta, n, wide, plan.unroll, stream);
         return;
     }
   });

@@ -59,6 +59,17 @@ int64_t moe_shared_side_max_tokens() {
   return tokens;
 }
 
+// DSHPC_DECODE_UNROLL: unset or empty 0 (the plan decides), else 2 or 4.
+int decode_unroll_from_env() {
+  const char* env = std::getenv("DSHPC_DECODE_UNROLL");
+  if (env == nullptr || *env == '\0') return 0;
+  const std::string value(env);
+  DSHPC_CHECK(value == "2" || value == "4")
+      << "DSHPC_DECODE_UNROLL must be 2 or 4 (key groups a warp in flight), not \"" << value
+      << "\"";
+  return value == "2" ? 2 : 4;
+}
+
 size_t align_up(size_t bytes, size_t alignment) {
   return (bytes + alignment - 1) / alignment * alignment;
 }
@@ -624,14 +635,16 @@ class CudaBackend final : public Backend {
       return;
     }
     if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {
-      cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
-          step.num_sequences, q_heads, cache.kv_heads, max_context_, num_sms_);
-      plan.wide_keys = decode_wide_enabled_;
+      cuda::DecodeAttentionPlan plan =
+          cuda::decode_attention_plan(step.num_sequences, q_heads, cache.kv_heads, cache.head_dim,
+                                      dtype_, max_context_, num_sms_, decode_wide_enabled_);
+      if (decode_unroll_ != 0) plan.unroll = decode_unroll_;
       const bool wide = cuda::launch_decode_attention(
           q, out, step.sequences, step.num_sequences, q_heads, cache, dtype_, scale, plan,
           decode_partial(plan, step.num_sequences, q_heads, cache.v_dim), stream_);
       ++counters_.decode_attention;
       if (wide) ++counters_.decode_attention_wide;
+      if (wide && plan.unroll == 2) ++counters_.decode_attention_unroll2;
       return;
     }
     const bool prefill_kernel = cuda::prefill_attention_supported(q, cache, dtype_);
@@ -1093,6 +1106,9 @@ class CudaBackend final : public Backend {
   // DSHPC_DECODE_WIDE=0: the decode attention reads one key per warp row even where a row is
   // narrower than 512 bytes (DecodeAttentionPlan::wide_keys).
   bool decode_wide_enabled_ = env_enabled("DSHPC_DECODE_WIDE");
+  // DSHPC_DECODE_UNROLL=2 or 4: the wide form's key groups in flight per warp for every step,
+  // instead of the plan's choice by grid size (DecodeAttentionPlan::unroll).
+  int decode_unroll_ = decode_unroll_from_env();
   // DSHPC_MLA_VALUES=1: MLA's value projection in the attention's last launch (opt-in: its GPU
   // tests pass, but V2-Lite at batch 1 measured 356.8 tok/s with it against 368.4 without, one
   // H200, same build, session 6).

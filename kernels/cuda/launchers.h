@@ -75,6 +75,9 @@ struct DecodeAttentionPlan {
   // each warp takes several keys at once, 16 bytes of a row per lane (up to 2 bf16 heads per CTA;
   // more keep one key per warp). false: one key per warp always (for comparison).
   bool wide_keys = true;
+  // Key groups a warp of the wide form has in flight per iteration: 4, or 2 (fewer registers,
+  // more CTAs an SM) for grids larger than a wave.
+  int unroll = 4;
 };
 bool decode_attention_supported(const PagedKvView& cache, DType dtype);
 // The most key splits a step whose longest context is max_context may use: a power of two ≤ 64
@@ -83,8 +86,11 @@ bool decode_attention_supported(const PagedKvView& cache, DType dtype);
 inline constexpr int64_t kDecodeMinSplitKeys = 32;
 inline constexpr int64_t kMlaMinSplitKeys = 8;
 int decode_split_cap(int64_t max_context, int64_t min_keys);
+// The plan of a decode step: heads per CTA, key splits and the wide form's unroll, from the
+// step's shape (the form the launch takes for head_dim in dtype with wide_keys).
 DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int64_t kv_heads,
-                                          int64_t max_context, int num_sms);
+                                          int64_t head_dim, DType dtype, int64_t max_context,
+                                          int num_sms, bool wide_keys = true);
 // Workspace floats for a plan with splits > 1: num_seqs · q_heads · splits · (v_dim + 2).
 // Returns whether the wide form (DecodeAttentionPlan::wide_keys) ran.
 bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,

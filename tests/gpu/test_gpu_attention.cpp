@@ -250,42 +250,60 @@ TEST_P(GpuAttention, DecodeOddGroupsHeadDimsAndBlockSizes) {
 
 // The decode kernel's two forms (DecodeAttentionPlan::wide_keys). Wide: in bf16 a 32-, 64- or
 // 128-dim head row takes 4, 8 or 16 lanes (16 bytes each), so a warp reads 8, 4 or 2 keys at
-// once, with one or two heads per CTA (in float32 the 32- and 64-dim heads). Contexts of 1 to 5
-// keys leave some of a warp's key groups with nothing to read while the others have keys; with a
-// 2,100-key context the keys are split (a partial result per split, then the combine), with
-// contexts under 64 keys they are not (the kernel writes the output). Then the
-// one-key-per-warp form (DSHPC_DECODE_WIDE=0) on the shapes that would take the wide one. The
-// path counter tells which form ran.
+// once, with one or two heads per CTA (in float32 the 32- and 64-dim heads), and two or four
+// such key groups in flight per iteration (DecodeAttentionPlan::unroll, forced here through
+// DSHPC_DECODE_UNROLL). Contexts of 1 to 5 keys leave some of a warp's key groups with nothing
+// to read while the others have keys; with a 2,100-key context the keys are split (a partial
+// result per split, then the combine), with contexts under 64 keys they are not (the kernel
+// writes the output). Then the one-key-per-warp form (DSHPC_DECODE_WIDE=0) on the shapes that
+// would take the wide one. The path counters tell which form ran.
 TEST_P(GpuAttention, DecodeWideAndOneKeyForms) {
   const std::vector<SequenceShape> split = {{1, 1}, {2, 1},  {3, 1},   {5, 1},
                                             {9, 1}, {70, 1}, {2100, 1}};
   const std::vector<SequenceShape> unsplit = {{1, 1}, {2, 1}, {3, 1}, {5, 1}, {17, 1}, {40, 1}};
   const bool bf16 = dtype() == DType::kBF16;
   auto expect_form = [&](const AttentionCase& c, const std::vector<SequenceShape>& shapes,
-                         bool wide) {
-    const int64_t before = cuda_path_counters(*gpu_).decode_attention_wide;
+                         bool wide, int unroll) {
+    const CudaPathCounters before = cuda_path_counters(*gpu_);
     run_case(c, shapes, kDecode);
-    EXPECT_EQ(cuda_path_counters(*gpu_).decode_attention_wide - before, wide ? 1 : 0)
+    const CudaPathCounters after = cuda_path_counters(*gpu_);
+    EXPECT_EQ(after.decode_attention_wide - before.decode_attention_wide, wide ? 1 : 0)
         << c.name << ": " << (wide ? "the wide form did not run" : "the wide form ran");
+    EXPECT_EQ(after.decode_attention_unroll2 - before.decode_attention_unroll2,
+              wide && unroll == 2 ? 1 : 0)
+        << c.name << ": unroll " << unroll;
   };
-  {
-    ScopedEnv on("DSHPC_DECODE_WIDE", "1");
-    gpu_ = cuda_backend(dtype());
-  }
-  ASSERT_NE(gpu_, nullptr);
-  for (const auto* shapes : {&split, &unsplit}) {
-    expect_form({"decode_d32_mha", 8, 8, 32, 32, false, 16, 1.0f}, *shapes, true);
-    expect_form({"decode_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, *shapes, true);
-    expect_form({"decode_d128_group2_sharp", 16, 8, 128, 128, false, 16, 8.0f}, *shapes, bf16);
-    expect_form({"decode_mha128", 32, 32, 128, 128, false, 16, 1.0f}, *shapes, bf16);
+  for (const char* unroll : {"2", "4"}) {
+    {
+      ScopedEnv on("DSHPC_DECODE_WIDE", "1");
+      ScopedEnv forced("DSHPC_DECODE_UNROLL", unroll);
+      gpu_ = cuda_backend(dtype());
+    }
+    ASSERT_NE(gpu_, nullptr);
+    SCOPED_TRACE(std::string("unroll ") + unroll);
+    const int u = std::atoi(unroll);
+    for (const auto* shapes : {&split, &unsplit}) {
+      expect_form({"decode_d32_mha", 8, 8, 32, 32, false, 16, 1.0f}, *shapes, true, u);
+      expect_form({"decode_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, *shapes, true, u);
+      expect_form({"decode_d128_group2_sharp", 16, 8, 128, 128, false, 16, 8.0f}, *shapes, bf16, u);
+      expect_form({"decode_mha128", 32, 32, 128, 128, false, 16, 1.0f}, *shapes, bf16, u);
+    }
   }
   {
     ScopedEnv off("DSHPC_DECODE_WIDE", "0");
     gpu_ = cuda_backend(dtype());
   }
   ASSERT_NE(gpu_, nullptr);
-  expect_form({"one_key_mha128", 32, 32, 128, 128, false, 16, 1.0f}, split, false);
-  expect_form({"one_key_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, unsplit, false);
+  expect_form({"one_key_mha128", 32, 32, 128, 128, false, 16, 1.0f}, split, false, 0);
+  expect_form({"one_key_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, unsplit, false, 0);
+}
+
+// A bad DSHPC_DECODE_UNROLL is an error that names the variable, not a silent default.
+// The child re-runs the test from the start (threadsafe style), so it starts CUDA afresh.
+TEST_P(GpuAttention, DecodeUnrollSwitchRejectsOtherValues) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  ScopedEnv bad("DSHPC_DECODE_UNROLL", "3");
+  EXPECT_DEATH((void)make_cuda_backend(0, dtype()), "DSHPC_DECODE_UNROLL must be 2 or 4");
 }
 
 // MLA decode steps (the latent kernel of attention_decode.cu): V2/V3's 512 + 64 with 16 heads
@@ -307,10 +325,15 @@ TEST_P(GpuAttention, DecodeMlaLargeBatch) {
   run_case({"decode_mla_batch64", 16, 1, 576, 512, true, 16, 1.0f}, batch, kDecode);
 }
 
+// 64 sequences × 32 heads: more CTAs than the four-group form holds in a wave, so the plan takes
+// two key groups a warp (bf16; in float32 the 128-dim head takes the one-key form).
 TEST_P(GpuAttention, DecodeLargeBatch) {
   std::vector<SequenceShape> batch;
   for (int i = 0; i < 64; ++i) batch.push_back({100 + 7 * i, 1});
+  const int64_t before = cuda_path_counters(*gpu_).decode_attention_unroll2;
   run_case({"decode_batch64", 32, 32, 128, 128, false, 16, 1.0f}, batch, kDecode);
+  EXPECT_EQ(cuda_path_counters(*gpu_).decode_attention_unroll2 - before,
+            dtype() == DType::kBF16 ? 1 : 0);
 }
 
 // Prefill and mixed steps on the tensor cores (bf16; float32 runs the general kernel).
