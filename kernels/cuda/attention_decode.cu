@@ -630,10 +630,10 @@ DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int
   };
   plan.splits = 1;
   while (plan.splits < cap && split_more(ctas * plan.splits)) plan.splits *= 2;
-  // Four key groups a warp in flight (95 registers, 5 CTAs an SM) while the grid fits in one wave
-  // of that form (few sequences: latency decides); past it, more resident CTAs read faster (one
-  // H200, bf16 7B shapes, session 11: 64 sequences of 192 keys in 64.7 us against 84.0).
-  plan.unroll = ctas * plan.splits > 5 * static_cast<int64_t>(num_sms) ? 2 : 4;
+  // Four key groups a warp in flight (71 registers, 7 CTAs an SM, bf16 128-dim heads) while the
+  // grid fits in one wave of that form (few sequences: latency decides); past it, two (55
+  // registers, 9 CTAs an SM): more resident CTAs read faster.
+  plan.unroll = ctas * plan.splits > 7 * static_cast<int64_t>(num_sms) ? 2 : 4;
   return plan;
 }
 
