@@ -54,7 +54,6 @@ struct CudaPathCounters {
   int64_t decode_attention = 0;          // attention through the split-key decode kernel
   int64_t decode_attention_wide = 0;     // … of which in the several-keys-a-warp form
   int64_t decode_attention_unroll2 = 0;  // … of which with two key groups a warp in flight
-  int64_t mla_decode_folded = 0;         // MLA decodes with the split combine in the last CTA
   int64_t prefill_attention = 0;         // attention through the tensor-core prefill kernel
   int64_t mla_prefill_attention = 0;     // MLA attention of a prefill or mixed step, tensor cores
   int64_t graph_captures = 0;            // decode steps captured as CUDA graphs

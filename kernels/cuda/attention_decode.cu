@@ -277,8 +277,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
 // out[token of s, head] = Σ_split acc · 2^(m − M) / Σ_split l · 2^(m − M), M the largest m.
 // Warp 0's part of merging key splits: weight[i] = 2^(m_i − M) of each split (M the largest m;
 // 0 for a split that saw no key) and *inv_l = 1 / Σ l_i · weight[i], from the splits' (m, l) at
-// part + i · (d + 2) + d. Called by the 32 lanes of one warp. Loads go through L2 only
-// (ld.global.cg): in the folded combine the partials are other CTAs' stores of the same launch.
+// part + i · (d + 2) + d. Called by the 32 lanes of one warp.
 __device__ __forceinline__ void split_weights(const float* part, int splits, int d, float* weight,
                                               float* inv_l) {
   const int lane = threadIdx.x & 31;
@@ -287,8 +286,8 @@ __device__ __forceinline__ void split_weights(const float* part, int splits, int
 #pragma unroll
   for (int j = 0; j < kMaxSplits / 32; ++j) {
     const int i = lane + 32 * j;
-    m[j] = i < splits ? __ldcg(part + i * (d + 2) + d) : -INFINITY;
-    l[j] = i < splits ? __ldcg(part + i * (d + 2) + d + 1) : 0.0f;
+    m[j] = i < splits ? part[i * (d + 2) + d] : -INFINITY;
+    l[j] = i < splits ? part[i * (d + 2) + d + 1] : 0.0f;
     m_all = fmaxf(m_all, m[j]);
   }
   m_all = warp_max(m_all);
@@ -301,23 +300,6 @@ __device__ __forceinline__ void split_weights(const float* part, int splits, int
   }
   l_all = warp_sum(l_all);
   if (lane == 0) *inv_l = 1.0f / l_all;
-}
-
-// Σ_i part[i · stride] · weight[i] over the splits, i ascending (one fmaf chain: the same sum in
-// every caller), with up to 8 splits' loads in flight before their products.
-__device__ __forceinline__ float merge_splits(const float* part, int64_t stride,
-                                              const float* weight, int splits) {
-  float o = 0.0f;
-  int i = 0;
-  for (; i + 8 <= splits; i += 8) {
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = __ldcg(part + (i + j) * stride);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) o = fmaf(v[j], weight[i + j], o);
-  }
-  for (; i < splits; ++i) o = fmaf(__ldcg(part + i * stride), weight[i], o);
-  return o;
 }
 
 // The splits' (m, l) pairs go to shared memory first (one round of loads), their weights are
@@ -334,7 +316,8 @@ __global__ void decode_attention_combine(const float* partial, const PagedSequen
   __syncthreads();
   const int token = sequences[s].query_begin;
   for (int d = threadIdx.x; d < d_model; d += blockDim.x) {
-    const float o = merge_splits(part + d, d_model + 2, weight, splits);
+    float o = 0.0f;
+    for (int i = 0; i < splits; ++i) o = fmaf(part[i * (d_model + 2) + d], weight[i], o);
     out[(static_cast<int64_t>(token) * q_heads + head) * d_model + d] = from_float<T>(o * inv_l);
   }
 }
@@ -351,10 +334,6 @@ struct MlaDecodeArgs {
   const void* cache;
   const PagedSequence* sequences;
   float* partial;  // [seqs, q_heads, splits, L + 2] (splits > 1)
-  // Folded combine (splits > 1): one zeroed counter per (sequence, head chunk); the CTA that
-  // arrives last merges the chunk's splits and writes out, and sets the counter back to 0.
-  // nullptr: the partials are left for a combine launch.
-  unsigned int* arrivals;
   int64_t token_stride;
   int q_heads;
   int rope;
@@ -365,41 +344,6 @@ struct MlaDecodeArgs {
 
 constexpr int kMlaUnroll = 2;
 constexpr int kMlaHeads = 4;  // query heads per CTA
-
-// The end of an MLA decode CTA with the split combine folded in: every thread's partial stores
-// are fenced before the CTA counts itself on its (sequence, head chunk) counter; the CTA that
-// arrives last merges the chunk's splits (warp g the weights of head g, then every thread some
-// of the heads × L outputs, as decode_attention_combine does: bit-identical) and resets the
-// counter for the next launch. No CTA waits for another, so the grid needs no co-residency.
-template <typename T, int G, int L>
-__device__ __forceinline__ void fold_split_combine(const MlaDecodeArgs& a, int s, int first,
-                                                   int heads, int token) {
-  static_assert(G <= kWarps, "one warp per head for the split weights");
-  __shared__ float weight[G][kMaxSplits];
-  __shared__ float inv_l[G];
-  __shared__ bool last;
-  unsigned int* counter = a.arrivals + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == static_cast<unsigned int>(a.splits - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();  // the other splits' partials, fenced before their counts, are visible now
-  const int warp = threadIdx.x >> 5;
-  const int64_t head_floats = static_cast<int64_t>(a.splits) * (L + 2);
-  const float* part = a.partial + (static_cast<int64_t>(s) * a.q_heads + first) * head_floats;
-  if (warp < heads)
-    split_weights(part + warp * head_floats, a.splits, L, weight[warp], &inv_l[warp]);
-  __syncthreads();
-  T* out = static_cast<T*>(a.out);
-  for (int i = threadIdx.x; i < heads * L; i += kThreads) {
-    const int g = i / L, d = i % L;
-    const float o = merge_splits(part + g * head_floats + d, L + 2, weight[g], a.splits);
-    out[(static_cast<int64_t>(token) * a.q_heads + first + g) * L + d] =
-        from_float<T>(o * inv_l[g]);
-  }
-  if (threadIdx.x == 0) *counter = 0;
-}
 
 template <typename T, int LPL, int RPL, int G>
 __global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
@@ -493,9 +437,6 @@ __global__ void __launch_bounds__(kThreads) mla_decode_kernel(MlaDecodeArgs a) {
 
   merge_warps_and_store<T, G, LPL>(m, l, acc, red_m, red_l, red_acc, heads, first, s, token,
                                    a.q_heads, a.splits, split, static_cast<T*>(a.out), a.partial);
-  if (a.splits > 1 && a.arrivals != nullptr) {
-    fold_split_combine<T, G, L>(a, s, first, heads, token);
-  }
 }
 
 // With several splits, merges their partial results into out (decode_attention_combine).
@@ -532,7 +473,9 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x < 32) split_weights(part, splits, L, weight, &inv_l);
     __syncthreads();
     for (int d = threadIdx.x; d < L; d += blockDim.x) {
-      o[d] = to_float(from_float<T>(merge_splits(part + d, L + 2, weight, splits) * inv_l));
+      float acc = 0.0f;
+      for (int i = 0; i < splits; ++i) acc = fmaf(part[i * (L + 2) + d], weight[i], acc);
+      o[d] = to_float(from_float<T>(acc * inv_l));
     }
   } else {
     const T* row = out + (static_cast<int64_t>(token) * q_heads + head) * L;
@@ -572,10 +515,8 @@ void launch_mla_decode(const MlaDecodeArgs& args, int num_seqs, int head_chunks,
              stream, args);
   DSHPC_CUDA_LAUNCH_CHECK("mla_decode_kernel");
   if (proj == nullptr) {
-    if (args.arrivals == nullptr) {
-      launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
-                              args.splits, 32 * LPL, stream);
-    }
+    launch_split_combine<T>(args.partial, args.sequences, args.out, num_seqs, args.q_heads,
+                            args.splits, 32 * LPL, stream);
     return;
   }
   const dim3 values_grid(static_cast<unsigned int>(num_seqs),
@@ -798,12 +739,12 @@ bool mla_values_supported(const MlaValueProjection& proj, const PagedKvView& cac
          proj.head_stride % vec == 0 && aligned_to(proj.w_uv, 16) && cache.v_dim % vec == 0;
 }
 
-bool launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                                  int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                                  DType dtype, float scale, const DecodeAttentionPlan& plan,
                                  float* partial, cudaStream_t stream,
-                                 const MlaValueProjection* values, unsigned int* arrivals) {
-  if (num_seqs == 0) return false;
+                                 const MlaValueProjection* values) {
+  if (num_seqs == 0) return;
   DSHPC_CHECK(mla_decode_attention_supported(q, out, cache, dtype) &&
               (values == nullptr || mla_values_supported(*values, cache, dtype, num_seqs)))
       << "MLA decode attention: unsupported shape";
@@ -823,8 +764,6 @@ bool launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequen
   args.block_size = static_cast<int>(cache.block_size);
   args.splits = plan.splits;
   args.scale_log2 = scale * kLog2e;
-  const bool fold = values == nullptr && plan.splits > 1 && arrivals != nullptr;
-  args.arrivals = fold ? arrivals : nullptr;
   const int n = static_cast<int>(num_seqs);
   dispatch_float(dtype, "mla_decode_attention", [&](auto tag) {
     using T = decltype(tag);
@@ -833,7 +772,6 @@ bool launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequen
     }
     return launch_mla_decode<T, 2, 0>(args, n, plan.head_chunks, values, stream);
   });
-  return fold;
 }
 
 }  // namespace dshpc::cuda

@@ -599,18 +599,10 @@ class CudaBackend final : public Backend {
                   const PagedKvView& cache, float scale, const cuda::MlaValueProjection* values) {
     const cuda::DecodeAttentionPlan plan =
         cuda::mla_decode_attention_plan(step.num_sequences, q_heads, max_context_, num_sms_);
-    unsigned int* arrivals = nullptr;
-    if (mla_fold_combine_enabled_ && plan.splits > 1 && values == nullptr) {
-      // allocate() zeroes the counters; every launch leaves them zeroed.
-      ensure(decode_arrivals_,
-             static_cast<size_t>(step.num_sequences * plan.head_chunks) * sizeof(unsigned int));
-      arrivals = static_cast<unsigned int*>(decode_arrivals_.data());
-    }
-    const bool folded = cuda::launch_mla_decode_attention(
+    cuda::launch_mla_decode_attention(
         q, out, step.sequences, step.num_sequences, q_heads, cache, dtype_, scale, plan,
-        decode_partial(plan, step.num_sequences, q_heads, cache.v_dim), stream_, values, arrivals);
+        decode_partial(plan, step.num_sequences, q_heads, cache.v_dim), stream_, values);
     ++counters_.decode_attention;
-    if (folded) ++counters_.mla_decode_folded;
   }
 
   // paged_attention's contract, checked against the step's host-side sequences.
@@ -812,10 +804,10 @@ class CudaBackend final : public Backend {
   }
 
   // The per-step buffers reserve_step grows and release_step_buffers frees.
-  std::array<DeviceBuffer*, 12> step_buffers() {
-    return {&step_device_, &sampling_device_, &decode_partial_, &decode_arrivals_,
-            &moe_index_,   &moe_rows_,        &moe_gate_up_,    &moe_act_,
-            &moe_out_,     &side_gate_up_,    &side_act_,       &side_out_};
+  std::array<DeviceBuffer*, 11> step_buffers() {
+    return {&step_device_,  &sampling_device_, &decode_partial_, &moe_index_,
+            &moe_rows_,     &moe_gate_up_,     &moe_act_,        &moe_out_,
+            &side_gate_up_, &side_act_,        &side_out_};
   }
 
   // Graphs hold raw pointers: any allocation or release may invalidate them.
@@ -988,12 +980,11 @@ class CudaBackend final : public Backend {
   bool clusters_ = false;     // the device launches thread block clusters, and we have their code
   bool decode_step_ = false;  // every sequence of the step has one new token
   int64_t max_context_ = 0;
-  DeviceBuffer decode_partial_;   // split-key partial results of decode attention
-  DeviceBuffer decode_arrivals_;  // MLA decode's per-(sequence, head chunk) split counters
-  DeviceBuffer gate_done_;        // moe_gate's CTA counter (zero between launches)
-  DeviceBuffer argmax_partial_;   // the sliced argmax's per-slice bests
-  DeviceBuffer argmax_done_;      // … and its per-row CTA counters (zero between launches)
-  DeviceBuffer decode_tiles_;     // {s, 0} for s < decode_tile_count_ (decode_tiles)
+  DeviceBuffer decode_partial_;  // split-key partial results of decode attention
+  DeviceBuffer gate_done_;       // moe_gate's CTA counter (zero between launches)
+  DeviceBuffer argmax_partial_;  // the sliced argmax's per-slice bests
+  DeviceBuffer argmax_done_;     // … and its per-row CTA counters (zero between launches)
+  DeviceBuffer decode_tiles_;    // {s, 0} for s < decode_tile_count_ (decode_tiles)
   int64_t decode_tile_count_ = 0;
 
   // Captured decode steps, by key (step_graph_key and the caller's part).
@@ -1115,9 +1106,6 @@ class CudaBackend final : public Backend {
   // DSHPC_DECODE_WIDE=0: the decode attention reads one key per warp row even where a row is
   // narrower than 512 bytes (DecodeAttentionPlan::wide_keys).
   bool decode_wide_enabled_ = env_enabled("DSHPC_DECODE_WIDE");
-  // DSHPC_MLA_FOLD_COMBINE=0: MLA decode's split combine as a launch of its own instead of in
-  // each head chunk's last CTA (launch_mla_decode_attention).
-  bool mla_fold_combine_enabled_ = env_enabled("DSHPC_MLA_FOLD_COMBINE");
   // DSHPC_DECODE_UNROLL=2 or 4: the wide form's key groups in flight per warp for every step,
   // instead of the plan's choice by grid size (DecodeAttentionPlan::unroll).
   int decode_unroll_ = decode_unroll_from_env();

@@ -120,15 +120,11 @@ struct MlaValueProjection {
 inline constexpr int64_t kMlaValuesMaxSequences = 16;
 bool mla_values_supported(const MlaValueProjection& proj, const PagedKvView& cache, DType dtype,
                           int64_t num_seqs);
-// With splits > 1, no value projection and `arrivals` (num_seqs · head_chunks zeroed counters,
-// left zeroed), the split combine runs in each head chunk's last CTA instead of a launch of its
-// own (bit-identical). Returns whether it did.
-bool launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
+void launch_mla_decode_attention(const Mat& q, const Mat& out, const PagedSequence* sequences,
                                  int64_t num_seqs, int64_t q_heads, const PagedKvView& cache,
                                  DType dtype, float scale, const DecodeAttentionPlan& plan,
                                  float* partial, cudaStream_t stream,
-                                 const MlaValueProjection* values = nullptr,
-                                 unsigned int* arrivals = nullptr);
+                                 const MlaValueProjection* values = nullptr);
 
 // mla_prepare.cu: Backend::mla_prepare in one launch for steps of up to kMlaPrepareMaxTokens
 // tokens (float32 or bf16; latent width a multiple of 64).
