@@ -336,7 +336,6 @@ int run_bench(int argc, char** argv, int first) {
         "%lld MoE layers ending "
         "with the next norm, %lld per-head products, %lld sliced argmaxes, %lld decode "
         "attentions in the several-keys-a-warp form (%lld with two key groups a warp in flight), "
-        "%lld decode attentions reading q from the qkv rows, "
         "%lld MoE layers with the shared experts beside the router\n",
         static_cast<long long>(paths.gemv), static_cast<long long>(paths.decode_attention),
         static_cast<long long>(paths.graph_captures), static_cast<long long>(paths.graph_launches),
@@ -349,7 +348,6 @@ int run_bench(int argc, char** argv, int first) {
         static_cast<long long>(paths.argmax_sliced),
         static_cast<long long>(paths.decode_attention_wide),
         static_cast<long long>(paths.decode_attention_unroll2),
-        static_cast<long long>(paths.decode_attention_strided_q),
         static_cast<long long>(paths.moe_shared_side));
     result["cuda_paths"] = {{"gemv", paths.gemv},
                             {"decode_attention", paths.decode_attention},
@@ -373,7 +371,6 @@ int run_bench(int argc, char** argv, int first) {
                             {"gemv_heads", paths.gemv_heads},
                             {"decode_attention_wide", paths.decode_attention_wide},
                             {"decode_attention_unroll2", paths.decode_attention_unroll2},
-                            {"decode_attention_strided_q", paths.decode_attention_strided_q},
                             {"moe_shared_side", paths.moe_shared_side},
                             {"moe_shared_side_captured", paths.moe_shared_side_captured}};
   }

@@ -43,11 +43,9 @@ void kv_cache_write_cpu(const float* k, int64_t k_row_stride, const float* v, in
                         int64_t tokens, const int64_t* slots, const PagedKvView& cache);
 
 // out[t, h, :v_dim] = softmax_j(scale · q[t, h] · k[j, h / group]) · v[j, h / group], causal,
-// group = q_heads / kv_heads. q is [tokens, q_heads, head_dim], its rows q_row_stride floats
-// apart (0: q_heads · head_dim, contiguous); out is [tokens, q_heads, v_dim] contiguous. Softmax
-// in float32 with max subtraction.
+// group = q_heads / kv_heads. q is [tokens, q_heads, head_dim] contiguous; out is
+// [tokens, q_heads, v_dim] contiguous. Softmax in float32 with max subtraction.
 void paged_attention_cpu(const float* q, float* out, const PagedSequence* seqs, int64_t num_seqs,
-                         int64_t q_heads, const PagedKvView& cache, float scale,
-                         int64_t q_row_stride = 0);
+                         int64_t q_heads, const PagedKvView& cache, float scale);
 
 }  // namespace dshpc

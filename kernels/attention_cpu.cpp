@@ -47,8 +47,7 @@ void kv_cache_write_cpu(const float* k, int64_t k_row_stride, const float* v, in
 }
 
 void paged_attention_cpu(const float* q, float* out, const PagedSequence* seqs, int64_t num_seqs,
-                         int64_t q_heads, const PagedKvView& cache, float scale,
-                         int64_t q_row_stride) {
+                         int64_t q_heads, const PagedKvView& cache, float scale) {
   const int64_t kv_heads = cache.kv_heads;
   const int64_t head_dim = cache.head_dim;
   const int64_t v_dim = cache.v_dim;
@@ -57,9 +56,6 @@ void paged_attention_cpu(const float* q, float* out, const PagedSequence* seqs, 
       << "q_heads " << q_heads << " is not a multiple of kv_heads " << kv_heads;
   DSHPC_CHECK(block_size > 0) << "block_size " << block_size;
   const int64_t group = q_heads / kv_heads;
-  const int64_t q_stride = q_row_stride > 0 ? q_row_stride : q_heads * head_dim;
-  DSHPC_CHECK(q_stride >= q_heads * head_dim)
-      << "q rows " << q_stride << " floats apart hold " << q_heads << " heads of " << head_dim;
 
   int64_t max_context = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
@@ -84,7 +80,7 @@ void paged_attention_cpu(const float* q, float* out, const PagedSequence* seqs, 
       const int64_t num_keys = first_position + i + 1;  // causal: positions 0 … its own
       for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
         // Query heads kvh·group … kvh·group + group − 1 share this kv head; they are adjacent.
-        const float* q_group = q + token * q_stride + kvh * group * head_dim;
+        const float* q_group = q + (token * q_heads + kvh * group) * head_dim;
 
         for_each_key(seq.block_table, block_size, num_keys, [&](int64_t j, int64_t slot) {
           const float* k_row = cache.k + slot * cache.k_token_stride + kvh * head_dim;

@@ -250,8 +250,6 @@ class Backend {
   virtual void swiglu(const Mat& gate_up, Mat out) = 0;
   virtual void kv_cache_write(const Mat& k, const Mat* v, const int64_t* slots,
                               const PagedKvView& cache) = 0;
-  // q: [tokens, q_heads · head_dim], rows q.stride apart (a column slice of the projection's
-  // output, e.g.); out: [tokens, q_heads · v_dim] contiguous.
   virtual void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
                                const PagedKvView& cache, float scale) = 0;
   // MLA's steps before the attention (MlaPrepareArgs). The default runs them op by op (and

@@ -160,11 +160,11 @@ class CpuBackend final : public Backend {
 
   void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
                        const PagedKvView& cache, float scale) override {
-    DSHPC_CHECK(q.stride >= q.cols && out.contiguous());
+    DSHPC_CHECK(q.contiguous() && out.contiguous());
     DSHPC_CHECK_EQ(q.cols, q_heads * cache.head_dim) << "attention query width";
     DSHPC_CHECK_EQ(out.cols, q_heads * cache.v_dim) << "attention output width";
-    paged_attention_cpu(f32(q), f32(out), step.sequences, step.num_sequences, q_heads, cache, scale,
-                        q.stride);
+    paged_attention_cpu(f32(q), f32(out), step.sequences, step.num_sequences, q_heads, cache,
+                        scale);
   }
 
   void moe_route(const Mat& router_logits, const float* bias, const MoeRoutingParams& params,

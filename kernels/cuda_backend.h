@@ -50,18 +50,17 @@ CudaMemoryStats cuda_memory_stats(Backend& backend);
 // How often the decode paths ran, so that tests and benchmarks can tell that the fast path (and
 // not a fallback) produced a result.
 struct CudaPathCounters {
-  int64_t gemv = 0;                        // matrix products through the few-row kernel (gemv.cu)
-  int64_t decode_attention = 0;            // attention through the split-key decode kernel
-  int64_t decode_attention_wide = 0;       // … of which in the several-keys-a-warp form
-  int64_t decode_attention_unroll2 = 0;    // … of which with two key groups a warp in flight
-  int64_t decode_attention_strided_q = 0;  // … of which read q from strided rows (no copy)
-  int64_t prefill_attention = 0;           // attention through the tensor-core prefill kernel
-  int64_t mla_prefill_attention = 0;       // MLA attention of a prefill or mixed step, tensor cores
-  int64_t graph_captures = 0;              // decode steps captured as CUDA graphs
-  int64_t graph_launches = 0;              // decode steps replayed from a graph
-  int64_t moe_small = 0;                   // MoE layers through the device-only small-step path
-  int64_t moe_mma = 0;                     // … of which on the tensor-core kernels (bf16)
-  int64_t moe_grouped = 0;                 // host-sorted MoE layers in two grouped cuBLAS calls
+  int64_t gemv = 0;                      // matrix products through the few-row kernel (gemv.cu)
+  int64_t decode_attention = 0;          // attention through the split-key decode kernel
+  int64_t decode_attention_wide = 0;     // … of which in the several-keys-a-warp form
+  int64_t decode_attention_unroll2 = 0;  // … of which with two key groups a warp in flight
+  int64_t prefill_attention = 0;         // attention through the tensor-core prefill kernel
+  int64_t mla_prefill_attention = 0;     // MLA attention of a prefill or mixed step, tensor cores
+  int64_t graph_captures = 0;            // decode steps captured as CUDA graphs
+  int64_t graph_launches = 0;            // decode steps replayed from a graph
+  int64_t moe_small = 0;                 // MoE layers through the device-only small-step path
+  int64_t moe_mma = 0;                   // … of which on the tensor-core kernels (bf16)
+  int64_t moe_grouped = 0;               // host-sorted MoE layers in two grouped cuBLAS calls
   int64_t moe_shared_fused = 0;  // … of which with the shared experts in the same launches
   int64_t gemv_pairs = 0;        // two products of one input in one launch (matmul_pair)
   int64_t mla_prepare = 0;       // MLA's steps before the attention in one launch

@@ -23,9 +23,10 @@ void Model::attention_llama(const LayerWeights& w, const StepTensors& step,
                 step.positions, rope_tables_, config_.rope_style);
   backend_.kv_cache_write(k, &v, step.slots, cache);
 
+  Mat q_dense = scratch(kWork1, tokens, q_width);  // attention wants contiguous [T, hq, d]
+  backend_.copy(q, q_dense);
   Mat attn = scratch(kWork2, tokens, q_width);
-  // q straight from the qkv rows (strided): no copy before the attention.
-  backend_.paged_attention(q, attn, step, heads_local_, cache, config_.attention_scale());
+  backend_.paged_attention(q_dense, attn, step, heads_local_, cache, config_.attention_scale());
   backend_.matmul(attn, w.llama.o.mat, out);  // row-parallel: partial sum over tp
 }
 

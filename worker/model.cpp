@@ -108,7 +108,7 @@ std::vector<size_t> Model::scratch_row_bytes() const {
     const int64_t q_width = heads_local_ * c.head_dim;
     const int64_t kv_width = kv_heads_local_ * c.head_dim;
     width[kWork0] = (q_width + 2 * kv_width) * a;
-    width[kWork2] = q_width * a;  // the attention's output; q is read from kWork0's rows
+    width[kWork1] = width[kWork2] = q_width * a;
   }
   int64_t inter = 0;  // the widest dense MLP or shared expert
   for (const LayerWeights& layer : layers_) {

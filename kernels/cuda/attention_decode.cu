@@ -167,8 +167,7 @@ __device__ __forceinline__ void merge_warps_and_store(
 }
 
 struct DecodeArgs {
-  const void* q;  // [tokens, q_heads · D], rows q_stride elements apart
-  int64_t q_stride;
+  const void* q;
   void* out;
   const void* k;
   const void* v;
@@ -221,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeArgs a
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     const int head = kv_head * a.group + first + min(g, heads - 1);
-    load_vec<T, EPL>(q + token * a.q_stride + head * D + sub * EPL, qr[g]);
+    load_vec<T, EPL>(q + (static_cast<int64_t>(token) * a.q_heads + head) * D + sub * EPL, qr[g]);
 #pragma unroll
     for (int d = 0; d < EPL; ++d) qr[g][d] *= a.scale_log2;
   }
@@ -588,7 +587,7 @@ int heads_per_cta(int64_t group) {
 
 }  // namespace
 
-bool decode_attention_supported(const Mat& q, const PagedKvView& cache, DType dtype) {
+bool decode_attention_supported(const PagedKvView& cache, DType dtype) {
   const int64_t d = cache.head_dim;
   const size_t element = dtype_size(dtype);
   const int64_t dpl = d / 32;
@@ -599,8 +598,7 @@ bool decode_attention_supported(const Mat& q, const PagedKvView& cache, DType dt
   };
   return (dtype == DType::kBF16 || dtype == DType::kF32) && cache.v_dim == d && d % 32 == 0 &&
          (dpl == 1 || dpl == 2 || dpl == 4 || dpl == 8) && cache.v != cache.k &&
-         aligned(cache.k, cache.k_token_stride) && aligned(cache.v, cache.v_token_stride) &&
-         q.stride >= q.cols && aligned(q.data, q.stride);
+         aligned(cache.k, cache.k_token_stride) && aligned(cache.v, cache.v_token_stride);
 }
 
 int decode_split_cap(int64_t max_context, int64_t min_keys) {
@@ -644,7 +642,7 @@ bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
                              DType dtype, float scale, const DecodeAttentionPlan& plan,
                              float* partial, cudaStream_t stream) {
   if (num_seqs == 0) return false;
-  DSHPC_CHECK(decode_attention_supported(q, cache, dtype)) << "decode attention: unsupported shape";
+  DSHPC_CHECK(decode_attention_supported(cache, dtype)) << "decode attention: unsupported shape";
   DSHPC_CHECK(num_seqs * cache.kv_heads * plan.head_chunks <= 0x7fffffff &&
               plan.splits <= kMaxSplits && (plan.splits == 1 || partial != nullptr) &&
               (plan.unroll == 2 || plan.unroll == 4))
@@ -652,7 +650,6 @@ bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
       << " x " << plan.splits;
   DecodeArgs args{};
   args.q = q.data;
-  args.q_stride = q.stride;
   args.out = out.data;
   args.k = cache.k;
   args.v = cache.v;
@@ -671,9 +668,8 @@ bool launch_decode_attention(const Mat& q, const Mat& out, const PagedSequence* 
   const int dpl = static_cast<int>(cache.head_dim / 32);
   // The wide form's 16-byte loads of q, K and V rows.
   const size_t element = dtype_size(dtype);
-  const bool wide = plan.wide_keys && aligned_to(q.data, 16) && (q.stride * element) % 16 == 0 &&
-                    aligned_to(cache.k, 16) && aligned_to(cache.v, 16) &&
-                    (cache.k_token_stride * element) % 16 == 0 &&
+  const bool wide = plan.wide_keys && aligned_to(q.data, 16) && aligned_to(cache.k, 16) &&
+                    aligned_to(cache.v, 16) && (cache.k_token_stride * element) % 16 == 0 &&
                     (cache.v_token_stride * element) % 16 == 0 &&
                     (cache.head_dim * element) % 16 == 0;
   bool used_wide = false;

@@ -608,7 +608,7 @@ class CudaBackend final : public Backend {
   // paged_attention's contract, checked against the step's host-side sequences.
   void check_attention(const Mat& q, const Mat& out, const StepTensors& step, int64_t q_heads,
                        const PagedKvView& cache) const {
-    DSHPC_CHECK(q.stride >= q.cols && out.contiguous());
+    DSHPC_CHECK(q.contiguous() && out.contiguous());
     DSHPC_CHECK_EQ(q.cols, q_heads * cache.head_dim) << "attention query width";
     DSHPC_CHECK_EQ(out.cols, q_heads * cache.v_dim) << "attention output width";
     DSHPC_CHECK(step.sequences == step_sequences_ &&
@@ -627,24 +627,14 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // q as a contiguous matrix: itself, or a copy in attention_q_ (the kernels other than the
-  // split-key decode one read q's rows back to back).
-  Mat dense_query(const Mat& q) {
-    if (q.contiguous()) return q;
-    ensure(attention_q_, static_cast<size_t>(q.rows * q.cols) * dtype_size(q.dtype));
-    const Mat dense = Mat::of(attention_q_.data(), q.dtype, q.rows, q.cols);
-    copy(q, dense);
-    return dense;
-  }
-
-  void paged_attention(const Mat& q_rows, Mat out, const StepTensors& step, int64_t q_heads,
+  void paged_attention(const Mat& q, Mat out, const StepTensors& step, int64_t q_heads,
                        const PagedKvView& cache, float scale) override {
-    check_attention(q_rows, out, step, q_heads, cache);
-    // The split-key decode kernel reads q's rows where they are (when aligned for its loads).
-    const Mat q = decode_step_ && cuda::decode_attention_supported(q_rows, cache, dtype_)
-                      ? q_rows
-                      : dense_query(q_rows);
-    if (decode_step_ && cuda::decode_attention_supported(q, cache, dtype_)) {
+    check_attention(q, out, step, q_heads, cache);
+    if (decode_step_ && cuda::mla_decode_attention_supported(q, out, cache, dtype_)) {
+      mla_decode(q, out, step, q_heads, cache, scale, nullptr);
+      return;
+    }
+    if (decode_step_ && cuda::decode_attention_supported(cache, dtype_)) {
       cuda::DecodeAttentionPlan plan =
           cuda::decode_attention_plan(step.num_sequences, q_heads, cache.kv_heads, cache.head_dim,
                                       dtype_, max_context_, num_sms_, decode_wide_enabled_);
@@ -655,11 +645,6 @@ class CudaBackend final : public Backend {
       ++counters_.decode_attention;
       if (wide) ++counters_.decode_attention_wide;
       if (wide && plan.unroll == 2) ++counters_.decode_attention_unroll2;
-      if (!q.contiguous()) ++counters_.decode_attention_strided_q;
-      return;
-    }
-    if (decode_step_ && cuda::mla_decode_attention_supported(q, out, cache, dtype_)) {
-      mla_decode(q, out, step, q_heads, cache, scale, nullptr);
       return;
     }
     const bool prefill_kernel = cuda::prefill_attention_supported(q, cache, dtype_);
@@ -819,10 +804,10 @@ class CudaBackend final : public Backend {
   }
 
   // The per-step buffers reserve_step grows and release_step_buffers frees.
-  std::array<DeviceBuffer*, 12> step_buffers() {
-    return {&step_device_, &sampling_device_, &decode_partial_, &attention_q_,
-            &moe_index_,   &moe_rows_,        &moe_gate_up_,    &moe_act_,
-            &moe_out_,     &side_gate_up_,    &side_act_,       &side_out_};
+  std::array<DeviceBuffer*, 11> step_buffers() {
+    return {&step_device_,  &sampling_device_, &decode_partial_, &moe_index_,
+            &moe_rows_,     &moe_gate_up_,     &moe_act_,        &moe_out_,
+            &side_gate_up_, &side_act_,        &side_out_};
   }
 
   // Graphs hold raw pointers: any allocation or release may invalidate them.
@@ -996,7 +981,6 @@ class CudaBackend final : public Backend {
   bool decode_step_ = false;  // every sequence of the step has one new token
   int64_t max_context_ = 0;
   DeviceBuffer decode_partial_;  // split-key partial results of decode attention
-  DeviceBuffer attention_q_;     // a strided query made contiguous (dense_query)
   DeviceBuffer gate_done_;       // moe_gate's CTA counter (zero between launches)
   DeviceBuffer argmax_partial_;  // the sliced argmax's per-slice bests
   DeviceBuffer argmax_done_;     // … and its per-row CTA counters (zero between launches)

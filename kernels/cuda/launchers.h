@@ -79,8 +79,7 @@ struct DecodeAttentionPlan {
   // more CTAs an SM) for grids larger than a wave.
   int unroll = 4;
 };
-// q may be strided (rows q.stride elements apart, e.g. a column slice of the qkv projection).
-bool decode_attention_supported(const Mat& q, const PagedKvView& cache, DType dtype);
+bool decode_attention_supported(const PagedKvView& cache, DType dtype);
 // The most key splits a step whose longest context is max_context may use: a power of two ≤ 64
 // with at least min_keys keys per split (kDecodeMinSplitKeys for the kernel above,
 // kMlaMinSplitKeys for MLA's); a plan depends on the context only through it.

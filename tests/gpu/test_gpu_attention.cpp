@@ -38,8 +38,6 @@ class GpuAttention : public BackendPair {
   // 8 elements: the split-key decode kernel. kAligned: any step with cache rows padded to 8
   // elements and a padding row: the tensor-core prefill kernel in bf16 (head_dim 64, 128).
   enum Mode { kGeneral, kDecode, kAligned };
-  int64_t q_pad_ = 0;  // columns after q in each of its rows (0: q contiguous)
-
   void run_case(const AttentionCase& c, const std::vector<SequenceShape>& shapes,
                 Mode mode = kGeneral) {
     SCOPED_TRACE(c.name);
@@ -134,9 +132,7 @@ class GpuAttention : public BackendPair {
       Tensor kn = upload_tensor(b, k_new, tokens, k_width, dtype, k_width + 5);
       Tensor vn = upload_tensor(b, v_new, tokens, v_width, dtype, v_width + 3);
       b.kv_cache_write(kn.mat, c.mla ? nullptr : &vn.mat, step.slots, r.view);
-      // q_pad_ > 0: q as the first columns of wider rows (the models pass the qkv rows).
-      Tensor qt = upload_tensor(b, q, tokens, c.q_heads * c.head_dim, dtype,
-                                c.q_heads * c.head_dim + q_pad_);
+      Tensor qt = upload_tensor(b, q, tokens, c.q_heads * c.head_dim, dtype);
       r.out = upload_tensor(b, std::vector<float>(tokens * c.q_heads * c.v_dim), tokens,
                             c.q_heads * c.v_dim, dtype);
       b.paged_attention(qt.mat, r.out.mat, step, c.q_heads, r.view, scale);
@@ -308,30 +304,6 @@ TEST_P(GpuAttention, DecodeUnrollSwitchRejectsOtherValues) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   ScopedEnv bad("DSHPC_DECODE_UNROLL", "3");
   EXPECT_DEATH((void)make_cuda_backend(0, dtype()), "DSHPC_DECODE_UNROLL must be 2 or 4");
-}
-
-// q as a column slice of wider rows, as the Llama models pass it (no copy before the attention).
-// Rows 8 elements wider keep every load of the split-key decode kernel aligned: it reads q in
-// place (counter); rows 3 wider do not, and neither do prefill and mixed steps' kernels: the
-// backend copies q to a contiguous buffer first. Every form must match the CPU (which reads the
-// same strided rows).
-TEST_P(GpuAttention, StridedQuery) {
-  const std::vector<SequenceShape> decode = {{1, 1}, {5, 1}, {70, 1}, {2100, 1}};
-  const std::vector<AttentionCase> decode_cases = {
-      {"strided_mha128", 32, 32, 128, 128, false, 16, 1.0f},
-      {"strided_gqa4_d64", 16, 4, 64, 64, false, 16, 1.0f}};
-  for (const int64_t pad : {int64_t{8}, int64_t{3}}) {
-    SCOPED_TRACE("q rows " + std::to_string(pad) + " elements wider");
-    q_pad_ = pad;
-    for (const AttentionCase& c : decode_cases) {
-      const int64_t before = cuda_path_counters(*gpu_).decode_attention_strided_q;
-      run_case(c, decode, kDecode);
-      EXPECT_EQ(cuda_path_counters(*gpu_).decode_attention_strided_q - before, pad == 8 ? 1 : 0)
-          << c.name;
-    }
-    run_case({"strided_mixed", 8, 2, 128, 128, false, 16, 1.0f}, kMixedStep, kAligned);
-    run_case({"strided_general", 8, 8, 64, 64, false, 7, 1.0f}, kMixedStep);
-  }
 }
 
 // MLA decode steps (the latent kernel of attention_decode.cu): V2/V3's 512 + 64 with 16 heads
