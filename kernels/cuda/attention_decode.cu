@@ -28,6 +28,11 @@ namespace {
 
 constexpr int kMaxSplits = 64;  // key splits per (sequence, head): decode_split_cap's cap
 
+#ifdef DSHPC_DECODE_UNROLL
+#error \
+    "DSHPC_DECODE_UNROLL is no longer a build setting: the plan picks the unroll (DecodeAttentionPlan::unroll); the environment variable DSHPC_DECODE_UNROLL=2|4 forces it at run time"
+#endif
+
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 // Keys a warp loads per iteration (K and V rows of each in flight together) in the one-key form;
@@ -615,25 +620,28 @@ DecodeAttentionPlan decode_attention_plan(int64_t num_seqs, int64_t q_heads, int
   plan.heads_per_cta = heads_per_cta(group);
   plan.head_chunks = static_cast<int>((group + plan.heads_per_cta - 1) / plan.heads_per_cta);
   plan.wide_keys = wide_keys;
+  // The occupancy rules below are measured for the wide form with one head a CTA (MHA, the
+  // DeepSeek-LLM 7B shape; ptxas, CUDA 13, sm_90, bf16 128-dim heads: 71 registers with four key
+  // groups a warp in flight, 7 CTAs an SM; 55 with two, 9 CTAs an SM). The other forms (several
+  // heads a CTA, one key a warp) keep the rules they were measured with: splits until two CTAs an
+  // SM, four groups. The launch may still fall back to the one-key form (alignment) with this
+  // plan's splits.
   const int64_t wide_epl = 16 / static_cast<int64_t>(dtype_size(dtype));
-  const bool wide = wide_keys && wide_epl > head_dim / 32 && plan.heads_per_cta * wide_epl <= 16;
+  const bool wide_one_head = wide_keys && wide_epl > head_dim / 32 && plan.heads_per_cta == 1;
   // At least 32 keys per split (8 per warp, two unrolled groups) so that the combine's extra pass
-  // stays small beside the keys read. Then splits while the grid stays within about a wave: the
-  // wide form with two key groups in flight holds 9 CTAs an SM (56 registers, bf16 128-dim
-  // heads), so it doubles while twice the CTAs fit in 8 an SM; the one-key form until two CTAs an
-  // SM.
+  // stays small beside the keys read. Then splits while the grid stays within about a wave:
+  // for the one-head wide form while twice the CTAs fit in 8 an SM.
   const int64_t ctas = num_seqs * kv_heads * plan.head_chunks;
   const int cap = decode_split_cap(max_context, kDecodeMinSplitKeys);
   const auto split_more = [&](int64_t grid) {
-    return wide ? 2 * grid <= 8 * static_cast<int64_t>(num_sms)
-                : grid < 2 * static_cast<int64_t>(num_sms);
+    return wide_one_head ? 2 * grid <= 8 * static_cast<int64_t>(num_sms)
+                         : grid < 2 * static_cast<int64_t>(num_sms);
   };
   plan.splits = 1;
   while (plan.splits < cap && split_more(ctas * plan.splits)) plan.splits *= 2;
-  // Four key groups a warp in flight (71 registers, 7 CTAs an SM, bf16 128-dim heads) while the
-  // grid fits in one wave of that form (few sequences: latency decides); past it, two (55
-  // registers, 9 CTAs an SM): more resident CTAs read faster.
-  plan.unroll = ctas * plan.splits > 7 * static_cast<int64_t>(num_sms) ? 2 : 4;
+  // Four key groups a warp while the grid fits in one wave of that form (few sequences: latency
+  // decides); past it, two: more resident CTAs read faster.
+  plan.unroll = wide_one_head && ctas * plan.splits > 7 * static_cast<int64_t>(num_sms) ? 2 : 4;
   return plan;
 }
 

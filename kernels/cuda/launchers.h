@@ -76,7 +76,7 @@ struct DecodeAttentionPlan {
   // more keep one key per warp). false: one key per warp always (for comparison).
   bool wide_keys = true;
   // Key groups a warp of the wide form has in flight per iteration: 4, or 2 (fewer registers,
-  // more CTAs an SM) for grids larger than a wave.
+  // more CTAs an SM) for grids larger than a wave (one head a CTA; see decode_attention_plan).
   int unroll = 4;
 };
 bool decode_attention_supported(const PagedKvView& cache, DType dtype);

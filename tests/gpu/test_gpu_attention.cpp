@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "gpu_test_util.h"
+#include "kernels/cuda/launchers.h"
 
 namespace dshpc::gpu_test {
 namespace {
@@ -298,12 +299,53 @@ TEST_P(GpuAttention, DecodeWideAndOneKeyForms) {
   expect_form({"one_key_d64_group2", 16, 8, 64, 64, false, 5, 1.0f}, unsplit, false, 0);
 }
 
-// A bad DSHPC_DECODE_UNROLL is an error that names the variable, not a silent default.
-// The child re-runs the test from the start (threadsafe style), so it starts CUDA afresh.
-TEST_P(GpuAttention, DecodeUnrollSwitchRejectsOtherValues) {
+// A bad DSHPC_DECODE_UNROLL is an error that names the variable, not a silent default. A plain
+// test (no fixture backend), the variable set only inside the statement: the child re-runs the
+// test from the start (threadsafe style, CUDA afresh) and dies where the statement creates the
+// backend.
+TEST(GpuDecodeAttentionSwitch, RejectsAnUnrollOtherThanTwoOrFour) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  ScopedEnv bad("DSHPC_DECODE_UNROLL", "3");
-  EXPECT_DEATH((void)make_cuda_backend(0, dtype()), "DSHPC_DECODE_UNROLL must be 2 or 4");
+  EXPECT_DEATH(
+      {
+        ScopedEnv bad("DSHPC_DECODE_UNROLL", "3");
+        (void)make_cuda_backend(0, DType::kBF16);
+      },
+      "DSHPC_DECODE_UNROLL must be 2 or 4");
+}
+
+// The decode plan (host code) on an H200's 132 SMs: the one-head wide form (bf16, 128-dim MHA:
+// DeepSeek-LLM 7B) splits while twice the grid fits in 8 CTAs an SM and takes two key groups
+// a warp past 7 CTAs an SM; the other forms keep splitting until 2 CTAs an SM with four groups.
+TEST(GpuDecodeAttentionPlan, UnrollAndSplitsFollowTheGridSize) {
+  struct Case {
+    const char* name;
+    int64_t seqs, q_heads, kv_heads, head_dim;
+    DType dtype;
+    int64_t context;
+    int splits, unroll;
+  };
+  const Case cases[] = {
+      {"7b_batch64", 64, 32, 32, 128, DType::kBF16, 192, 1, 2},        // 2,048 CTAs
+      {"7b_batch16", 16, 32, 32, 128, DType::kBF16, 192, 2, 2},        // 512 → 1,024 CTAs
+      {"7b_batch1", 1, 32, 32, 128, DType::kBF16, 192, 4, 4},          // split cap 4 at 192 keys
+      {"7b_batch1_long", 1, 32, 32, 128, DType::kBF16, 1024, 32, 2},   // 32 → 1,024 CTAs
+      {"7b_batch8_long", 8, 32, 32, 128, DType::kBF16, 1024, 4, 2},    // 1,024 CTAs > 924
+      {"f32_one_key", 16, 32, 32, 128, DType::kF32, 192, 1, 4},        // 512 ≥ 2 · 132
+      {"f32_one_key_batch4", 4, 32, 32, 128, DType::kF32, 192, 4, 4},  // 128 → 256 → 512
+      {"bf16_two_heads", 16, 32, 16, 128, DType::kBF16, 192, 2, 4},    // 256 CTAs < 264: 512
+      {"gqa8_67b", 64, 64, 8, 128, DType::kBF16, 192, 1, 4},           // 8 heads a CTA
+  };
+  for (const Case& c : cases) {
+    const cuda::DecodeAttentionPlan plan = cuda::decode_attention_plan(
+        c.seqs, c.q_heads, c.kv_heads, c.head_dim, c.dtype, c.context, 132);
+    EXPECT_EQ(plan.splits, c.splits) << c.name;
+    EXPECT_EQ(plan.unroll, c.unroll) << c.name;
+  }
+  // Without the wide form (DSHPC_DECODE_WIDE=0) the 7B shape keeps the old rules too.
+  const cuda::DecodeAttentionPlan one_key =
+      cuda::decode_attention_plan(16, 32, 32, 128, DType::kBF16, 192, 132, false);
+  EXPECT_EQ(one_key.splits, 1);
+  EXPECT_EQ(one_key.unroll, 4);
 }
 
 // MLA decode steps (the latent kernel of attention_decode.cu): V2/V3's 512 + 64 with 16 heads
