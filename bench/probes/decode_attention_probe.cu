@@ -11,21 +11,13 @@
 #include <cstdlib>
 #include <vector>
 
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/launchers.h"
 
 using dshpc::DType;
 using dshpc::Mat;
 using dshpc::PagedKvView;
 using dshpc::PagedSequence;
-
-#define CHECK(x)                                                                     \
-  do {                                                                               \
-    cudaError_t e = (x);                                                             \
-    if (e != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
 
 __global__ void fill(__nv_bfloat16* p, size_t n, unsigned seed) {
   for (size_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
@@ -47,10 +39,10 @@ int main(int argc, char** argv) {
   const int64_t token_stride = int64_t{kv_heads} * kDim;
   const size_t cache_elems = static_cast<size_t>(blocks) * kBlock * token_stride;
   __nv_bfloat16 *k, *v, *q, *out;
-  CHECK(cudaMalloc(&k, cache_elems * 2));
-  CHECK(cudaMalloc(&v, cache_elems * 2));
-  CHECK(cudaMalloc(&q, size_t{2} * seqs * heads * kDim));
-  CHECK(cudaMalloc(&out, size_t{2} * seqs * heads * kDim));
+  DSHPC_CUDA_CHECK(cudaMalloc(&k, cache_elems * 2));
+  DSHPC_CUDA_CHECK(cudaMalloc(&v, cache_elems * 2));
+  DSHPC_CUDA_CHECK(cudaMalloc(&q, size_t{2} * seqs * heads * kDim));
+  DSHPC_CUDA_CHECK(cudaMalloc(&out, size_t{2} * seqs * heads * kDim));
   fill<<<1024, 256>>>(k, cache_elems, 1);
   fill<<<1024, 256>>>(v, cache_elems, 2);
   fill<<<64, 256>>>(q, size_t{1} * seqs * heads * kDim, 3);
@@ -66,20 +58,21 @@ int main(int argc, char** argv) {
     for (int s = 0; s < seqs; ++s) table[size_t{1} * s * blocks_per_seq + j] = next++;
   }
   int32_t* d_table;
-  CHECK(cudaMalloc(&d_table, table.size() * 4));
-  CHECK(cudaMemcpy(d_table, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
+  DSHPC_CUDA_CHECK(cudaMalloc(&d_table, table.size() * 4));
+  DSHPC_CUDA_CHECK(cudaMemcpy(d_table, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
   std::vector<PagedSequence> host(seqs);
   for (int s = 0; s < seqs; ++s) host[s] = {s, 1, context, d_table + int64_t{s} * blocks_per_seq};
   PagedSequence* d_seqs;
-  CHECK(cudaMalloc(&d_seqs, seqs * sizeof(PagedSequence)));
-  CHECK(cudaMemcpy(d_seqs, host.data(), seqs * sizeof(PagedSequence), cudaMemcpyHostToDevice));
+  DSHPC_CUDA_CHECK(cudaMalloc(&d_seqs, seqs * sizeof(PagedSequence)));
+  DSHPC_CUDA_CHECK(
+      cudaMemcpy(d_seqs, host.data(), seqs * sizeof(PagedSequence), cudaMemcpyHostToDevice));
   float* partial;
-  CHECK(cudaMalloc(&partial, size_t{4} * seqs * heads * 64 * (kDim + 2)));
+  DSHPC_CUDA_CHECK(cudaMalloc(&partial, size_t{4} * seqs * heads * 64 * (kDim + 2)));
   // A buffer larger than L2, written between launches, so that no launch finds the cache in L2
   // from the one before (the model reads 30 layers' caches and weights between two of a layer).
   const size_t flush_bytes = size_t{256} << 20;
   void* flush;
-  CHECK(cudaMalloc(&flush, flush_bytes));
+  DSHPC_CUDA_CHECK(cudaMalloc(&flush, flush_bytes));
 
   PagedKvView cache;
   cache.k = reinterpret_cast<float*>(k);
@@ -91,13 +84,13 @@ int main(int argc, char** argv) {
   const Mat qm = Mat::of(q, DType::kBF16, seqs, int64_t{heads} * kDim);
   const Mat om = Mat::of(out, DType::kBF16, seqs, int64_t{heads} * kDim);
   int sms = 0;
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  DSHPC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   const double bytes = 2.0 * seqs * kv_heads * double(context) * kDim * 2;
   cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
+  DSHPC_CUDA_CHECK(cudaStreamCreate(&stream));
   cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
+  DSHPC_CUDA_CHECK(cudaEventCreate(&a));
+  DSHPC_CUDA_CHECK(cudaEventCreate(&b));
   const dshpc::cuda::DecodeAttentionPlan base =
       dshpc::cuda::decode_attention_plan(seqs, heads, kv_heads, kDim, DType::kBF16, context, sms);
   std::printf(
@@ -109,14 +102,14 @@ int main(int argc, char** argv) {
     float total = 0.0f, best = 1e30f;
     constexpr int kReps = 30;
     for (int rep = 0; rep < kReps + 3; ++rep) {
-      CHECK(cudaMemsetAsync(flush, rep & 0xff, flush_bytes, stream));
-      CHECK(cudaEventRecord(a, stream));
+      DSHPC_CUDA_CHECK(cudaMemsetAsync(flush, rep & 0xff, flush_bytes, stream));
+      DSHPC_CUDA_CHECK(cudaEventRecord(a, stream));
       dshpc::cuda::launch_decode_attention(qm, om, d_seqs, seqs, heads, cache, DType::kBF16, 0.088f,
                                            plan, partial, stream);
-      CHECK(cudaEventRecord(b, stream));
-      CHECK(cudaEventSynchronize(b));
+      DSHPC_CUDA_CHECK(cudaEventRecord(b, stream));
+      DSHPC_CUDA_CHECK(cudaEventSynchronize(b));
       float ms = 0.0f;
-      CHECK(cudaEventElapsedTime(&ms, a, b));
+      DSHPC_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
       if (rep >= 3) {
         total += ms;
         best = ms < best ? ms : best;

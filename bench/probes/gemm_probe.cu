@@ -15,22 +15,7 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(x)                                                                     \
-  do {                                                                               \
-    cudaError_t e = (x);                                                             \
-    if (e != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
-#define CHECK_BLAS(x)                                                           \
-  do {                                                                          \
-    int st = static_cast<int>(x);                                               \
-    if (st != 0) {                                                              \
-      std::fprintf(stderr, "%s:%d cublas status %d\n", __FILE__, __LINE__, st); \
-      std::exit(1);                                                             \
-    }                                                                           \
-  } while (0)
+#include "kernels/cuda/cuda_check.h"
 
 struct Shape {
   int m, n, k;
@@ -52,65 +37,67 @@ int main(int argc, char** argv) {
   }
   constexpr size_t kWorkspace = size_t{32} << 20;
   void* workspace;
-  CHECK(cudaMalloc(&workspace, kWorkspace));
+  DSHPC_CUDA_CHECK(cudaMalloc(&workspace, kWorkspace));
   cudaStream_t stream;
-  CHECK(cudaStreamCreate(&stream));
+  DSHPC_CUDA_CHECK(cudaStreamCreate(&stream));
   cublasHandle_t blas;
-  CHECK_BLAS(cublasCreate(&blas));
-  CHECK_BLAS(cublasSetStream(blas, stream));
-  CHECK_BLAS(cublasSetWorkspace(blas, workspace, kWorkspace));
+  DSHPC_CUBLAS_CHECK(cublasCreate(&blas));
+  DSHPC_CUBLAS_CHECK(cublasSetStream(blas, stream));
+  DSHPC_CUBLAS_CHECK(cublasSetWorkspace(blas, workspace, kWorkspace));
   cublasLtHandle_t lt;
-  CHECK_BLAS(cublasLtCreate(&lt));
+  DSHPC_CUBLAS_CHECK(cublasLtCreate(&lt));
   cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
+  DSHPC_CUDA_CHECK(cudaEventCreate(&a));
+  DSHPC_CUDA_CHECK(cudaEventCreate(&b));
   for (const Shape& s : shapes) {
     const size_t w_bytes = size_t{2} * s.n * s.k;
     const int copies = static_cast<int>(std::max<size_t>(2, (size_t{400} << 20) / w_bytes + 1));
     std::vector<void*> w(copies);
     for (auto& p : w) {
-      CHECK(cudaMalloc(&p, w_bytes));
-      CHECK(cudaMemset(p, 0x3c, w_bytes));
+      DSHPC_CUDA_CHECK(cudaMalloc(&p, w_bytes));
+      DSHPC_CUDA_CHECK(cudaMemset(p, 0x3c, w_bytes));
     }
     void *x, *y;
-    CHECK(cudaMalloc(&x, size_t{2} * s.m * s.k));
-    CHECK(cudaMemset(x, 0x3c, size_t{2} * s.m * s.k));
-    CHECK(cudaMalloc(&y, size_t{2} * s.m * s.n));
+    DSHPC_CUDA_CHECK(cudaMalloc(&x, size_t{2} * s.m * s.k));
+    DSHPC_CUDA_CHECK(cudaMemset(x, 0x3c, size_t{2} * s.m * s.k));
+    DSHPC_CUDA_CHECK(cudaMalloc(&y, size_t{2} * s.m * s.n));
     const float alpha = 1.0f, beta = 0.0f;
     constexpr int kReps = 40;
     // Mean µs of one product over kReps launches, each on the next copy of the weights.
     auto time = [&](auto&& launch) {
       for (int i = 0; i < 3; ++i) launch(w[i % copies]);
-      CHECK(cudaEventRecord(a, stream));
+      DSHPC_CUDA_CHECK(cudaEventRecord(a, stream));
       for (int i = 0; i < kReps; ++i) launch(w[i % copies]);
-      CHECK(cudaEventRecord(b, stream));
-      CHECK(cudaEventSynchronize(b));
+      DSHPC_CUDA_CHECK(cudaEventRecord(b, stream));
+      DSHPC_CUDA_CHECK(cudaEventSynchronize(b));
       float ms = 0.0f;
-      CHECK(cudaEventElapsedTime(&ms, a, b));
+      DSHPC_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
       return 1e3 * ms / kReps;
     };
     const double def = time([&](void* wp) {
-      CHECK_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, s.m, s.k, &alpha, wp,
-                              CUDA_R_16BF, s.k, x, CUDA_R_16BF, s.k, &beta, y, CUDA_R_16BF, s.n,
-                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      DSHPC_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, s.n, s.m, s.k, &alpha, wp,
+                                      CUDA_R_16BF, s.k, x, CUDA_R_16BF, s.k, &beta, y, CUDA_R_16BF,
+                                      s.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     });
     cublasLtMatmulDesc_t desc;
-    CHECK_BLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    DSHPC_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    CHECK_BLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    CHECK_BLAS(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    DSHPC_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    DSHPC_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     cublasLtMatrixLayout_t la, lb, lc;
-    CHECK_BLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.k, s.n, s.k));
-    CHECK_BLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, s.k, s.m, s.k));
-    CHECK_BLAS(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, s.n, s.m, s.n));
+    DSHPC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.k, s.n, s.k));
+    DSHPC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, s.k, s.m, s.k));
+    DSHPC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, s.n, s.m, s.n));
     cublasLtMatmulPreference_t pref;
-    CHECK_BLAS(cublasLtMatmulPreferenceCreate(&pref));
+    DSHPC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = kWorkspace;
-    CHECK_BLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &ws, sizeof ws));
+    DSHPC_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     std::vector<cublasLtMatmulHeuristicResult_t> results(64);
     int found = 0;
-    CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(
+    DSHPC_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(
         lt, desc, la, lb, lc, lc, pref, static_cast<int>(results.size()), results.data(), &found));
     struct Timed {
       double us;
@@ -120,8 +107,8 @@ int main(int argc, char** argv) {
     for (int i = 0; i < found; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
       const double us = time([&](void* wp) {
-        CHECK_BLAS(cublasLtMatmul(lt, desc, &alpha, wp, la, x, lb, &beta, y, lc, y, lc,
-                                  &results[i].algo, workspace, kWorkspace, stream));
+        DSHPC_CUBLAS_CHECK(cublasLtMatmul(lt, desc, &alpha, wp, la, x, lb, &beta, y, lc, y, lc,
+                                          &results[i].algo, workspace, kWorkspace, stream));
       });
       timed.push_back({us, i});
     }
@@ -152,9 +139,9 @@ int main(int argc, char** argv) {
     cublasLtMatrixLayoutDestroy(lb);
     cublasLtMatrixLayoutDestroy(lc);
     cublasLtMatmulDescDestroy(desc);
-    for (auto p : w) CHECK(cudaFree(p));
-    CHECK(cudaFree(x));
-    CHECK(cudaFree(y));
+    for (auto p : w) DSHPC_CUDA_CHECK(cudaFree(p));
+    DSHPC_CUDA_CHECK(cudaFree(x));
+    DSHPC_CUDA_CHECK(cudaFree(y));
   }
   return 0;
 }
